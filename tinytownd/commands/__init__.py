@@ -1,0 +1,1 @@
+"""Subcommands, one module per area. Top-level imports: stdlib and tinytownd.cli only."""

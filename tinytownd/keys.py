@@ -1,0 +1,196 @@
+"""The Redis key schema: every key tinytownd reads or writes, in one place.
+
+Town keys (shared with Tinytown's `tt`; shapes exactly as tinytown-core.md §2–§3)
+--------------------------------------------------------------------------------
+tt:<town>:agent:<aid>              hash    agent record (id name nickname role_id parent_agent_id
+                                           spawn_mode agent_type state cli current_task created_at
+                                           last_heartbeat tasks_completed rounds_completed
+                                           last_active_at). tinytownd updates single fields (HSET/
+                                           HINCRBY/HDEL) and keeps unknown fields.
+tt:<town>:inbox:<aid>              list    JSON messages. normal/low: RPUSH (FIFO); high/urgent: LPUSH.
+                                           Consumers take from the left (LPOP / LMOVE LEFT).
+tt:<town>:urgent:<aid>             list    JSON messages, LPUSH (a stack); read before the inbox.
+tt:<town>:activity:<aid>           list    free-text lines, LPUSH + LTRIM 0 9 + EXPIRE 3600.
+tt:<town>:stop:<aid>               string  "1", SET EX 3600: the agent should stop. Workers DEL it on
+                                           (re)start and on exit.
+tt:<town>:task:<tid>               hash    task record (id description state created_at updated_at tags
+                                           assigned_to started_at completed_at result parent_id).
+tt:<town>:backlog                  list    task ids, RPUSH; claimed with LREM 1 (atomic, see lua/).
+tt:<town>:events                   stream  event_type + data(JSON TownEvent), XADD MAXLEN ~ 1000.
+tt:<town>:events:agent:<aid>       stream  same, MAXLEN ~ 100.
+tt:<town>:events:mission:<mid>     stream  same, MAXLEN ~ 500.
+tt:<town>:mission:<mid>            string  JSON MissionRun (SET/GET).
+tt:<town>:mission:<mid>:work       hash    field work-item id → JSON WorkItem.
+tt:<town>:mission:<mid>:watch      hash    field watch id → JSON WatchItem.
+tt:<town>:mission:<mid>:events     list    "[YYYY-MM-DD HH:MM:SS] text", LPUSH + LTRIM 0 99.
+tt:<town>:mission:<mid>:control    hash    field control id → JSON MissionControlMessage.
+tt:<town>:mission:<mid>:dispatch_lock string owner token; SET NX EX <ttl>, compare-and-set refresh /
+                                           compare-and-delete release (tt's lease protocol).
+tt:<town>:mission:active           set     ids of missions the dispatcher drives.
+
+Daemon keys (tt ignores them): tt:<town>:tinytownd:…
+----------------------------------------------------
+daemon:<instance>                  hash    a running daemon: pid host started_at heartbeat version
+                                           config_path; EXPIRE 3×lease ttl, refreshed by the daemon.
+lease:agent:<aid>                  string  instance id of the daemon that runs the agent; SET NX PX,
+                                           renewed every ttl/3 by compare-and-set, released by
+                                           compare-and-delete. No lease → nobody runs the agent.
+agent_names                        hash    agent name → aid; HSETNX makes registration by name
+                                           idempotent across restarts and across daemons.
+agent:<aid>                        hash    daemon-side agent info: owner, pid (of the running CLI),
+                                           round, round_started_at, last_exit, cli.
+inflight:<aid>                     list    messages moved out of the inbox for the current round
+                                           (LMOVE inbox→inflight, in one Lua call). Acked by DEL at the
+                                           end of the round; re-queued to the inbox head when a worker
+                                           (re)starts or the sweeper recovers the agent.
+inflight_urgent:<aid>              list    the same for messages taken from the urgent list.
+delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
+                                           a timer moves due ones back to their list (Lua, atomic).
+task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
+                                           last_error agent batch.
+deadletter                         list    JSON {id reason source raw at ...}: messages that did not
+                                           parse and tasks that used up their attempts. RPUSH.
+notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
+                                           task reaches a terminal state, so mission owners wake at once.
+batch:<bid>                        hash    batch run meta: state created_at file totals...
+batch:<bid>:tasks                  list    task ids of the batch, in file order.
+batch:<bid>:ids                    hash    batch-file task id → task uuid (idempotent submission).
+mission:<mid>                      hash    daemon bookkeeping of a mission: fence (token counter),
+                                           file ids, per-item attempts ("attempts:<wid>") and
+                                           implementer ("implementer:<wid>").
+mission:index                      hash    mission-file path/issue ref → mission id (optional dedupe).
+"""
+from __future__ import annotations
+
+import re
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob characters so a town name can be used in SCAN MATCH patterns."""
+    return _GLOB.sub(r"\\\1", text)
+
+
+class Keys:
+    """Builds the keys of one town. Cheap; make one per town and keep it."""
+
+    __slots__ = ("town", "p", "d")
+
+    def __init__(self, town: str):
+        self.town = town
+        self.p = f"tt:{town}:"
+        self.d = f"tt:{town}:tinytownd:"
+
+    # --- town keys shared with tt ---
+    def agent(self, aid: str) -> str:
+        return f"{self.p}agent:{aid}"
+
+    def inbox(self, aid: str) -> str:
+        return f"{self.p}inbox:{aid}"
+
+    def urgent(self, aid: str) -> str:
+        return f"{self.p}urgent:{aid}"
+
+    def activity(self, aid: str) -> str:
+        return f"{self.p}activity:{aid}"
+
+    def stop(self, aid: str) -> str:
+        return f"{self.p}stop:{aid}"
+
+    def task(self, tid: str) -> str:
+        return f"{self.p}task:{tid}"
+
+    @property
+    def backlog(self) -> str:
+        return f"{self.p}backlog"
+
+    @property
+    def events(self) -> str:
+        return f"{self.p}events"
+
+    def agent_events(self, aid: str) -> str:
+        return f"{self.p}events:agent:{aid}"
+
+    def mission_events_stream(self, mid: str) -> str:
+        return f"{self.p}events:mission:{mid}"
+
+    def mission(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}"
+
+    def mission_work(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}:work"
+
+    def mission_watch(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}:watch"
+
+    def mission_log(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}:events"
+
+    def mission_control(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}:control"
+
+    def mission_lock(self, mid: str) -> str:
+        return f"{self.p}mission:{mid}:dispatch_lock"
+
+    @property
+    def missions_active(self) -> str:
+        return f"{self.p}mission:active"
+
+    # --- scan patterns (town name escaped, tinytown-core.md §9.13) ---
+    def pattern(self, kind: str) -> str:
+        return f"tt:{glob_escape(self.town)}:{kind}:*"
+
+    # --- daemon keys ---
+    def daemon(self, instance: str) -> str:
+        return f"{self.d}daemon:{instance}"
+
+    def daemon_pattern(self) -> str:
+        return f"tt:{glob_escape(self.town)}:tinytownd:daemon:*"
+
+    def agent_lease(self, aid: str) -> str:
+        return f"{self.d}lease:agent:{aid}"
+
+    @property
+    def agent_names(self) -> str:
+        return f"{self.d}agent_names"
+
+    def agent_info(self, aid: str) -> str:
+        return f"{self.d}agent:{aid}"
+
+    def inflight(self, aid: str) -> str:
+        return f"{self.d}inflight:{aid}"
+
+    def inflight_urgent(self, aid: str) -> str:
+        return f"{self.d}inflight_urgent:{aid}"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.d}delayed"
+
+    def task_meta(self, tid: str) -> str:
+        return f"{self.d}task:{tid}"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.d}deadletter"
+
+    @property
+    def notify(self) -> str:
+        return f"{self.d}notify"
+
+    def batch(self, bid: str) -> str:
+        return f"{self.d}batch:{bid}"
+
+    def batch_tasks(self, bid: str) -> str:
+        return f"{self.d}batch:{bid}:tasks"
+
+    def batch_ids(self, bid: str) -> str:
+        return f"{self.d}batch:{bid}:ids"
+
+    def mission_meta(self, mid: str) -> str:
+        return f"{self.d}mission:{mid}"
+
+    @property
+    def mission_index(self) -> str:
+        return f"{self.d}mission:index"

@@ -1,0 +1,110 @@
+"""Redis clients for tinytownd, sized explicitly for gevent (perf-baseline.md §2e, §5).
+
+Two pools per process, never redis-py's defaults:
+  * `cmd`   — ordinary commands: BlockingConnectionPool(pool_size), bounded socket timeouts, so a
+              burst waits for a connection instead of failing with MaxConnectionsError;
+  * `block` — blocking pops only (BLMOVE/BLPOP): one connection per parked consumer,
+              socket_timeout=None (a client-side timeout would re-send a BLMOVE whose element the
+              server already moved), 4 KiB read buffers (halves RSS per parked agent).
+Both decode responses to str. Reconnection after a Redis restart is redis-py's: a broken pooled
+connection is dropped and the next command reconnects (retried with backoff on ConnectionError).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .config import Config, redact_url
+
+MIN_VERSION = (7, 0)
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot be used: unreachable, refused auth, or too old. The message says which."""
+
+
+@dataclass
+class Clients:
+    cmd: redis.Redis
+    block: redis.Redis
+    url: str          # as used (may hold a password: never log it)
+    redacted: str
+
+    def close(self) -> None:
+        for c in (self.cmd, self.block):
+            try:
+                c.connection_pool.disconnect()
+            except Exception:
+                pass
+
+
+def _tls_kwargs(cfg: Config | None, url: str) -> dict:
+    if urlsplit(url).scheme != "rediss" or cfg is None:
+        return {}
+    t = cfg.redis.tls
+    kw: dict = {}
+    if t.ca_cert:
+        kw["ssl_ca_certs"] = str(cfg.resolve(t.ca_cert))
+    if t.auth_clients or (cfg.redis.url is None and t.cert):
+        if t.cert and t.key:
+            kw["ssl_certfile"] = str(cfg.resolve(t.cert))
+            kw["ssl_keyfile"] = str(cfg.resolve(t.key))
+    return kw
+
+
+def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | None = None,
+              timeout: float | None = 20.0) -> redis.BlockingConnectionPool:
+    kw = dict(max_connections=max_connections, timeout=timeout, decode_responses=True,
+              socket_connect_timeout=5.0, **_tls_kwargs(cfg, url))
+    if blocking:
+        kw.update(socket_timeout=None, socket_read_size=4096)
+    else:
+        kw.update(socket_timeout=30.0, health_check_interval=30,
+                  retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+                  retry_on_error=[redis.ConnectionError])
+    return redis.BlockingConnectionPool.from_url(url, **kw)
+
+
+def make_clients(cfg: Config, *, blocking_connections: int = 16, url: str | None = None) -> Clients:
+    """Clients for the town in `cfg` (owned child or external URL)."""
+    url = url or cfg.redis_url()
+    cmd = redis.Redis(connection_pool=make_pool(url, max_connections=cfg.redis.pool_size,
+                                                blocking=False, cfg=cfg))
+    block = redis.Redis(connection_pool=make_pool(url, max_connections=max(1, blocking_connections),
+                                                  blocking=True, cfg=cfg, timeout=None))
+    return Clients(cmd=cmd, block=block, url=url, redacted=redact_url(url))
+
+
+def client_for_url(url: str, *, max_connections: int = 8, cfg: Config | None = None) -> redis.Redis:
+    return redis.Redis(connection_pool=make_pool(url, max_connections=max_connections,
+                                                 blocking=False, cfg=cfg))
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = (text.split(".") + ["0", "0"])[:2]
+    return int(parts[0]), int(parts[1])
+
+
+def check_server(client: redis.Redis, redacted_url: str) -> str:
+    """PING + INFO server; return the version. Raises RedisUnavailable with a specific reason."""
+    try:
+        client.ping()
+        info = client.info("server")
+    except redis.AuthenticationError as e:
+        raise RedisUnavailable(f"Redis authentication failed at {redacted_url}: {e}") from None
+    except redis.ResponseError as e:
+        msg = str(e)
+        if "NOAUTH" in msg or "WRONGPASS" in msg:
+            raise RedisUnavailable(f"Redis authentication failed at {redacted_url}: {msg}") from None
+        raise RedisUnavailable(f"Redis at {redacted_url} refused PING: {msg}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise RedisUnavailable(f"cannot connect to Redis at {redacted_url}: {e}") from None
+    version = str(info.get("redis_version", "0"))
+    if parse_version(version) < MIN_VERSION:
+        raise RedisUnavailable(f"Redis at {redacted_url} is version {version}; tinytownd needs "
+                               f">= {MIN_VERSION[0]}.{MIN_VERSION[1]}")
+    return version
