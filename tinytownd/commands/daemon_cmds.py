@@ -1,0 +1,255 @@
+"""Daemon lifecycle commands: run, status, reload, stop, check-config.
+
+Top level imports: stdlib + tinytownd.cli only (run --daemonize forks before gevent is imported).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from tinytownd import cli
+
+RUN_CODES = "exit codes: 0 stopped cleanly, 69 Redis unavailable, 73 another instance runs, 78 invalid config"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the daemon (foreground; --daemonize to detach)",
+                       description="Run the daemon. Foreground by default (systemd Type=notify).",
+                       epilog=RUN_CODES)
+    cli.add_config_arg(p)
+    p.add_argument("--daemonize", action="store_true",
+                   help="detach into the background (python-daemon); writes and locks the pidfile")
+    p.add_argument("--pidfile", metavar="PATH",
+                   help="pidfile to write and lock (default with --daemonize: daemon.pidfile, "
+                        "else <town root>/tinytownd.pid)")
+    p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_run")
+
+    p = sub.add_parser("status", help="ask the running daemon for its status",
+                       epilog="exit codes: 0 running, 3 not running, 77 permission denied, "
+                              "78 invalid config")
+    cli.add_config_arg(p)
+    cli.add_json_arg(p)
+    p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_status")
+
+    p = sub.add_parser("reload", help="make the daemon re-read its config file",
+                       epilog="exit codes: 0 applied, 1 could not apply everything, "
+                              "69 daemon not running, 78 invalid config (the daemon keeps the old one)")
+    cli.add_config_arg(p)
+    cli.add_json_arg(p)
+    p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_reload")
+
+    p = sub.add_parser("stop", help="stop the daemon (graceful drain) and wait until it is gone",
+                       epilog="exit codes: 0 stopped (or was not running), 75 timed out")
+    cli.add_config_arg(p)
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="seconds to wait (default: daemon.drain_timeout_s + 30)")
+    p.add_argument("--now", action="store_true", help="skip the drain")
+    p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_stop")
+
+    p = sub.add_parser("check-config", help="validate the configuration file",
+                       epilog="exit codes: 0 valid, 78 invalid (FILE: KEY: problem lines)")
+    cli.add_config_arg(p)
+    p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_check_config")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _load(args, *, check_files: bool = True):
+    from tinytownd import config
+    return config.load(args.config, check_files=check_files)
+
+
+# ----------------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from tinytownd import exitcodes
+    from tinytownd.config import ConfigError
+    from tinytownd.daemonize import notify_parent
+
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        _err(str(e))
+        notify_parent(exitcodes.CONFIG, str(e))
+        return exitcodes.CONFIG
+    from tinytownd.daemon import Daemon, StartError
+
+    pidfile = getattr(args, "pidfile_obj", None) or args.pidfile
+    d = Daemon(cfg, log_file_default=getattr(args, "log_file_default", None), pidfile=pidfile)
+    try:
+        d.start()
+    except StartError as e:
+        d.log.error("start failed", error=str(e), exit_code=e.exit_code)
+        _err(f"tinytownd: {e}")
+        notify_parent(e.exit_code, str(e).splitlines()[0])
+        return e.exit_code
+    except Exception as e:
+        d.log.critical("start failed", exc_info=True)
+        _err(f"tinytownd: internal error during start: {type(e).__name__}: {e}")
+        notify_parent(exitcodes.SOFTWARE, str(e))
+        return exitcodes.SOFTWARE
+    notify_parent(0)
+    return d.run()
+
+
+# ----------------------------------------------------------------------------- client side
+def _ask(args, cmd: str, cargs: dict | None = None, timeout: float = 30.0):
+    """(reply, exit code or None). Prints the problem when there is no reply."""
+    from tinytownd import exitcodes
+    from tinytownd.config import ConfigError
+    from tinytownd.control import ControlError, NotRunning, request
+
+    try:
+        cfg = _load(args, check_files=False)
+    except ConfigError as e:
+        # The file may have been broken since the daemon started: find the control socket from
+        # town/control/daemon alone, so `reload` reaches the daemon (which reports the problem) and
+        # `status`/`stop` keep working.
+        cfg = _lenient(args)
+        if cfg is None:
+            _err(str(e))
+            return None, None, exitcodes.CONFIG
+    try:
+        return cfg, request(cfg.control_socket_path, cmd, cargs, timeout=timeout), None
+    except NotRunning as e:
+        return cfg, None, exitcodes.NOT_RUNNING
+    except ControlError as e:
+        _err(f"tinytownd: {e}")
+        code = exitcodes.NOPERM if "permission denied" in str(e) else exitcodes.UNAVAILABLE
+        return cfg, None, code
+
+
+def _lenient(args):
+    from tinytownd import config
+    path = config.discover(args.config)
+    try:
+        import yaml
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        part = {k: data[k] for k in ("town", "control", "daemon") if k in data}
+        return config.from_dict(part, path, check_files=False)
+    except Exception:
+        return None
+
+
+def _fmt_status(st: dict) -> str:
+    r = st.get("redis", {})
+    where = r.get("socket") or r.get("url")
+    lines = [
+        f"tinytownd: {st.get('state', 'running')} (pid {st['pid']}), town {st['town']}, "
+        f"up {st.get('uptime_s', 0):.1f}s",
+        f"config: {st['config_path']} (reloads: {st['reloads']})",
+        f"redis: {r.get('mode')}" + (f" pid {r['pid']}" if r.get("pid") else "")
+        + f", {where}, {'ready' if r.get('ready') else 'NOT READY'}, version {r.get('version')}",
+        "services:",
+    ]
+    for name, state in sorted(st.get("services", {}).items()):
+        lines.append(f"  {name:<28} {state}")
+    for name, comp in sorted((st.get("components") or {}).items()):
+        lines.append(f"{name}: {json.dumps(comp, default=str)[:400]}")
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    from tinytownd import exitcodes
+    cfg, reply, code = _ask(args, "status", timeout=10.0)
+    if code == exitcodes.NOT_RUNNING:
+        if args.json:
+            print(json.dumps({"running": False, "control_socket": str(cfg.control_socket_path)}))
+        else:
+            print(f"tinytownd: not running (no daemon on {cfg.control_socket_path})")
+        return code
+    if code is not None:
+        return code
+    if not reply.get("ok"):
+        _err(f"tinytownd: status failed: {reply.get('error')}")
+        return exitcodes.SOFTWARE
+    reply.pop("ok", None)
+    print(json.dumps(reply, default=str) if args.json else _fmt_status(reply))
+    return exitcodes.OK
+
+
+def cmd_reload(args) -> int:
+    from tinytownd import exitcodes
+    cfg, reply, code = _ask(args, "reload", timeout=120.0)
+    if code == exitcodes.NOT_RUNNING:
+        _err(f"tinytownd: not running (no daemon on {cfg.control_socket_path})")
+        return exitcodes.UNAVAILABLE
+    if code is not None:
+        return code
+    if args.json:
+        print(json.dumps(reply, default=str))
+    if not reply.get("ok"):
+        _err(reply.get("error", "reload failed"))
+        if reply.get("code") == "invalid_config":
+            _err("tinytownd: reload refused; the daemon keeps running with its previous config")
+            return exitcodes.CONFIG
+        return exitcodes.FAILURE
+    if not args.json:
+        changes, restart = reply.get("changes", []), reply.get("restart_required", [])
+        if not changes and not restart:
+            print("reloaded: no changes")
+        for line in changes:
+            print(f"changed: {line}")
+        for line in restart:
+            print(f"needs a restart: {line}")
+        for line in reply.get("notes", []):
+            print(f"note: {line}")
+    return exitcodes.OK
+
+
+def _gone(pid: int) -> bool:
+    from tinytownd.pidfile import pid_alive
+    return not pid_alive(pid)
+
+
+def cmd_stop(args) -> int:
+    from tinytownd import exitcodes
+    cfg, reply, code = _ask(args, "stop", {"graceful": not args.now}, timeout=10.0)
+    if code == exitcodes.NOT_RUNNING:
+        print("tinytownd: not running")
+        return exitcodes.OK
+    if code is not None:
+        return code
+    if not reply.get("ok"):
+        _err(f"tinytownd: stop failed: {reply.get('error')}")
+        return exitcodes.SOFTWARE
+    pid = int(reply["pid"])
+    timeout = args.timeout if args.timeout is not None else cfg.daemon.drain_timeout_s + 30
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            print(f"tinytownd: stopped (pid {pid})")
+            return exitcodes.OK
+        time.sleep(0.02)
+    _err(f"tinytownd: pid {pid} still running after {timeout:g}s")
+    return exitcodes.TEMPFAIL
+
+
+def cmd_check_config(args) -> int:
+    from tinytownd import exitcodes
+    from tinytownd.config import ConfigError
+
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        _err(str(e))
+        return exitcodes.CONFIG
+    if cfg.owned_redis:
+        from tinytownd.redis_conn import MIN_VERSION
+        from tinytownd.redis_server import RedisStartError, server_version
+        try:
+            version = server_version(cfg.redis.server)
+        except RedisStartError as e:
+            _err(f"{cfg.path}: redis.server: {e}")
+            return exitcodes.CONFIG
+        if tuple(int(x) for x in version.split(".")[:2]) < MIN_VERSION:
+            _err(f"{cfg.path}: redis.server: {cfg.redis.server} is version {version}, "
+                 f"below {MIN_VERSION[0]}.{MIN_VERSION[1]}")
+            return exitcodes.CONFIG
+    print(f"{cfg.path}: OK (town {cfg.town.name}, root {cfg.root}, redis "
+          f"{'owned' if cfg.owned_redis else 'external'} {cfg.redis_url(redacted=True)})")
+    return exitcodes.OK

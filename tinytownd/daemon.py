@@ -1,0 +1,509 @@
+"""The daemon process: owns Redis (or checks an external one), hosts the components, answers the
+control socket, talks to systemd, and turns signals into an orderly lifecycle.
+
+    d = Daemon(cfg)      # nothing happens yet
+    d.start()            # control socket, Redis, clients, components, services; READY=1
+    code = d.run()       # blocks until stopped (signal, control `stop`, request_stop())
+
+Signals only queue a name (gunicorn's SIG_QUEUE); the main greenlet handles them:
+SIGTERM/SIGINT → graceful drain (daemon.drain_timeout_s); a second one or SIGQUIT → immediate;
+SIGHUP → reload (the same `reload()` the control socket calls); SIGUSR1 → reopen the log file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import resource
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+
+import gevent
+import gevent.lock
+import gevent.queue
+from gevent.event import Event
+
+from . import __version__, config, logs, sdnotify
+from .component import Component, Context
+from .config import Config, ConfigError
+from .control import ControlServer
+from .keys import Keys
+from .pidfile import PidFile
+from .redis_conn import RedisUnavailable, check_server, make_clients
+from .redis_server import OwnedRedis, RedisApplyError
+from .supervisor import Supervisor
+
+COMPONENTS = ["tinytownd.runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine"]
+
+CONTROL_DOCS = {
+    "ping": "liveness: {pong, pid}",
+    "status": "daemon, redis, services and component status",
+    "reload": "re-read the config file: validate, diff, apply; lists changes and restart-only keys",
+    "stop": "stop the daemon; args {graceful: true|false}",
+    "log-level": "get or set the log level; args {level: debug|info|warning|error|critical}",
+    "reopen-logs": "reopen the log file (logrotate)",
+    "help": "this list",
+}
+
+
+class StartError(Exception):
+    """The daemon cannot start. `exit_code` is the sysexits code for the CLI."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+def _keep_old(new: Config, old: Config, key: str) -> Config:
+    """`new` with the value at dotted `key` taken from `old` (restart-only keys stay as running)."""
+    if key == "REDIS_URL":
+        return dataclasses.replace(new, redis=old.redis, env_redis_url=old.env_redis_url)
+
+    def go(n: Any, o: Any, parts: list[str]) -> Any:
+        if not dataclasses.is_dataclass(n) or not parts:
+            return o
+        name = parts[0]
+        if not hasattr(n, name):
+            return n
+        sub_n, sub_o = getattr(n, name), getattr(o, name)
+        return dataclasses.replace(n, **{name: go(sub_n, sub_o, parts[1:])})
+
+    return go(new, old, key.split("."))
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, install_signals: bool = True,
+                 log_file_default: str | None = None, pidfile: str | PidFile | None = None):
+        self.cfg = cfg
+        self.install_signals = install_signals
+        self.log_file_default = log_file_default
+        self.pidfile_path = pidfile
+        self.instance_id = uuid.uuid4().hex
+        self.stopping = Event()          # components' stop flag (ctx.stopping)
+        self.stopped = Event()           # run() finished its shutdown
+        self._immediate = Event()
+        self._stop_requested = False
+        self._queue: gevent.queue.Queue = gevent.queue.Queue()
+        self._reload_lock = gevent.lock.Semaphore()
+        self.started = False
+        self.started_at: float | None = None      # time.time()
+        self._t0 = time.monotonic()
+        self.reloads = 0
+        self.last_reload: dict | None = None
+        self.redis: OwnedRedis | None = None
+        self.redis_version: str | None = None
+        self.clients = None
+        self.ctx: Context | None = None
+        self.components: list[Component] = []
+        self.control: ControlServer | None = None
+        self.pidfile: PidFile | None = None
+        # Loggers bind their processors when created: configure the JSON sink first.
+        logs.configure(cfg.logging.level, self._log_file(cfg))
+        self.log = logs.get_logger("tinytownd.daemon", town=cfg.town.name)
+        self.supervisor = Supervisor(self.log.bind(logger="tinytownd.supervisor"), self.stopping)
+        self._redis_stop = Event()
+        self._watchdog: gevent.Greenlet | None = None
+
+    # ------------------------------------------------------------------ start
+    def _log_file(self, cfg: Config) -> str | None:
+        p = cfg.log_file_path
+        return str(p) if p is not None else self.log_file_default
+
+    def start(self) -> None:
+        """Everything up, then READY=1. Raises StartError (with an exit code) on failure, after
+        undoing what was started (control socket, redis child, pidfile)."""
+        try:
+            self._start()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        self.stopping.set()
+        self._redis_stop.set()
+        try:
+            self.supervisor.kill(timeout=2.0)
+            for comp in self.components:
+                self._safe(comp.close)
+            if self.control is not None:
+                self.control.close()
+            if self.clients is not None:
+                self.clients.close()
+            if self.redis is not None:
+                self.redis.stop()
+        finally:
+            if self.pidfile is not None:
+                self.pidfile.release()
+            self.stopped.set()
+
+    def _start(self) -> None:
+        from . import exitcodes
+        cfg = self.cfg
+        soft, hard = raise_fd_limit()
+        self.log.info("starting", pid=os.getpid(), version=__version__, config=cfg.path,
+                      root=str(cfg.root), instance=self.instance_id, fd_limit=soft)
+        if isinstance(self.pidfile_path, PidFile):   # acquired by daemonize.detach()
+            self.pidfile = self.pidfile_path
+        elif self.pidfile_path:
+            try:
+                self.pidfile = PidFile(self.pidfile_path).acquire()
+            except Exception as e:
+                raise StartError(str(e), exitcodes.CANTCREAT) from None
+        # The control socket first: a live one means another daemon runs this town, and we must
+        # not touch its redis-server.
+        from .control import SocketInUse
+        self.control = ControlServer(cfg.control_socket_path, self._control_handlers(),
+                                     self.log.bind(logger="tinytownd.control"), docs=CONTROL_DOCS)
+        try:
+            self.control.start()
+        except SocketInUse as e:
+            self.control = None
+            raise StartError(str(e), exitcodes.CANTCREAT) from None
+        except OSError as e:
+            self.control = None
+            raise StartError(f"cannot bind the control socket {cfg.control_socket_path}: {e}",
+                             exitcodes.CANTCREAT) from None
+        if self.install_signals:
+            self._install_signals()
+        self._start_redis()
+        n_block = cfg.runtime.max_blocking_connections or (len(cfg.expanded_agents()) + 16)
+        self.clients = make_clients(cfg, blocking_connections=n_block,
+                                    url=self.redis.url if self.redis else None)
+        self.ctx = Context(config=cfg, keys=Keys(cfg.town.name), clients=self.clients,
+                           instance_id=self.instance_id, stopping=self.stopping,
+                           progress=self.supervisor.progress)
+        self.ctx.extra["daemon"] = self
+        if self.redis is not None:
+            self.ctx.extra["owned_redis"] = self.redis
+            self.supervisor.add("redis", lambda: self.redis.supervise(
+                self._redis_stop, lambda: self.supervisor.progress("redis")))
+        self.supervisor.add("daemon.heartbeat", self._heartbeat_loop)
+        self._load_components()
+        self.supervisor.start()
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._watchdog = gevent.spawn(self._watchdog_loop, interval)
+        self.started = True
+        self.started_at = time.time()
+        self.log.info("ready", startup_ms=round((time.monotonic() - self._t0) * 1000, 1),
+                      services=sorted(self.supervisor.services))
+        sdnotify.ready(f"running town {cfg.town.name}")
+
+    def _start_redis(self) -> None:
+        from . import exitcodes
+        from .redis_server import RedisStartError
+        cfg = self.cfg
+        if cfg.owned_redis:
+            self.redis = OwnedRedis(cfg, self.log.bind(logger="tinytownd.redis"))
+            try:
+                self.redis.start()
+            except RedisStartError as e:
+                raise StartError(str(e), exitcodes.UNAVAILABLE) from None
+            self.redis_version = self.redis.version
+            return
+        redacted = cfg.redis_url(redacted=True)
+        from .redis_conn import client_for_url
+        try:
+            client = client_for_url(cfg.redis.url, max_connections=2, cfg=cfg)
+        except ValueError as e:
+            raise StartError(f"invalid Redis URL {redacted}: {e}", exitcodes.CONFIG) from None
+        try:
+            self.redis_version = check_server(client, redacted)
+        except RedisUnavailable as e:
+            raise StartError(str(e), exitcodes.UNAVAILABLE) from None
+        finally:
+            client.close()
+        self.log.info("external redis ok", url=redacted, version=self.redis_version)
+
+    def _load_components(self) -> None:
+        for spec in COMPONENTS:
+            module, _, cls_name = spec.partition(":")
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name and (module == e.name or module.startswith(e.name + ".")):
+                    self.log.info("component not available", component=spec)
+                    continue
+                raise
+            comp = getattr(mod, cls_name)(self.ctx)
+            self.components.append(comp)
+            for name, fn in comp.services().items():
+                self.supervisor.add(name, fn)
+            self.log.info("component loaded", component=getattr(comp, "name", spec))
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
+            gevent.signal_handler(sig, self._queue.put, sig)
+
+    # ------------------------------------------------------------------ services
+    def _heartbeat_loop(self) -> None:
+        """Advertise this daemon (keys.daemon) and feed the watchdog."""
+        ttl = max(3, int(3 * self.cfg.runtime.lease_ttl_s))
+        key = self.ctx.keys.daemon(self.instance_id)
+        base = {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
+                "config_path": self.cfg.path,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at
+                                                                               or time.time()))}
+        try:
+            while not self.stopping.is_set():
+                try:
+                    pipe = self.clients.cmd.pipeline()
+                    pipe.hset(key, mapping={**base, "heartbeat": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                    pipe.expire(key, ttl)
+                    pipe.execute()
+                    self.supervisor.progress("daemon.heartbeat")
+                except Exception as e:  # Redis restarting: try again next round
+                    self.log.warning("daemon heartbeat failed", error=str(e))
+                self.stopping.wait(max(0.5, min(5.0, ttl / 9)))
+        finally:
+            try:
+                self.clients.cmd.delete(key)
+            except Exception:
+                pass
+
+    def _watchdog_loop(self, interval: float) -> None:
+        while not self.stopped.is_set():
+            stalled = self.supervisor.stalled(self.cfg.daemon.watchdog_stall_s)
+            if stalled:
+                self.log.warning("watchdog ping withheld: services made no progress",
+                                 stalled=stalled)
+            else:
+                sdnotify.watchdog()
+            gevent.sleep(interval)
+
+    # ------------------------------------------------------------------ run / stop
+    def request_stop(self, graceful: bool = True) -> None:
+        self._queue.put("stop" if graceful else "stop-now")
+
+    def run(self) -> int:
+        """Block until stopped; returns the exit code (0)."""
+        if not self.started:
+            self.start()
+        graceful = True
+        while True:
+            item = self._queue.get()
+            if item in (signal.SIGTERM, signal.SIGINT, "stop"):
+                self.log.info("stop requested", signal=_signame(item))
+                break
+            if item in (signal.SIGQUIT, "stop-now"):
+                graceful = False
+                self.log.info("immediate stop requested", signal=_signame(item))
+                break
+            if item == signal.SIGHUP:
+                result = self.reload()
+                if not result.get("ok"):
+                    self.log.error("reload failed (SIGHUP)", error=result.get("error"))
+            elif item == signal.SIGUSR1:
+                self.reopen_logs()
+        return self._shutdown(graceful)
+
+    def _shutdown(self, graceful: bool) -> int:
+        self._stop_requested = True
+        sdnotify.stopping("draining" if graceful else "stopping now")
+        self.stopping.set()
+        # A second SIGTERM/SIGINT (or SIGQUIT) during the drain makes it immediate.
+        watcher = gevent.spawn(self._watch_second_signal)
+        component_services = [n for n in self.supervisor.services if n != "redis"]
+        if graceful:
+            deadline = time.monotonic() + self.cfg.daemon.drain_timeout_s
+            self.log.info("draining", timeout_s=self.cfg.daemon.drain_timeout_s)
+            drains = [gevent.spawn(self._safe, c.drain, deadline) for c in self.components]
+            drains.append(gevent.spawn(self.supervisor.join,
+                                       max(0.0, deadline - time.monotonic()), component_services))
+            waiter = gevent.spawn(gevent.joinall, drains)
+            gevent.wait([waiter, self._immediate], count=1,
+                        timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+            if not waiter.dead:
+                self.log.warning("drain incomplete; stopping now",
+                                 immediate=self._immediate.is_set())
+                gevent.killall(drains, block=True, timeout=2)
+                waiter.kill()
+        self.supervisor.kill(timeout=2.0, names=component_services)
+        for comp in self.components:
+            self._safe(comp.close)
+        watcher.kill()
+        if self.control is not None:
+            self.control.close()
+        self._redis_stop.set()
+        self.supervisor.kill(timeout=2.0)
+        if self.clients is not None:
+            self.clients.close()
+        if self.redis is not None:
+            self.redis.stop()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+        if self.pidfile is not None:
+            self.pidfile.release()
+        self.stopped.set()
+        self.log.info("stopped", uptime_s=round(time.time() - (self.started_at or time.time()), 3))
+        return 0
+
+    def _watch_second_signal(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, "stop", "stop-now"):
+                self.log.warning("second stop request: stopping now", signal=_signame(item))
+                self._immediate.set()
+                return
+            if item == signal.SIGUSR1:
+                self.reopen_logs()
+
+    def _safe(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.log.error("component hook failed", hook=getattr(fn, "__qualname__", str(fn)),
+                           exc_info=True)
+
+    # ------------------------------------------------------------------ reload
+    def reload(self) -> dict:
+        """Validate → diff → apply. The old config keeps running if the new one is invalid."""
+        with self._reload_lock:
+            t0 = time.monotonic()
+            sdnotify.reloading()
+            old = self.cfg
+            try:
+                new = config.load(old.path)
+            except ConfigError as e:
+                sdnotify.ready(f"reload failed: {e.problems[0][1] if e.problems else e}")
+                self.log.error("reload refused: invalid config", error=str(e))
+                self.last_reload = {"ok": False, "at": time.time(), "error": str(e)}
+                return {"ok": False, "code": "invalid_config", "error": str(e)}
+            changes = config.diff(old, new)
+            effective = new
+            restart_required, applied, notes, errors = [], [], [], []
+            for ch in changes:
+                if not ch.live:
+                    restart_required.append(ch.describe())
+                    effective = _keep_old(effective, old, ch.key)
+                else:
+                    applied.append(ch.describe())
+            # logging
+            try:
+                if effective.logging.level != old.logging.level:
+                    logs.set_level(effective.logging.level)
+                if self._log_file(effective) != self._log_file(old):
+                    logs.open_sink(self._log_file(effective))
+            except (OSError, ValueError) as e:
+                errors.append(f"logging: {e}")
+            # redis live settings
+            live_redis = [c for c in changes if c.live and c.key.startswith("redis.")]
+            if self.redis is not None:
+                try:
+                    self.redis.apply(old, effective)
+                except RedisApplyError as e:
+                    errors.append(str(e))
+            elif live_redis:
+                notes.append("redis.* settings are not applied to an external Redis: "
+                             + ", ".join(c.key for c in live_redis))
+            self.cfg = effective
+            if self.ctx is not None:
+                self.ctx.config = effective
+            for comp in self.components:
+                try:
+                    notes += list(comp.reload(old, effective) or [])
+                except Exception as e:
+                    self.log.error("component reload failed", component=comp.name, exc_info=True)
+                    errors.append(f"{comp.name}: {type(e).__name__}: {e}")
+            ms = round((time.monotonic() - t0) * 1000, 2)
+            if errors:
+                self.log.error("reload partly failed", errors=errors, changes=applied)
+                sdnotify.ready("reload partly failed")
+                self.last_reload = {"ok": False, "at": time.time(), "error": "; ".join(errors)}
+                return {"ok": False, "code": "apply_failed", "error": "; ".join(errors),
+                        "changes": applied, "restart_required": restart_required, "notes": notes}
+            self.reloads += 1
+            self.last_reload = {"ok": True, "at": time.time(), "changes": len(applied)}
+            self.log.info("reloaded", changes=applied, restart_required=restart_required,
+                          notes=notes, reload_ms=ms)
+            sdnotify.ready(f"running town {self.cfg.town.name} (reloads: {self.reloads})")
+            return {"ok": True, "changes": applied, "restart_required": restart_required,
+                    "notes": notes, "reload_ms": ms}
+
+    def reopen_logs(self) -> None:
+        logs.reopen()
+        self.log.info("log file reopened")
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        cfg = self.cfg
+        if self.redis is not None:
+            redis_st = self.redis.status()
+        else:
+            redis_st = {"mode": "external", "url": cfg.redis_url(redacted=True),
+                        "ready": self.redis_version is not None, "version": self.redis_version}
+            if self.clients is not None:
+                try:
+                    redis_st["ready"] = bool(self.clients.cmd.ping())
+                except Exception:
+                    redis_st["ready"] = False
+        out = {
+            "pid": os.getpid(), "town": cfg.town.name, "root": str(cfg.root),
+            "version": __version__, "instance": self.instance_id,
+            "state": "stopping" if self._stop_requested else
+                     ("running" if self.started else "starting"),
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            "config_path": cfg.path, "reloads": self.reloads, "last_reload": self.last_reload,
+            "log_level": logs.get_level(), "redis": redis_st,
+            "services": self.supervisor.states(),
+            "service_details": self.supervisor.details(),
+            "components": {},
+        }
+        for comp in self.components:
+            try:
+                out["components"][comp.name] = comp.status()
+            except Exception as e:
+                out["components"][comp.name] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+    # ------------------------------------------------------------------ control socket
+    def _control_handlers(self) -> dict:
+        def ping(args):
+            return {"pong": True, "pid": os.getpid()}
+
+        def stop(args):
+            graceful = args.get("graceful", True) is not False
+            self.request_stop(graceful=graceful)
+            return {"stopping": True, "graceful": graceful, "pid": os.getpid()}
+
+        def log_level(args):
+            level = args.get("level")
+            if level is not None:
+                try:
+                    logs.set_level(str(level))
+                except ValueError as e:
+                    return {"ok": False, "code": "bad_request", "error": str(e)}
+                self.log.info("log level changed", level=logs.get_level())
+            return {"level": logs.get_level()}
+
+        def reopen(args):
+            self.reopen_logs()
+            return {"reopened": logs._State.path}
+
+        return {"ping": ping, "status": lambda args: self.status(),
+                "reload": lambda args: self.reload(), "stop": stop, "log-level": log_level,
+                "reopen-logs": reopen}
+
+
+def _signame(item: Any) -> str:
+    if isinstance(item, int):
+        try:
+            return signal.Signals(item).name
+        except ValueError:
+            return str(item)
+    return str(item)
