@@ -336,4 +336,705 @@ def check_batch_id(bid: str) -> str:
     return bid
 
 
-_ = dataclasses  # (re-exported helpers may use it)
+
+
+# ----------------------------------------------------------------------------- the run
+SUBMIT_CHUNK = 250
+RECOUNT_INTERVAL_S = 1.0
+NOTIFY_POLL_S = 0.25
+
+
+class BatchRun:
+    """Submission, progress following and the summary of one batch on one town.
+
+    `r` is a redis client with decode_responses=True; `keys` the town's Keys. Greenlet-friendly:
+    every wait is a socket wait (pubsub) or gevent.sleep.
+    """
+
+    def __init__(self, bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None):
+        self.bf = bf
+        self.id = batch_id
+        self.r = r
+        self.k = keys
+        self.reporter = reporter
+        self.log = log
+        self.ids: dict[str, str] = {}         # file id → task uuid
+        self.state: dict[str, str] = {}       # task uuid → last seen state
+        self.stop_requested = False
+        self.t_submit = None
+        self.submit_s = 0.0
+        self._pubsub = None
+        self._agent_names: dict[str, str] = {}
+
+    # --- meta -------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(self.r.exists(self.k.batch(self.id)))
+
+    def write_meta(self, *, resume: bool) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        p = self.r.pipeline(transaction=False)
+        p.hsetnx(self.k.batch(self.id), "created_at", now)
+        p.hset(self.k.batch(self.id), mapping={
+            "state": "running", "file": os.path.abspath(self.bf.path), "digest": self.bf.digest,
+            "total": str(len(self.bf.tasks)), "kind": self.bf.kind, "updated_at": now})
+        p.hincrby(self.k.batch(self.id), "runs", 1)
+        p.execute()
+
+    def set_state(self, state: str, **extra: Any) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.r.hset(self.k.batch(self.id), mapping={"state": state, "updated_at": now,
+                                                    **{a: str(b) for a, b in extra.items()}})
+
+    # --- submission ---------------------------------------------------------------------
+    def subscribe(self) -> None:
+        """SUBSCRIBE before submitting, so no terminal transition is missed."""
+        self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(self.k.notify)
+
+    def submit(self) -> tuple[int, int]:
+        """Submit every file task not yet submitted; return (new, already there).
+
+        Each chunk is one MULTI/EXEC: task hash + daemon task meta + backlog entry + the
+        `batch:<bid>:ids` mapping + the `batch:<bid>:tasks` list, so after a crash a file id is
+        either fully submitted or not at all.
+        """
+        from .town import Town
+
+        town = Town(self.r, self.k, log=self.log)
+        t0 = time.monotonic()
+        self.t_submit = t0
+        self.ids = self.r.hgetall(self.k.batch_ids(self.id)) or {}
+        # a mapping whose task hash vanished (deleted by hand) counts as not submitted
+        if self.ids:
+            fids = list(self.ids)
+            p = self.r.pipeline(transaction=False)
+            for fid in fids:
+                p.exists(self.k.task(self.ids[fid]))
+            for fid, ok in zip(fids, p.execute()):
+                if not ok:
+                    del self.ids[fid]
+        todo = [t for t in self.bf.tasks if t.id not in self.ids]
+        for i in range(0, len(todo), SUBMIT_CHUNK):
+            p = self.r.pipeline(transaction=True)
+            last = None
+            for t in todo[i:i + SUBMIT_CHUNK]:
+                tags = list(t.tags) + [f"batch:{self.id}"]
+                if t.role:
+                    tags.append(f"role:{t.role}")
+                tid = town.create_task(t.description, tags=tags, pipe=p)
+                meta = {"batch": self.id, "batch_task": t.id}
+                if t.max_attempts is not None:
+                    meta["max_attempts"] = str(t.max_attempts)
+                if t.timeout_s is not None:
+                    meta["timeout_s"] = repr(float(t.timeout_s))
+                if t.role:
+                    meta["role"] = t.role
+                p.hset(self.k.task_meta(tid), mapping=meta)
+                p.rpush(self.k.backlog, tid)
+                p.hset(self.k.batch_ids(self.id), t.id, tid)
+                p.rpush(self.k.batch_tasks(self.id), tid)
+                self.ids[t.id] = tid
+                last = tid
+            p.execute()
+            # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
+            self.r.publish(self.k.notify, json.dumps({"task": last, "state": "pending",
+                                                      "backlog": True, "batch": self.id}))
+        self.submit_s = time.monotonic() - t0
+        return len(todo), len(self.bf.tasks) - len(todo)
+
+    def requeue_lost(self) -> int:
+        """Resume: a `pending` task of this batch that is in no backlog gets pushed again."""
+        tids = [self.ids[t.id] for t in self.bf.tasks if t.id in self.ids]
+        states = self._states(tids)
+        pending = [tid for tid, st in states.items() if st == "pending"]
+        if not pending:
+            return 0
+        queued = set(self.r.lrange(self.k.backlog, 0, -1))
+        lost = [tid for tid in pending if tid not in queued]
+        if lost:
+            p = self.r.pipeline(transaction=True)
+            for tid in lost:
+                p.rpush(self.k.backlog, tid)
+            p.execute()
+            self.r.publish(self.k.notify, json.dumps({"task": lost[-1], "state": "pending",
+                                                      "backlog": True, "batch": self.id}))
+        return len(lost)
+
+    # --- following ----------------------------------------------------------------------
+    def _states(self, tids) -> dict[str, str]:
+        out: dict[str, str] = {}
+        tids = list(tids)
+        for i in range(0, len(tids), 1000):
+            p = self.r.pipeline(transaction=False)
+            chunk = tids[i:i + 1000]
+            for tid in chunk:
+                p.hget(self.k.task(tid), "state")
+            for tid, st in zip(chunk, p.execute()):
+                out[tid] = st or "pending"
+        return out
+
+    def recount(self, *, all_tasks: bool = False) -> None:
+        from .wire import TASK_TERMINAL
+
+        tids = list(self.ids.values()) if all_tasks else \
+            [t for t in self.ids.values() if self.state.get(t) not in TASK_TERMINAL]
+        self.state.update(self._states(tids))
+
+    def counts(self):
+        from .progress import Counts
+
+        c = Counts(total=len(self.bf.tasks))
+        for tid in self.ids.values():
+            st = self.state.get(tid, "pending")
+            if st == "completed":
+                c.completed += 1
+            elif st in ("failed", "cancelled"):
+                c.failed += 1
+            elif st == "running":
+                c.running += 1
+            else:
+                c.queued += 1
+        c.queued += len(self.bf.tasks) - len(self.ids)
+        return c
+
+    def _drain_notifications(self, timeout: float) -> int:
+        """Apply pending notify messages (waiting up to `timeout` for the first)."""
+        from .wire import TASK_TERMINAL
+
+        n = 0
+        ps = self._pubsub
+        if ps is None:
+            import gevent
+            gevent.sleep(timeout)
+            return 0
+        wait = timeout
+        while True:
+            try:
+                msg = ps.get_message(timeout=wait)
+            except Exception as e:  # connection lost: the periodic re-count covers us
+                if self.log:
+                    self.log.warning("batch notify subscription lost", error=str(e))
+                self._resubscribe()
+                return n
+            if msg is None:
+                return n
+            wait = 0.0
+            try:
+                note = json.loads(msg["data"])
+                tid, st = note.get("task"), note.get("state")
+            except (ValueError, TypeError, AttributeError):
+                continue
+            if tid in self.state and st in TASK_TERMINAL:
+                self.state[tid] = st
+                n += 1
+
+    def _resubscribe(self) -> None:
+        try:
+            if self._pubsub is not None:
+                self._pubsub.close()
+        except Exception:
+            pass
+        self._pubsub = None
+        try:
+            self.subscribe()
+        except Exception:
+            import gevent
+            gevent.sleep(0.5)
+
+    def follow(self, *, stop_event=None, on_tick=None) -> bool:
+        """Wait until every task is terminal (True) or a stop is requested (False)."""
+        import gevent
+
+        self.recount(all_tasks=True)
+        last_recount = time.monotonic()
+        while True:
+            c = self.counts()
+            if self.reporter:
+                self.reporter.update(c)
+            if c.finished:
+                # trust but verify: a final re-count of everything before declaring victory
+                self.recount(all_tasks=True)
+                c = self.counts()
+                if c.finished:
+                    return True
+            if self.stop_requested or (stop_event is not None and stop_event.is_set()):
+                return False
+            if on_tick is not None:
+                on_tick()
+            self._drain_notifications(NOTIFY_POLL_S)
+            if time.monotonic() - last_recount >= RECOUNT_INTERVAL_S:
+                try:
+                    self.recount()
+                except Exception as e:  # Redis blip: report and keep following
+                    if self.log:
+                        self.log.warning("batch re-count failed", error=str(e))
+                    gevent.sleep(0.5)
+                last_recount = time.monotonic()
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+            self._pubsub = None
+
+    # --- summary ------------------------------------------------------------------------
+    def _agent_name(self, aid: str | None) -> str | None:
+        if not aid:
+            return None
+        if aid not in self._agent_names:
+            self._agent_names[aid] = self.r.hget(self.k.agent(aid), "name") or aid
+        return self._agent_names[aid]
+
+    def rows(self) -> list[dict]:
+        from .wire import parse_ts
+
+        out = []
+        specs = self.bf.tasks
+        for i in range(0, len(specs), 500):
+            chunk = specs[i:i + 500]
+            p = self.r.pipeline(transaction=False)
+            for t in chunk:
+                tid = self.ids.get(t.id)
+                p.hgetall(self.k.task(tid) if tid else "tt:-")
+                p.hgetall(self.k.task_meta(tid) if tid else "tt:-")
+            res = p.execute()
+            for j, t in enumerate(chunk):
+                h, m = res[2 * j] or {}, res[2 * j + 1] or {}
+                dur = None
+                if h.get("started_at") and h.get("completed_at"):
+                    try:
+                        dur = round((parse_ts(h["completed_at"]) -
+                                     parse_ts(h["started_at"])).total_seconds(), 3)
+                    except ValueError:
+                        dur = None
+                try:
+                    attempts = int(m.get("attempts") or 0)
+                except ValueError:
+                    attempts = 0
+                st = h.get("state") or ("pending" if h else "unsubmitted")
+                if st in ("completed", "failed") and attempts == 0:
+                    attempts = 1
+                out.append({"id": t.id, "task_id": self.ids.get(t.id), "state": st,
+                            "attempts": attempts,
+                            "agent": self._agent_name(h.get("assigned_to") or m.get("agent")),
+                            "duration_s": dur, "result": h.get("result"),
+                            **({"error": m["last_error"]} if m.get("last_error") and
+                               st != "completed" else {})})
+        return out
+
+
+# ----------------------------------------------------------------------------- command
+def _err(msg: str) -> None:
+    import sys
+    print(f"tinytownd batch: {msg}", file=sys.stderr, flush=True)
+
+
+def _sock_path(root: Path, name: str) -> str:
+    """`root/name`, or a short /tmp path when that would exceed the unix socket limit."""
+    p = root / name
+    if len(str(p)) <= 100:
+        return str(p)
+    h = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    short = Path("/tmp") / f"ttbatch-{h}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return str(short / name)
+
+
+def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
+                    appendfsync: str | None = None, log_level: str = "info"):
+    """The daemon config of an embedded batch: town root = the batch dir, everything under it."""
+    from . import config as cfgmod
+
+    fsync = appendfsync or "everysec"
+    data = {
+        "town": {"name": "batch", "root": str(root)},
+        "redis": {"socket": _sock_path(root, "redis.sock"),
+                  "appendonly": fsync not in ("off",), "save": "",
+                  "appendfsync": fsync if fsync in ("always", "everysec", "no") else "everysec"},
+        "control": {"socket": _sock_path(root, "tinytownd.sock")},
+        "logging": {"level": log_level, "file": "logs/tinytownd.log"},
+        "daemon": {"drain_timeout_s": 30.0},
+        "agent_clis": clis,
+        "agents": agents,
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
+    try:
+        return cfgmod.from_dict(data, str(root / "batch-config"), env=env)
+    except cfgmod.ConfigError as e:
+        key, msg = e.problems[0]
+        raise BatchFileError(bf.path, key, msg) from None
+
+
+class _DirLock:
+    """flock on DIR/batch.lock: one process per batch directory."""
+
+    def __init__(self, root: Path):
+        self.path = root / "batch.lock"
+        self.fd = None
+
+    def acquire(self) -> None:
+        import fcntl
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode(errors="replace").strip()
+            os.close(self.fd)
+            self.fd = None
+            raise UsageError(f"batch directory {self.path.parent} is in use by another process"
+                             + (f" (pid {other})" if other else ""))
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Stopper:
+    """SIGINT/SIGTERM: first = drain (resumable), second = stop now."""
+
+    def __init__(self):
+        from gevent.event import Event
+        self.event = Event()
+        self.now = Event()
+        self.signame = None
+        self._handles = []
+
+    def install(self) -> None:
+        import signal
+
+        import gevent
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._handles.append(gevent.signal_handler(sig, self._on, sig))
+
+    def _on(self, sig) -> None:
+        import signal
+        if self.event.is_set():
+            self.now.set()
+        self.signame = signal.Signals(sig).name
+        self.event.set()
+
+    def uninstall(self) -> None:
+        for h in self._handles:
+            try:
+                h.cancel()
+            except Exception:
+                pass
+
+
+def _make_reporter(mode: str, batch_id: str):
+    import sys
+
+    from .progress import JsonProgress, TtyBar
+
+    out = sys.stdout
+    if mode == "auto":
+        try:
+            mode = "bar" if out.isatty() else "json"
+        except (AttributeError, ValueError):
+            mode = "json"
+    if mode == "bar":
+        return TtyBar(out)
+    if mode == "json":
+        return JsonProgress(out, context={"batch_id": batch_id})
+    return None
+
+
+def _write_summary(path: str, doc: dict) -> None:
+    from .progress import dumps
+    tmp = f"{path}.tmp{os.getpid()}"
+    Path(tmp).parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w") as f:
+        f.write(dumps(doc))
+    os.replace(tmp, path)
+
+
+def _finish(run: BatchRun, reporter, args, *, wall_s: float, completed_run: bool,
+            interrupted: bool, mode: str, extra: dict | None = None) -> int:
+    import sys
+
+    from .progress import render_table, summarize
+
+    rows = run.rows()
+    doc = summarize(run.id, rows, wall_s=wall_s,
+                    extra={"mode": mode, "file": os.path.abspath(run.bf.path),
+                           "submit_s": round(run.submit_s, 3), "interrupted": interrupted,
+                           **(extra or {})})
+    t = doc["totals"]
+    if t["completed"] == t["total"]:
+        code = EXIT_OK
+    elif interrupted or t["running"] + t["queued"] > 0:
+        code = EXIT_INTERRUPTED
+    else:
+        code = EXIT_FAILED
+    doc["exit_code"] = code
+    if args.summary:
+        _write_summary(args.summary, doc)
+    table = render_table(doc)
+    if interrupted:
+        table += (f"\ninterrupted ({'drained' if not completed_run else 'stopped'}): continue with"
+                  f"  tinytownd batch {run.bf.path} --resume {run.id}"
+                  + (f" --dir {args.dir}" if getattr(args, "dir", None) else ""))
+    from .progress import JsonProgress
+    if isinstance(reporter, JsonProgress):
+        reporter.note("batch.summary", batch_id=run.id, totals=t, exit_code=code,
+                      wall_time_s=doc["wall_time_s"], duration_p50_s=doc["duration_p50_s"],
+                      duration_p95_s=doc["duration_p95_s"], summary_path=args.summary)
+        print(table, file=sys.stderr, flush=True)
+    else:
+        print(table, flush=True)
+    return code
+
+
+def _announce(reporter, batch_id: str, text: str, **fields) -> None:
+    import sys
+    from .progress import JsonProgress
+    if isinstance(reporter, JsonProgress):
+        reporter.note("batch.start", **fields)
+    elif reporter is not None:
+        reporter.note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def main(args) -> int:
+    """`tinytownd batch` (args from commands/batch_cmd.py). Returns the exit code."""
+    try:
+        bf = load(args.file)
+    except BatchFileError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    try:
+        batch_id = check_batch_id(args.resume or args.batch_id or new_batch_id())
+        if bf.kind == "mission":
+            raise UsageError(f"{bf.path}: mission files are not supported by `batch` yet; "
+                             "start them with `tinytownd mission start`")
+        if args.config:
+            return _main_submit(bf, batch_id, args)
+        return _main_embedded(bf, batch_id, args)
+    except BatchFileError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except UsageError as e:
+        _err(str(e))
+        return EXIT_USAGE
+
+
+def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
+    import gevent
+
+    from . import logs
+    from .daemon import Daemon, StartError
+
+    clis, agents = agent_section(bf, agents=args.agents, cli=args.cli)
+    check_agents(bf, clis, agents)
+    root = Path(args.dir or Path.cwd() / ".tinytownd" / "batches" / batch_id).absolute()
+    state_file = root / "batch.json"
+    if args.resume:
+        if not state_file.exists():
+            raise UsageError(f"no batch {batch_id!r} to resume in {root} (give --dir if it ran "
+                             "elsewhere)")
+        prev = json.loads(state_file.read_text())
+        if prev.get("id") != batch_id:
+            raise UsageError(f"{root} holds batch {prev.get('id')!r}, not {batch_id!r}")
+    elif state_file.exists():
+        raise UsageError(f"batch {batch_id!r} already exists in {root}: use --resume {batch_id}")
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _DirLock(root)
+    lock.acquire()
+    try:
+        if not args.resume:
+            state_file.write_text(json.dumps({
+                "id": batch_id, "file": os.path.abspath(bf.path), "digest": bf.digest,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "agent_clis": clis, "agents": agents}, indent=1) + "\n")
+        cfg = embedded_config(bf, root, clis, agents, appendfsync=args.appendfsync)
+        reporter = _make_reporter(args.progress, batch_id)
+        _announce(reporter, batch_id,
+                  f"batch {batch_id}: {len(bf.tasks)} tasks, "
+                  f"{len(cfg.expanded_agents())} agents (dir {root})",
+                  batch_id=batch_id, tasks=len(bf.tasks), agents=len(cfg.expanded_agents()),
+                  dir=str(root), resume=bool(args.resume), mode="embedded")
+        d = Daemon(cfg, install_signals=False)
+        stopper = _Stopper()
+        stopper.install()
+        try:
+            try:
+                d.start()
+            except StartError as e:
+                _err(str(e))
+                try:
+                    d._shutdown(graceful=False)
+                except Exception:
+                    pass
+                return EXIT_UNAVAILABLE if e.exit_code == 69 else EXIT_USAGE
+            log = logs.get_logger("tinytownd.batch", batch=batch_id)
+            runner = gevent.spawn(d.run)
+            run = BatchRun(bf, batch_id, d.ctx.clients.cmd, d.ctx.keys, reporter=reporter,
+                           log=log)
+            t0 = time.monotonic()
+            try:
+                run.subscribe()
+                run.write_meta(resume=bool(args.resume))
+                new, old = run.submit()
+                lost = run.requeue_lost() if args.resume else 0
+                log.info("batch submitted", new=new, existing=old, requeued=lost,
+                         submit_s=round(run.submit_s, 3))
+                done = run.follow(stop_event=stopper.event)
+                interrupted = not done
+                if interrupted:
+                    if reporter is not None:
+                        reporter.note(f"{stopper.signame or 'stop'}: draining (running tasks "
+                                      "finish, queued ones stay for --resume)")
+                    _drain_embedded(d, run, reporter, stopper)
+                run.set_state("done" if done else "interrupted")
+                c = run.counts()
+                if reporter is not None:
+                    reporter.finish(c)
+                wall = time.monotonic() - t0
+                code = _finish(run, reporter, args, wall_s=wall, completed_run=not stopper.now.is_set(),
+                               interrupted=interrupted, mode="embedded",
+                               extra={"dir": str(root), "agents": len(cfg.expanded_agents())})
+            finally:
+                run.close()
+                d.request_stop(graceful=not stopper.now.is_set())
+                runner.join(timeout=cfg.daemon.drain_timeout_s + 15)
+                if not runner.dead:
+                    runner.kill()
+            return code
+        finally:
+            stopper.uninstall()
+    finally:
+        lock.release()
+
+
+def _drain_embedded(d, run: BatchRun, reporter, stopper) -> None:
+    """Stop claiming new work and let running rounds finish (until drain_timeout_s or a second
+    signal), following the counts meanwhile."""
+    import gevent
+
+    deadline = time.monotonic() + d.cfg.daemon.drain_timeout_s
+    drains = [gevent.spawn(c.drain, deadline) for c in d.components]
+    while time.monotonic() < deadline and not stopper.now.is_set():
+        run._drain_notifications(0.25)
+        run.recount()
+        if reporter is not None:
+            reporter.update(run.counts())
+        if all(g.dead for g in drains) or run.counts().running == 0 and \
+                all(g.dead for g in drains):
+            break
+    run.recount(all_tasks=True)
+    gevent.killall([g for g in drains if not g.dead], timeout=1)
+
+
+def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
+    """-c CONFIG: submit to the town of a running daemon and follow its progress."""
+    import sys
+
+    from . import config as cfgmod
+    from . import logs
+    from .keys import Keys
+    from .redis_conn import RedisUnavailable, check_server, make_clients
+
+    try:
+        cfg = cfgmod.load(args.config, check_files=False)
+    except cfgmod.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if bf.agents or args.agents or args.cli:
+        print("tinytownd batch: note: -c submits to the daemon's agents; agents:/--agents/--cli "
+              "are ignored", file=sys.stderr)
+    if args.dir or args.appendfsync:
+        print("tinytownd batch: note: --dir/--appendfsync only apply to embedded runs",
+              file=sys.stderr)
+    logs.configure("warning", "/dev/stderr")
+    clients = make_clients(cfg, blocking_connections=1)
+    try:
+        try:
+            check_server(clients.cmd, clients.redacted)
+        except RedisUnavailable as e:
+            _err(str(e))
+            return EXIT_UNAVAILABLE
+        keys = Keys(cfg.town.name)
+        r = clients.cmd
+        try:
+            daemons = list(r.scan_iter(match=keys.daemon_pattern(), count=1000))
+        except Exception as e:
+            _err(f"Redis error: {e}")
+            return EXIT_UNAVAILABLE
+        if not daemons:
+            _err(f"no tinytownd daemon is running town {cfg.town.name!r} at {clients.redacted}; "
+                 f"start it (tinytownd run -c {args.config}) or run the batch embedded (no -c)")
+            return EXIT_UNAVAILABLE
+        from .town import Town
+        roles = {a.get("role_id") or "default" for a in Town(r, keys).list_agents()
+                 if a.get("state") not in ("stopped", "error", "cold")}
+        for t in bf.tasks:
+            if t.role and t.role not in roles:
+                raise BatchFileError(bf.path, t.entry(), f"role {t.role!r}: no live agent of "
+                                     f"town {cfg.town.name!r} has it (roles: "
+                                     f"{', '.join(sorted(roles)) or 'none'})")
+        log = logs.get_logger("tinytownd.batch", batch=batch_id)
+        run = BatchRun(bf, batch_id, r, keys, log=log)
+        if args.resume and not run.exists():
+            raise UsageError(f"no batch {batch_id!r} in town {cfg.town.name!r} to resume")
+        if not args.resume and run.exists():
+            raise UsageError(f"batch {batch_id!r} already exists in town {cfg.town.name!r}: use "
+                             f"--resume {batch_id}")
+        reporter = _make_reporter(args.progress, batch_id)
+        run.reporter = reporter
+        _announce(reporter, batch_id, f"batch {batch_id}: {len(bf.tasks)} tasks → town "
+                  f"{cfg.town.name} ({len(daemons)} daemon(s))", batch_id=batch_id,
+                  tasks=len(bf.tasks), town=cfg.town.name, resume=bool(args.resume),
+                  mode="submit")
+        stopper = _Stopper()
+        stopper.install()
+        t0 = time.monotonic()
+        try:
+            run.subscribe()
+            run.write_meta(resume=bool(args.resume))
+            run.submit()
+            if args.resume:
+                run.requeue_lost()
+            done = run.follow(stop_event=stopper.event)
+            if not done:
+                withdrawn = _withdraw(run)
+                if reporter is not None:
+                    reporter.note(f"{stopper.signame or 'stop'}: {withdrawn} queued tasks "
+                                  "withdrawn from the backlog; waiting for running ones")
+                deadline = time.monotonic() + cfg.daemon.drain_timeout_s
+                while time.monotonic() < deadline and not stopper.now.is_set():
+                    run._drain_notifications(0.25)
+                    run.recount()
+                    c = run.counts()
+                    if reporter is not None:
+                        reporter.update(c)
+                    if c.running == 0:
+                        break
+            run.set_state("done" if done else "interrupted")
+            if reporter is not None:
+                reporter.finish(run.counts())
+            return _finish(run, reporter, args, wall_s=time.monotonic() - t0,
+                           completed_run=not stopper.now.is_set(), interrupted=not done,
+                           mode="submit", extra={"town": cfg.town.name})
+        finally:
+            run.close()
+            stopper.uninstall()
+    finally:
+        clients.close()
+
+
+def _withdraw(run: BatchRun) -> int:
+    """Remove this batch's unstarted tasks from the backlog; they stay `pending` for --resume."""
+    run.recount()
+    pending = [tid for tid, st in run.state.items() if st == "pending"]
+    n = 0
+    for i in range(0, len(pending), 500):
+        p = run.r.pipeline(transaction=False)
+        for tid in pending[i:i + 500]:
+            p.lrem(run.k.backlog, 1, tid)
+        n += sum(int(x or 0) for x in p.execute())
+    return n
