@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -28,7 +29,7 @@ from gevent.event import Event
 
 from . import __version__, config, logs, sdnotify
 from .component import Component, Context
-from .config import Config, ConfigError
+from .config import Config, ConfigError, redact_url
 from .control import ControlServer
 from .keys import Keys
 from .pidfile import PidFile
@@ -55,6 +56,11 @@ class StartError(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def redact(url: str) -> str:
+    """config.redact_url, plus a password given as a query parameter (unix://…?password=…)."""
+    return re.sub(r"([?&]password=)[^&#]*", r"\1****", redact_url(url))
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -215,10 +221,17 @@ class Daemon:
                 raise StartError(str(e), exitcodes.UNAVAILABLE) from None
             self.redis_version = self.redis.version
             return
-        redacted = cfg.redis_url(redacted=True)
-        from .redis_conn import client_for_url
-        try:
-            client = client_for_url(cfg.redis.url, max_connections=2, cfg=cfg)
+        redacted = redact(cfg.redis.url)
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        from .redis_conn import _tls_kwargs
+        try:   # no retries: a wrong password or a dead host is reported at once
+            client = redis.Redis.from_url(cfg.redis.url, decode_responses=True,
+                                          socket_connect_timeout=5.0, socket_timeout=5.0,
+                                          retry=Retry(NoBackoff(), 0),
+                                          **_tls_kwargs(cfg, cfg.redis.url))
         except ValueError as e:
             raise StartError(f"invalid Redis URL {redacted}: {e}", exitcodes.CONFIG) from None
         try:
@@ -445,7 +458,7 @@ class Daemon:
         if self.redis is not None:
             redis_st = self.redis.status()
         else:
-            redis_st = {"mode": "external", "url": cfg.redis_url(redacted=True),
+            redis_st = {"mode": "external", "url": redact(cfg.redis.url),
                         "ready": self.redis_version is not None, "version": self.redis_version}
             if self.clients is not None:
                 try:
