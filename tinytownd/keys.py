@@ -59,6 +59,12 @@ mission:<mid>                      hash    daemon bookkeeping of a mission: fenc
                                            file ids, per-item attempts ("attempts:<wid>") and
                                            implementer ("implementer:<wid>").
 mission:index                      hash    mission-file path/issue ref → mission id (optional dedupe).
+mission:<mid>:tasks                set     ids of tasks bound to the mission that the engine has not
+                                           processed yet (live, or terminal and not yet reconciled).
+mission:<mid>:cmdwatch             hash    command-watch id → JSON CommandWatch (tt has no such
+                                           WatchKind, so these never go into tt's :watch hash).
+mission:engines                    zset    mission-engine instance → last heartbeat (ms); used to
+                                           split missions fairly between daemons.
 """
 from __future__ import annotations
 
@@ -194,3 +200,13 @@ class Keys:
     @property
     def mission_index(self) -> str:
         return f"{self.d}mission:index"
+
+    def mission_tasks(self, mid: str) -> str:
+        return f"{self.d}mission:{mid}:tasks"
+
+    def mission_cmd_watches(self, mid: str) -> str:
+        return f"{self.d}mission:{mid}:cmdwatch"
+
+    @property
+    def mission_engines(self) -> str:
+        return f"{self.d}mission:engines"
