@@ -1,0 +1,104 @@
+"""Hosting components: supervised services (crash → restart with backoff), drain, the second
+SIGTERM, reload fan-out, the watchdog's progress check. The components below are loaded by a real
+daemon process through $TINYTOWND_COMPONENTS."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import gevent
+
+from tests.helpers import ROOT
+from tests.test_daemon import town, wait_for  # noqa: F401  (fixture)
+from tinytownd.component import Component
+
+
+class Flaky(Component):
+    """A service that crashes twice, then runs; another that stalls after some progress."""
+
+    name = "flaky"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.crashes = 0
+        self.reloaded = 0
+
+    def services(self):
+        return {"flaky.loop": self.loop, "flaky.stall": self.stall}
+
+    def loop(self):
+        if self.crashes < 2:
+            self.crashes += 1
+            raise RuntimeError(f"boom {self.crashes}")
+        while not self.ctx.stopping.is_set():
+            self.ctx.progress("flaky.loop")
+            self.ctx.stopping.wait(0.05)
+
+    def stall(self):
+        self.ctx.progress("flaky.stall")
+        self.ctx.stopping.wait()          # never reports progress again
+
+    def reload(self, old, new):
+        self.reloaded += 1
+        return [f"flaky saw level {new.logging.level}"]
+
+    def status(self):
+        return {"crashes": self.crashes, "reloaded": self.reloaded}
+
+
+class SlowDrain(Component):
+    name = "slow"
+
+    def drain(self, deadline):
+        while time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
+    def status(self):
+        return {"draining": self.ctx.stopping.is_set()}
+
+
+ENV = {"PYTHONPATH": str(ROOT)}
+
+
+def _events(town):
+    return [json.loads(line) for line in town.stdout_lines()]
+
+
+def test_crashing_service_restarts_and_reload_fans_out(town):
+    town.write(daemon={"watchdog_stall_s": 1})
+    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:Flaky",
+                    "NOTIFY_SOCKET": str(town.root / "nobody.sock"), "WATCHDOG_USEC": "200000"})
+    st = wait_for(lambda: (s := town.status())["services"]["flaky.loop"] == "running"
+                  and s["service_details"]["flaky.loop"]["restarts"] == 2 and s, what="restarts")
+    assert st["components"]["flaky"]["crashes"] == 2
+    crashed = [e for e in _events(town) if e["event"] == "service crashed"]
+    assert len(crashed) == 2 and crashed[0]["service"] == "flaky.loop"
+    exc = crashed[0]["exception"]                # structured traceback, not a text blob
+    assert isinstance(exc, list) and exc[0]["exc_type"] == "RuntimeError"
+    # the stalled service withholds the watchdog ping
+    wait_for(lambda: any(e["event"].startswith("watchdog ping withheld")
+                         and "flaky.stall" in e["stalled"] for e in _events(town)),
+             what="watchdog withheld")
+    town.write(logging={"level": "warning"}, daemon={"watchdog_stall_s": 1})
+    r = town.cli("reload")
+    assert r.returncode == 0 and "flaky saw level warning" in r.stdout
+    assert town.status()["components"]["flaky"]["reloaded"] == 1
+    assert town.stop() == 0
+
+
+def test_graceful_drain_then_second_sigterm_is_immediate(town):
+    town.write(daemon={"drain_timeout_s": 60})
+    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:SlowDrain"})
+    rpid = town.status()["redis"]["pid"]
+    town.proc.send_signal(signal.SIGTERM)
+    st = wait_for(lambda: (s := town.status())["state"] == "stopping" and s, what="draining")
+    assert st["components"]["slow"]["draining"] is True
+    assert town.proc.poll() is None
+    t0 = time.monotonic()
+    town.proc.send_signal(signal.SIGTERM)
+    assert town.proc.wait(20) == 0
+    assert time.monotonic() - t0 < 30
+    assert any(e["event"] == "second stop request: stopping now" for e in _events(town))
+    wait_for(lambda: not os.path.exists(f"/proc/{rpid}"), what="redis gone")
