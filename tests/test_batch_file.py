@@ -73,7 +73,7 @@ def test_load_reports_yaml_errors(tmp_path):
 def test_agent_sections():
     bf = batch.parse({"tasks": ["x"], "agent_clis": {"demo": {"command": "true"}}}, "b.yaml")
     clis, agents = batch.agent_section(bf, agents=None, cli=None)
-    assert agents == [{"name": "agent", "role": "worker", "cli": "demo", "count": 4}]
+    assert agents[0]["count"] == 4 and agents[0]["cli"] == "demo"
     clis, agents = batch.agent_section(bf, agents=8, cli="true")
     assert agents[0]["count"] == 8 and clis[agents[0]["cli"]]["command"] == "true"
     with pytest.raises(batch.UsageError):

@@ -258,7 +258,8 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
 
     Without `agents:` in the file: N agents (`--agents`, default 4) named `agent-1..N`, role
     `worker`, running `--cli` (or the file's only agent_clis entry). With `agents:` in the file,
-    `--cli` replaces every entry's CLI and `--agents` the count of a single entry.
+    `--cli` replaces every entry's CLI and `--agents` the count of a single entry. Agents work in
+    the current directory unless their entry names a `workdir` (relative = to the current dir).
     """
     from .config import BUILTIN_CLIS
 
@@ -286,6 +287,9 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
                 raise UsageError("--agents N needs a batch file with at most one agents: entry "
                                  f"({len(specs)} here); edit the counts in the file instead")
             specs[0]["count"] = agents
+        for s in specs:
+            if isinstance(s, dict):
+                s["workdir"] = os.path.abspath(s.get("workdir") or ".")
         return clis_raw, specs
     if not cli_name:
         if len(clis_raw) == 1:
@@ -294,7 +298,7 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
             raise UsageError("no agents: pass --cli NAME (a CLI from agent_clis, a built-in like "
                              "claude, or a command), or define agents: in the batch file")
     return clis_raw, [{"name": "agent", "role": "worker", "cli": cli_name,
-                       "count": agents or DEFAULT_AGENTS}]
+                       "count": agents or DEFAULT_AGENTS, "workdir": os.path.abspath(".")}]
 
 
 def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/tmp") -> None:
@@ -320,10 +324,15 @@ def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/
             raise BatchFileError(bf.path, "agents", f"agent name {a.name!r} is defined twice")
         names.add(a.name)
     roles = {a.role for a in expanded}
+    words = [{a.role, f"role:{a.role}", a.name, *map(str, a.tags)} for a in expanded]
     for t in bf.tasks:
         if t.role and t.role not in roles:
             raise BatchFileError(bf.path, t.entry(), f"role {t.role!r} has no agent "
                                                      f"(agents have: {', '.join(sorted(roles))})")
+        if t.tags and not t.role and not any(w & set(t.tags) for w in words):
+            raise BatchFileError(bf.path, t.entry(),
+                                 f"tags {list(t.tags)} fit no agent (an agent takes a tagged task "
+                                 "when one tag is its role, its name or one of its tags)")
 
 
 def new_batch_id() -> str:
@@ -418,8 +427,11 @@ class BatchRun:
             p = self.r.pipeline(transaction=True)
             last = None
             for t in todo[i:i + SUBMIT_CHUNK]:
-                tags = list(t.tags) + [f"batch:{self.id}"]
-                if t.role:
+                # The runtime's claim: a task fits an agent when it has no tags or one of its
+                # tags is the agent's role, `role:<role>`, name or one of its tags. So the batch
+                # link lives in the task meta (and batch:<bid>:tasks), never in the tags.
+                tags = list(t.tags)
+                if t.role and f"role:{t.role}" not in tags:
                     tags.append(f"role:{t.role}")
                 tid = town.create_task(t.description, tags=tags, pipe=p)
                 meta = {"batch": self.id, "batch_task": t.id}
@@ -790,7 +802,7 @@ def _finish(run: BatchRun, reporter, args, *, wall_s: float, completed_run: bool
     return code
 
 
-def _announce(reporter, batch_id: str, text: str, **fields) -> None:
+def _announce(reporter, text: str, **fields) -> None:
     import sys
     from .progress import JsonProgress
     if isinstance(reporter, JsonProgress):
@@ -854,7 +866,7 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
                 "agent_clis": clis, "agents": agents}, indent=1) + "\n")
         cfg = embedded_config(bf, root, clis, agents, appendfsync=args.appendfsync)
         reporter = _make_reporter(args.progress, batch_id)
-        _announce(reporter, batch_id,
+        _announce(reporter,
                   f"batch {batch_id}: {len(bf.tasks)} tasks, "
                   f"{len(cfg.expanded_agents())} agents (dir {root})",
                   batch_id=batch_id, tasks=len(bf.tasks), agents=len(cfg.expanded_agents()),
@@ -986,7 +998,7 @@ def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
                              f"--resume {batch_id}")
         reporter = _make_reporter(args.progress, batch_id)
         run.reporter = reporter
-        _announce(reporter, batch_id, f"batch {batch_id}: {len(bf.tasks)} tasks → town "
+        _announce(reporter, f"batch {batch_id}: {len(bf.tasks)} tasks → town "
                   f"{cfg.town.name} ({len(daemons)} daemon(s))", batch_id=batch_id,
                   tasks=len(bf.tasks), town=cfg.town.name, resume=bool(args.resume),
                   mode="submit")
