@@ -232,7 +232,7 @@ class MissionEngine(Component):
                 for mid in list(self.owned):
                     self.wake(mid)
                 while not self.ctx.stopping.is_set():
-                    msg = ps.get_message(timeout=1.0)
+                    msg = ps.get_message(timeout=0.25)
                     self.ctx.progress("missions.notify")
                     if msg and msg.get("type") == "message":
                         self.on_notify(msg.get("data"))
