@@ -14,11 +14,11 @@ def town(redis_server):
     return Town(redis_server.client(), Keys("t1"))
 
 
-def all_records_valid(town):
+def all_records_valid_town(town):
     """Validate every agent/task/message/event record under tt's rules."""
     r, k = town.r, town.k
     problems = []
-    for key in r.scan_iter(match="tt:t1:*"):
+    for key in r.scan_iter(match=k.p + "*"):
         t = r.type(key)
         if key.startswith(k.d):
             continue
@@ -43,7 +43,7 @@ def test_register_is_idempotent_and_valid(town):
     rec = town.get_agent(a)
     assert rec["state"] == "starting" and rec["role_id"] == "worker" and rec["cli"] == "sh"
     assert models.validate_agent(rec) == []
-    assert all_records_valid(town) == []
+    assert all_records_valid_town(town) == []
 
 
 def test_register_adopts_tt_agent(town):
@@ -101,7 +101,7 @@ def test_assign_complete_records(town):
     assert town.r.xlen(town.k.mission_events_stream("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")) == 2
     with pytest.raises(LookupError):
         town.complete_task("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")
-    assert all_records_valid(town) == []
+    assert all_records_valid_town(town) == []
 
 
 def test_fail_and_existing_task_assign(town):
@@ -114,7 +114,7 @@ def test_fail_and_existing_task_assign(town):
     t = town.get_task(tid)
     assert t["state"] == "failed" and t["result"] == "boom"
     assert town.get_agent(aid)["tasks_completed"] == "0"
-    assert all_records_valid(town) == []
+    assert all_records_valid_town(town) == []
 
 
 def test_send_queue_semantics(town):
@@ -129,7 +129,7 @@ def test_send_queue_semantics(town):
     assert [json.loads(x)["id"] for x in town.r.lrange(town.k.urgent(aid), 0, -1)] == [u2, u1]
     with pytest.raises(ValueError):
         town.send(aid, "bogus")
-    assert all_records_valid(town) == []
+    assert all_records_valid_town(town) == []
 
 
 def test_assign_many_and_backlog(town):
@@ -141,7 +141,7 @@ def test_assign_many_and_backlog(town):
     assert town.backlog_list() == [b]
     assert town.get_task(b)["tags"] == '["review"]'
     assert len(town.list_tasks()) == 1001
-    assert all_records_valid(town) == []
+    assert all_records_valid_town(town) == []
 
 
 def test_decode_message_poison():

@@ -102,6 +102,70 @@ class Town:
                 self._update_identity(got, rec, role, cli, nickname)
         return got
 
+    def register_agents(self, specs: list[dict]) -> list[str]:
+        """Bulk `register_agent` for many agents ({name, role, cli}): one SCAN, pipelined."""
+        k = self.k
+        if not specs:
+            return []
+        p = self.r.pipeline(transaction=False)
+        for s in specs:
+            p.hget(k.agent_names, s["name"])
+        mapped = p.execute()
+        p = self.r.pipeline(transaction=False)
+        for aid in mapped:
+            p.hgetall(k.agent(aid)) if aid else p.exists(k.agent_names)
+        recs = p.execute(raise_on_error=False)
+        need = [i for i, (aid, rec) in enumerate(zip(mapped, recs))
+                if not (aid and isinstance(rec, dict) and "id" in rec)]
+        by_name: dict[str, list[dict]] = {}
+        if need:
+            for a in self.list_agents():
+                by_name.setdefault(a.get("name", ""), []).append(a)
+        out: list[str | None] = [None] * len(specs)
+        created: list[tuple[str, str]] = []
+        p = self.r.pipeline(transaction=False)
+        for i, s in enumerate(specs):
+            if i not in need:
+                out[i] = mapped[i]
+                self._update_identity(mapped[i], recs[i], s.get("role"), s.get("cli", ""), None)
+                continue
+            name = s["name"]
+            if name.lower() in RESERVED_AGENT_NAMES:
+                raise ValueError(f"agent name {name!r} is reserved by Tinytown")
+            existing = by_name.get(name)
+            if existing:
+                live = [a for a in existing if a.get("state") not in AGENT_TERMINAL] or existing
+                aid, pairs = sorted(live, key=lambda a: a.get("created_at", ""))[0]["id"], []
+            else:
+                aid = new_id()
+                h = models.new_agent_hash(aid, name, role=s.get("role"), cli=s.get("cli", ""))
+                pairs = [x for kv in h.items() for x in kv]
+            self.scripts.register_agent(keys=[k.agent_names], args=[k.p, name, aid, *pairs],
+                                        client=p)
+        res = p.execute()
+        j = 0
+        for i, s in enumerate(specs):
+            if out[i] is None:
+                got, how = res[j]
+                j += 1
+                out[i] = got
+                if int(how) == 1:
+                    created.append((got, s["name"]))
+                else:
+                    rec = self.get_agent(got)
+                    if rec:
+                        self._update_identity(got, rec, s.get("role"), s.get("cli", ""), None)
+        if created:
+            try:
+                p = self.r.pipeline(transaction=False)
+                for aid, name in created:
+                    self._emit_into(p, "agent_spawned", f"Agent {name} registered",
+                                    {"agent_id": aid, "spawn_mode": "fresh"})
+                p.execute()
+            except redis.RedisError as e:
+                self.log.warning("event not recorded", event_type="agent_spawned", error=str(e))
+        return out  # type: ignore[return-value]
+
     def _update_identity(self, aid: str, rec: dict, role, cli, nickname) -> None:
         upd = {}
         if cli and rec.get("cli") != cli:
@@ -385,6 +449,69 @@ class Town:
         if fields.get("mission_id"):
             p.xadd(k.mission_events_stream(fields["mission_id"]), entry,
                    maxlen=EVENT_MAXLEN_MISSION, approximate=True)
+
+    # ------------------------------------------------------------------ control (tt §5.4)
+    def _agent_state(self, aid: str) -> str:
+        st = self.r.hget(self.k.agent(aid), "state")
+        if st is None and not self.r.exists(self.k.agent(aid)):
+            raise LookupError(f"unknown agent {aid!r}")
+        return models.parse_agent({"id": aid, "state": st})["state"]
+
+    def interrupt(self, aid: str) -> str:
+        """paused (refused for terminal agents). Returns the old state."""
+        old = self._agent_state(aid)
+        if old in AGENT_TERMINAL:
+            raise ValueError(f"agent is {old}; cannot interrupt")
+        p = self.r.pipeline(transaction=False)
+        p.hset(self.k.agent(aid), "state", "paused")
+        self.log_activity(aid, "⏸️ Interrupted (paused)", pipe=p)
+        self._emit_into(p, "agent_interrupted", "Agent interrupted (paused)",
+                        {"agent_id": aid, **models.state_change_fields(old, "paused")})
+        p.execute()
+        return old
+
+    def resume(self, aid: str) -> str:
+        """paused → idle, DEL stop (as tt). A stopped agent is restarted the same way (tt needs
+        `tt restart` for that); the runtime then runs it again."""
+        old = self._agent_state(aid)
+        if old not in ("paused", "stopped"):
+            raise ValueError(f"agent is {old}; only a paused or stopped agent can be resumed")
+        now = hash_ts()
+        p = self.r.pipeline(transaction=False)
+        p.hset(self.k.agent(aid), mapping={"state": "idle", "last_heartbeat": now})
+        p.delete(self.k.stop(aid))
+        self.log_activity(aid, "▶️ Resumed", pipe=p)
+        self._emit_into(p, "agent_resumed", "Agent resumed",
+                        {"agent_id": aid, **models.state_change_fields(old, "idle")})
+        p.execute()
+        return old
+
+    def close(self, aid: str) -> str:
+        """draining + stop flag: the running round finishes, then the agent stops."""
+        old = self._agent_state(aid)
+        if old in AGENT_TERMINAL:
+            raise ValueError(f"agent is {old}; cannot close")
+        p = self.r.pipeline(transaction=False)
+        p.hset(self.k.agent(aid), "state", "draining")
+        p.set(self.k.stop(aid), "1", ex=3600)
+        self.log_activity(aid, "🔻 Closing (draining then stop)", pipe=p)
+        self._emit_into(p, "agent_stopped", "Agent closing (draining then stop)",
+                        {"agent_id": aid, **models.state_change_fields(old, "draining")})
+        p.execute()
+        return old
+
+    def kill(self, aid: str) -> str:
+        """stop flag + stopped at once; the daemon also kills a running CLI (its task is
+        requeued)."""
+        old = self._agent_state(aid)
+        p = self.r.pipeline(transaction=False)
+        p.set(self.k.stop(aid), "1", ex=3600)
+        p.hset(self.k.agent(aid), mapping={"state": "stopped", "last_heartbeat": hash_ts()})
+        self.log_activity(aid, "🛑 Stop requested", pipe=p)
+        self._emit_into(p, "agent_state_changed", "Agent killed",
+                        {"agent_id": aid, **models.state_change_fields(old, "stopped")})
+        p.execute()
+        return old
 
     # ------------------------------------------------------------------ misc
     def log_activity(self, aid: str, text: str, *, pipe=None) -> None:

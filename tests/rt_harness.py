@@ -1,0 +1,76 @@
+"""In-process harness for the town runtime (runtime helper's tests and bench): builds a Context the
+way the daemon does, runs TownRuntime's services in greenlets, and stops everything it started."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gevent
+import gevent.event
+import yaml
+
+from tinytownd import config
+from tinytownd.component import Context
+from tinytownd.keys import Keys
+from tinytownd.redis_conn import make_clients
+from tinytownd.runtime import TownRuntime, blocking_connections
+from tinytownd.town import Town
+from tinytownd.wire import new_id
+
+
+def write_config(root: Path, redis_url: str, *, agents, clis, town="t", runtime=None,
+                 adopt=False) -> Path:
+    data = {"town": {"name": town, "root": str(root)}, "redis": {"url": redis_url},
+            "runtime": {"heartbeat_interval_s": 0.2, "lease_ttl_s": 2.0, "stale_after_s": 2.0,
+                        "sweep_interval_s": 0.3, "retry_backoff_s": 0.05,
+                        "block_timeout_s": 0.2, **(runtime or {})},
+            "agent_clis": clis, "agents": agents, "adopt": adopt}
+    path = root / "tinytownd.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Harness:
+    def __init__(self, cfg_path: Path):
+        self.cfg = config.load(str(cfg_path), env={}, check_files=False)
+        self.keys = Keys(self.cfg.town.name)
+        self.clients = make_clients(self.cfg, blocking_connections=blocking_connections(self.cfg))
+        self.ctx = Context(config=self.cfg, keys=self.keys, clients=self.clients,
+                           instance_id=new_id(), stopping=gevent.event.Event())
+        self.rt = TownRuntime(self.ctx)
+        self.town: Town = self.rt.town
+        self.greenlets: list = []
+
+    def start(self) -> "Harness":
+        self.greenlets = [gevent.spawn(fn) for fn in self.rt.services().values()]
+        return self
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        self.ctx.stopping.set()
+        self.rt.drain(time.monotonic() + drain_s)
+        gevent.joinall(self.greenlets, timeout=5)
+        gevent.killall(self.greenlets, timeout=2)
+        self.rt.close()
+        self.clients.close()
+
+    def crash(self) -> None:
+        """Like kill -9 of the daemon: greenlets die without releasing or recording anything."""
+        for w in self.rt.workers.values():
+            w.lost = True
+        self.ctx.stopping.set()
+        gevent.killall(self.greenlets, timeout=2)
+        self.rt.pool.kill(timeout=2)
+        self.clients.close()
+
+    def aid(self, name: str) -> str:
+        return self.town.resolve_agent(name)
+
+
+def wait_for(pred, timeout=20.0, interval=0.02, msg="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        gevent.sleep(interval)
+    raise AssertionError(f"timed out waiting for {msg}")

@@ -1,0 +1,271 @@
+"""TownRuntime in-process: agents run CLIs for tasks, tt-compatible records, ordering, retries."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.rt_harness import Harness, wait_for, write_config
+from tests.test_town import all_records_valid_town
+from tinytownd import models
+from tinytownd.wire import SUPERVISOR_ID, TASK_TERMINAL
+
+
+@pytest.fixture
+def harness(redis_server, tmpdir_short):
+    made = []
+
+    def make(agents, clis, **kw):
+        root = tmpdir_short / f"town{len(made)}"
+        root.mkdir(exist_ok=True)
+        h = Harness(write_config(root, redis_server.url, agents=agents, clis=clis, **kw))
+        made.append(h)
+        return h.start()
+
+    yield make
+    for h in made:
+        try:
+            h.stop()
+        except Exception:
+            pass
+
+
+def task_state(h, tid):
+    return (h.town.get_task(tid) or {}).get("state")
+
+
+def test_assign_runs_cli_and_completes(harness, tmpdir_short):
+    out = tmpdir_short / "out.txt"
+    h = harness([{"name": "w", "cli": "echo", "role": "worker"}],
+                {"echo": {"command": f"cat > /dev/null; echo \"$TINYTOWN_TASK_ID $TINYTOWN_AGENT_NAME"
+                                     f" $TINYTOWN_TOWN\" >> {out}; echo all done"}})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    tid = h.town.assign(aid, "say hi")
+    wait_for(lambda: task_state(h, tid) == "completed")
+    t = h.town.get_task(tid)
+    assert t["result"] == "all done"
+    assert out.read_text().split() == [tid, "w", "t"]
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    a = h.town.get_agent(aid)
+    assert a["tasks_completed"] == "1" and a["rounds_completed"] == "1"
+    assert "current_task" not in a
+    assert h.town.r.llen(h.keys.inflight(aid)) == 0
+    assert all_records_valid_town(h.town) == []
+    types = [f["event_type"] for _i, f in h.town.r.xrange(h.keys.events)]
+    for t in ("agent_spawned", "agent_state_changed", "task_assigned", "task_completed"):
+        assert t in types
+
+
+def test_tt_written_task_completes(harness):
+    """A task hash + message exactly as `tt assign` writes them (9-digit fractions)."""
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "true"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = "0f6c1c9e-5e0b-4c52-9d3e-2f4a8b6c7d10"
+    ts = "2026-03-09T20:03:14.667655123"
+    h.town.r.hset(h.keys.task(tid), mapping={
+        "id": tid, "description": "from tt", "state": "assigned", "created_at": ts + "+00:00",
+        "updated_at": ts + "+00:00", "tags": "[]", "assigned_to": aid})
+    msg = {"id": "7b1f7c1e-1d3a-4f57-8c7e-7d2a1b0c9e8f", "from": SUPERVISOR_ID, "to": aid,
+           "type": "task_assign", "task_id": tid, "priority": "normal",
+           "created_at": ts + "Z", "correlation_id": None}
+    h.town.r.rpush(h.keys.inbox(aid), json.dumps(msg, separators=(",", ":")))
+    wait_for(lambda: task_state(h, tid) == "completed")
+    assert h.town.get_task(tid)["result"] == "Completed"
+
+
+def test_cli_completes_task_itself(harness):
+    """`tinytownd task complete` from inside the CLI (env: REDIS_URL, TINYTOWN_TOWN, config)."""
+    h = harness([{"name": "w", "cli": "self"}],
+                {"self": 'tinytownd task complete "$TINYTOWN_TASK_ID" --result "mine" >/dev/null'
+                         ' && echo ignored'})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = h.town.assign(aid, "x")
+    wait_for(lambda: task_state(h, tid) == "completed", timeout=30)
+    assert h.town.get_task(tid)["result"] == "mine"
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    assert h.town.get_agent(aid)["tasks_completed"] == "1"
+
+
+def test_urgent_before_normal_and_fifo(harness, tmpdir_short):
+    out = tmpdir_short / "order.txt"
+    h = harness([{"name": "w", "cli": "rec"}],
+                {"rec": f'echo "$TINYTOWN_TASK_ID" >> {out}'},
+                runtime={"heartbeat_interval_s": 0.2})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    h.town.interrupt(aid)                    # queue everything while paused
+    wait_for(lambda: h.rt.workers[aid].state == "paused")
+    normal = [h.town.assign(aid, f"n{i}") for i in range(4)]
+    urgent = []
+    for i in range(2):
+        tid = h.town.create_task(f"u{i}")
+        h.town.assign(aid, task_id=tid, pipe=None) if False else None
+        h.town.r.hset(h.keys.task(tid), mapping={"state": "assigned", "assigned_to": aid})
+        h.town.send(aid, "task_assign", urgent=True, task_id=tid)
+        urgent.append(tid)
+    h.town.resume(aid)
+    wait_for(lambda: out.exists() and len(out.read_text().split()) == 6)
+    order = out.read_text().split()
+    # the urgent list is a stack (newest first), then the inbox in FIFO order
+    assert order == [urgent[1], urgent[0]] + normal
+    wait_for(lambda: all(task_state(h, t) == "completed" for t in normal + urgent))
+
+
+def test_retries_then_failed_and_deadletter(harness, tmpdir_short):
+    cnt = tmpdir_short / "count"
+    h = harness([{"name": "w", "cli": "bad"}],
+                {"bad": {"command": f"echo run >> {cnt}; echo oops; exit 3", "max_attempts": 3}})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = h.town.assign(aid, "fails")
+    wait_for(lambda: task_state(h, tid) == "failed", timeout=30)
+    t = h.town.get_task(tid)
+    assert "exit status 3" in t["result"] and "oops" in t["result"]
+    assert cnt.read_text().count("run") == 3
+    dl = [json.loads(x) for x in h.town.r.lrange(h.keys.deadletter, 0, -1)]
+    assert len(dl) == 1 and dl[0]["reason"] == "max attempts" and dl[0]["task"] == tid
+    assert dl[0]["source"] == h.keys.inbox(aid) and json.loads(dl[0]["raw"])["task_id"] == tid
+    assert h.town.get_task_meta(tid)["attempts"] == "3"
+    types = [f["event_type"] for _i, f in h.town.r.xrange(h.keys.events)]
+    assert "task_failed" in types
+    assert h.town.r.zcard(h.keys.delayed) == 0
+    # per-task max_attempts overrides the CLI's
+    tid2 = h.town.assign(aid, "once", max_attempts=1)
+    wait_for(lambda: task_state(h, tid2) == "failed")
+    assert cnt.read_text().count("run") == 4
+    assert all_records_valid_town(h.town) == []
+
+
+def test_timeout_kills_process_group(harness, tmpdir_short):
+    pidf = tmpdir_short / "child.pid"
+    h = harness([{"name": "w", "cli": "slow"}],
+                {"slow": {"command": f"sh -c 'sleep 300 & echo $! > {pidf}; wait' ; sleep 300",
+                          "timeout_s": 0.5, "max_attempts": 1}})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = h.town.assign(aid, "hang")
+    wait_for(lambda: task_state(h, tid) == "failed", timeout=30)
+    assert "timed out" in h.town.get_task(tid)["result"]
+    grandchild = int(pidf.read_text())
+
+    def gone():
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie reparented to init also counts as killed
+        try:
+            with open(f"/proc/{grandchild}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except OSError:
+            return True
+    wait_for(gone, timeout=10, msg="grandchild killed")
+
+
+def test_poison_deadlettered_good_ones_run(harness):
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    h.town.interrupt(aid)
+    wait_for(lambda: h.rt.workers[aid].state == "paused")
+    good = models.make_message(aid, "task", description="x")
+    bad = ["{not json", json.dumps({**good, "type": "weird"}),
+           json.dumps({**good, "created_at": "2026-01-01T00:00:00"}),
+           json.dumps({k: v for k, v in good.items() if k != "description"})]
+    tids = []
+    for i, raw in enumerate(bad):
+        h.town.r.rpush(h.keys.inbox(aid), raw)
+        tids.append(h.town.assign(aid, f"good{i}"))
+    h.town.r.lpush(h.keys.urgent(aid), "urgent garbage")
+    h.town.resume(aid)
+    wait_for(lambda: all(task_state(h, t) == "completed" for t in tids))
+    dl = [json.loads(x) for x in h.town.r.lrange(h.keys.deadletter, 0, -1)]
+    assert sorted(d["raw"] for d in dl) == sorted(bad + ["urgent garbage"])
+    assert {d["source"] for d in dl} == {h.keys.inbox(aid), h.keys.urgent(aid)}
+    reasons = " ".join(d["reason"] for d in dl)
+    for word in ("bad JSON", "unknown message type", "created_at", "description"):
+        assert word in reasons
+    assert h.town.r.llen(h.keys.inflight(aid)) == 0
+
+
+def test_heartbeat_during_long_round(harness):
+    h = harness([{"name": "w", "cli": "long"}], {"long": "sleep 1.5"},
+                runtime={"heartbeat_interval_s": 0.1, "stale_after_s": 1.0, "lease_ttl_s": 1.0})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = h.town.assign(aid, "long")
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "working")
+    beats = set()
+    while task_state(h, tid) != "completed":
+        a = h.town.get_agent(aid)
+        if a["state"] == "working":
+            beats.add(a["last_heartbeat"])
+        time.sleep(0.05)
+    assert len(beats) >= 5   # heartbeats kept coming while the CLI ran
+    assert h.town.r.get(h.keys.agent_lease(aid))   # lease held throughout
+
+
+def test_interrupt_resume_close_kill(harness, tmpdir_short):
+    h = harness([{"name": "w", "cli": "s"}], {"s": "sleep 0.3"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    # interrupt: paused, no new work taken
+    h.town.interrupt(aid)
+    tid = h.town.assign(aid, "while paused")
+    time.sleep(0.5)
+    assert task_state(h, tid) == "assigned" and h.town.get_agent(aid)["state"] == "paused"
+    # resume: idle, work runs
+    h.town.resume(aid)
+    wait_for(lambda: task_state(h, tid) == "completed")
+    # close during a round: the round finishes, then stopped
+    tid2 = h.town.assign(aid, "finish me")
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "working")
+    h.town.close(aid)
+    wait_for(lambda: task_state(h, tid2) == "completed")
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "stopped")
+    wait_for(lambda: h.rt.workers[aid].greenlet.dead)
+    assert not h.town.r.exists(h.keys.stop(aid))
+    assert not h.town.r.exists(h.keys.agent_lease(aid))
+    # a stopped agent stays stopped; resume runs it again
+    tid3 = h.town.assign(aid, "after close")
+    time.sleep(0.6)
+    assert task_state(h, tid3) == "assigned"
+    h.town.resume(aid)
+    wait_for(lambda: task_state(h, tid3) == "completed")
+
+
+def test_kill_stops_running_cli_and_requeues(harness, tmpdir_short):
+    h = harness([{"name": "w", "cli": "s"}], {"s": "sleep 30"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    tid = h.town.assign(aid, "long")
+    wait_for(lambda: h.rt.workers[aid].pid)
+    pid = h.rt.workers[aid].pid
+    h.town.kill(aid)
+    wait_for(lambda: h.rt.workers[aid].greenlet.dead, timeout=10)
+    assert h.town.get_agent(aid)["state"] == "stopped"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    # the task went back to the inbox, not lost
+    assert task_state(h, tid) == "assigned"
+    inbox = [json.loads(x) for x in h.town.r.lrange(h.keys.inbox(aid), 0, -1)]
+    assert [m["task_id"] for m in inbox] == [tid]
+    assert h.town.get_task_meta(tid).get("attempts") == "0"
+
+
+def test_backlog_claims_by_role_and_tags(harness):
+    h = harness([{"name": "rev", "cli": "ok", "role": "reviewer"},
+                 {"name": "wk", "cli": "ok", "role": "worker", "tags": ["docs"]}],
+                {"ok": "true"})
+    wait_for(lambda: len(h.rt.workers) == 2)
+    rev, wk = h.aid("rev"), h.aid("wk")
+    wait_for(lambda: all(w.idle for w in h.rt.workers.values()))
+    t1 = h.town.backlog_add("review it", tags=["reviewer"])
+    t2 = h.town.backlog_add("write docs", tags=["docs"])
+    t3 = h.town.backlog_add("anyone")
+    t4 = h.town.backlog_add("nobody", tags=["gpu"])
+    wait_for(lambda: all(task_state(h, t) == "completed" for t in (t1, t2, t3)))
+    assert h.town.get_task(t1)["assigned_to"] == rev
+    assert h.town.get_task(t2)["assigned_to"] == wk
+    assert h.town.backlog_list() == [t4]
+    # tt's `backlog add` (no notify) is noticed by the LLEN poll
+    t5 = h.town.create_task("tt added")
+    h.town.r.rpush(h.keys.backlog, t5)
+    wait_for(lambda: task_state(h, t5) == "completed")

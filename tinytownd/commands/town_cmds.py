@@ -1,0 +1,363 @@
+"""Operator commands on a town: agents, tasks, assign, backlog, send, inbox, task, agent control,
+dead letters. They talk to Redis directly (the daemon need not run).
+
+Redis and town come from the config (-c, else $TINYTOWND_CONFIG, else the default path); when no
+config file exists, from REDIS_URL + TINYTOWN_TOWN, as set for agent CLIs by the daemon.
+Exit codes: 65 unknown/ambiguous reference or refused transition, 69 Redis unreachable, 78 config.
+Only stdlib + tinytownd.cli at import time (see cli.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tinytownd import cli, exitcodes
+
+H = "tinytownd.commands.town_cmds:"
+
+
+def register(sub) -> None:
+    def add(name, handler, help, *, json_arg=True):
+        p = sub.add_parser(name, help=help, description=help)
+        cli.add_config_arg(p)
+        if json_arg:
+            cli.add_json_arg(p)
+        p.set_defaults(handler=H + handler)
+        return p
+
+    add("agents", "cmd_agents", "list the town's agents")
+    p = add("tasks", "cmd_tasks", "list the town's tasks")
+    p.add_argument("--state", help="only tasks in this state")
+    p = add("assign", "cmd_assign", "assign a new task to an agent (prints the task id)")
+    p.add_argument("agent")
+    p.add_argument("description")
+    p.add_argument("--tags", default="", help="comma-separated tags")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="per-round timeout")
+    p = add("backlog", "cmd_backlog", "add to or list the backlog of unassigned tasks")
+    bsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
+    bsub.required = True
+    b = bsub.add_parser("add", help="add a pending task to the backlog")
+    b.add_argument("description")
+    b.add_argument("--tags", default="", help="comma-separated tags (roles that may claim it)")
+    b.add_argument("--max-attempts", type=int)
+    b.add_argument("--timeout", type=float, metavar="SECONDS")
+    bsub.add_parser("list", help="list backlog tasks")
+    p = add("send", "cmd_send", "send a message to an agent")
+    p.add_argument("agent")
+    p.add_argument("text")
+    p.add_argument("--urgent", action="store_true", help="urgent list (read before the inbox)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--query", action="store_true")
+    kind.add_argument("--info", action="store_true")
+    p.add_argument("--from", dest="sender", help="sender agent (default: the supervisor)")
+    p = add("inbox", "cmd_inbox", "show an agent's queued messages")
+    p.add_argument("agent")
+    p = add("task", "cmd_task", "show, complete or fail a task")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
+    tsub.required = True
+    t = tsub.add_parser("show", help="show a task")
+    t.add_argument("id")
+    for action in ("complete", "fail"):
+        t = tsub.add_parser(action, help=f"{action} a task")
+        t.add_argument("id", nargs="?", help="task id (default: $TINYTOWN_TASK_ID)")
+        t.add_argument("--result", "-r", help="result text (fail: the error)")
+    for name, text in (("interrupt", "pause an agent (no new rounds)"),
+                       ("resume", "resume a paused (or stopped) agent"),
+                       ("close", "drain an agent: finish the round, then stop"),
+                       ("kill", "stop an agent now (a running CLI is killed, its task requeued)")):
+        p = add(name, "cmd_control", text)
+        p.add_argument("agent")
+        p.set_defaults(op=name)
+    p = add("deadletter", "cmd_deadletter", "list or requeue dead-lettered messages")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
+    dsub.required = True
+    dsub.add_parser("list", help="list dead letters")
+    d = dsub.add_parser("requeue", help="put dead letters back on their queue")
+    d.add_argument("ids", nargs="*", help="entry ids (default: all that can be read)")
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Fail(Exception):
+    def __init__(self, code: int, msg: str):
+        self.code = code
+        super().__init__(msg)
+
+
+def _open(args):
+    """(Town, config-or-None). Raises _Fail(78 / 69)."""
+    from tinytownd import config, redis_conn
+    from tinytownd.keys import Keys
+    from tinytownd.town import Town
+
+    path = config.discover(args.config)
+    cfg = None
+    if os.path.exists(path):
+        try:
+            cfg = config.load(path, check_files=False)
+        except config.ConfigError as e:
+            raise _Fail(exitcodes.CONFIG, str(e))
+        url, town = cfg.redis_url(), cfg.town.name
+    else:
+        url = (os.environ.get("REDIS_URL") or "").strip()
+        town = (os.environ.get("TINYTOWN_TOWN") or "").strip()
+        if not url or not town:
+            raise _Fail(exitcodes.CONFIG, f"{path}: file not found (and REDIS_URL and "
+                                          "TINYTOWN_TOWN are not both set)")
+    r = redis_conn.client_for_url(url, max_connections=4, cfg=cfg)
+    try:
+        redis_conn.check_server(r, config.redact_url(url))
+    except redis_conn.RedisUnavailable as e:
+        raise _Fail(exitcodes.UNAVAILABLE, str(e))
+    from tinytownd import logs
+    return Town(r, Keys(town), log=logs.get_logger("cli", town=town)), cfg
+
+
+def _run(args, fn) -> int:
+    import redis
+
+    try:
+        town, cfg = _open(args)
+        return fn(town, cfg) or 0
+    except _Fail as e:
+        print(f"tinytownd: {e}", file=sys.stderr)
+        return e.code
+    except (LookupError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        print(f"tinytownd: {msg}", file=sys.stderr)
+        return exitcodes.DATAERR
+    except redis.RedisError as e:
+        print(f"tinytownd: Redis error: {e}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+
+
+def _out(args, obj, human: str) -> None:
+    if args.json:
+        print(json.dumps(obj, ensure_ascii=False, indent=None))
+    else:
+        print(human)
+
+
+def _tags(text: str) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _task_id(town, ref: str) -> str:
+    from tinytownd.wire import canonical_id, is_uuid
+
+    ref = (ref or "").strip()
+    if is_uuid(ref):
+        tid = canonical_id(ref)
+        if town.get_task(tid) is None:
+            raise LookupError(f"unknown task {ref!r}")
+        return tid
+    if len(ref) >= 4:
+        hits = [t["id"] for t in town.list_tasks() if t["id"].startswith(ref.lower())]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise LookupError(f"ambiguous task reference {ref!r}: {len(hits)} tasks match")
+    raise LookupError(f"unknown task {ref!r}")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_agents(args) -> int:
+    def fn(town, cfg):
+        agents = town.list_agents()
+        k = town.k
+        p = town.r.pipeline(transaction=False)
+        for a in agents:
+            p.llen(k.inbox(a["id"]))
+            p.llen(k.urgent(a["id"]))
+            p.get(k.agent_lease(a["id"]))
+        res = p.execute()
+        out = []
+        for i, a in enumerate(agents):
+            out.append({**a, "inbox": res[3 * i], "urgent": res[3 * i + 1],
+                        "owner": res[3 * i + 2]})
+        rows = [[a.get("name", ""), a["id"][:8], a.get("role_id") or "-", a.get("state", "?"),
+                 a.get("cli", ""), (a.get("current_task") or "-")[:8],
+                 a.get("rounds_completed", "0"), a.get("tasks_completed", "0"),
+                 f"{a['inbox']}+{a['urgent']}u", "yes" if a["owner"] else "no"] for a in out]
+        _out(args, out, _table(rows, ["NAME", "ID", "ROLE", "STATE", "CLI", "TASK", "ROUNDS",
+                                      "DONE", "QUEUED", "RUN"]))
+    return _run(args, fn)
+
+
+def cmd_tasks(args) -> int:
+    def fn(town, cfg):
+        tasks = town.list_tasks()
+        if args.state:
+            tasks = [t for t in tasks if t.get("state") == args.state]
+        rows = [[t["id"][:8], t.get("state", "?"), (t.get("assigned_to") or "-")[:8],
+                 t.get("tags", "[]"), t.get("description", "")[:60].replace("\n", " ")]
+                for t in tasks]
+        _out(args, tasks, _table(rows, ["ID", "STATE", "AGENT", "TAGS", "DESCRIPTION"]))
+    return _run(args, fn)
+
+
+def cmd_assign(args) -> int:
+    def fn(town, cfg):
+        aid = town.resolve_agent(args.agent)
+        tid = town.assign(aid, args.description, tags=_tags(args.tags),
+                          max_attempts=args.max_attempts, timeout_s=args.timeout)
+        _out(args, {"task": tid, "agent": aid}, tid)
+    return _run(args, fn)
+
+
+def cmd_backlog(args) -> int:
+    def fn(town, cfg):
+        if args.action == "add":
+            tid = town.backlog_add(args.description, tags=_tags(args.tags),
+                                   max_attempts=args.max_attempts, timeout_s=args.timeout)
+            _out(args, {"task": tid}, tid)
+            return 0
+        ids = town.backlog_list()
+        tasks = []
+        for tid in ids:
+            t = town.get_task(tid)
+            tasks.append(t or {"id": tid, "state": "missing"})
+        rows = [[t["id"][:8], t.get("state", "?"), t.get("tags", "[]"),
+                 t.get("description", "")[:60].replace("\n", " ")] for t in tasks]
+        _out(args, tasks, _table(rows, ["ID", "STATE", "TAGS", "DESCRIPTION"]))
+    return _run(args, fn)
+
+
+def cmd_send(args) -> int:
+    def fn(town, cfg):
+        from tinytownd.wire import SUPERVISOR_ID
+
+        aid = town.resolve_agent(args.agent)
+        sender = town.resolve_agent(args.sender) if args.sender else \
+            (os.environ.get("TINYTOWN_AGENT_ID") or SUPERVISOR_ID)
+        if args.query:
+            mid = town.send(aid, "query", urgent=args.urgent, sender=sender, question=args.text)
+        elif args.info:
+            mid = town.send(aid, "informational", urgent=args.urgent, sender=sender,
+                            summary=args.text)
+        else:
+            mid = town.send(aid, "task", urgent=args.urgent, sender=sender,
+                            description=args.text)
+        _out(args, {"message": mid, "agent": aid, "urgent": args.urgent}, mid)
+    return _run(args, fn)
+
+
+def cmd_inbox(args) -> int:
+    def fn(town, cfg):
+        from tinytownd import models
+
+        aid = town.resolve_agent(args.agent)
+        k = town.k
+        out = []
+        for src, key in (("urgent", k.urgent(aid)), ("inflight", k.inflight_urgent(aid)),
+                         ("inflight", k.inflight(aid)), ("inbox", k.inbox(aid))):
+            for raw in town.r.lrange(key, 0, -1):
+                try:
+                    m = models.decode_message(raw)
+                    out.append({"list": src, **m})
+                except models.Poison as e:
+                    out.append({"list": src, "unreadable": e.reason, "raw": raw})
+        rows = [[m["list"], m.get("type", "?"), (m.get("id") or "-")[:8],
+                 models.message_text(m)[:70] if "type" in m else m.get("raw", "")[:70]]
+                for m in out]
+        _out(args, out, _table(rows, ["LIST", "TYPE", "ID", "TEXT"]))
+    return _run(args, fn)
+
+
+def cmd_task(args) -> int:
+    def fn(town, cfg):
+        ref = args.id or (os.environ.get("TINYTOWN_TASK_ID") if args.action != "show" else None)
+        if not ref:
+            raise LookupError("no task id given and $TINYTOWN_TASK_ID is not set")
+        tid = _task_id(town, ref)
+        if args.action == "show":
+            t = town.get_task(tid)
+            meta = town.get_task_meta(tid)
+            obj = {**t, "daemon": meta}
+            human = "\n".join(f"{k}: {v}" for k, v in t.items())
+            if meta:
+                human += "\n" + "\n".join(f"daemon.{k}: {v}" for k, v in meta.items())
+            _out(args, obj, human)
+            return 0
+        if args.action == "complete":
+            changed = town.complete_task(tid, args.result)
+        else:
+            changed = town.fail_task(tid, args.result or "Failed")
+        state = town.get_task(tid)["state"]
+        note = "" if changed else f" (already {state}; unchanged)"
+        _out(args, {"task": tid, "state": state, "changed": changed}, f"{tid} {state}{note}")
+    return _run(args, fn)
+
+
+def cmd_control(args) -> int:
+    def fn(town, cfg):
+        aid = town.resolve_agent(args.agent)
+        old = getattr(town, args.op)(aid)
+        new = town.get_agent(aid)["state"]
+        _out(args, {"agent": aid, "op": args.op, "old_state": old, "state": new},
+             f"{args.agent}: {old} -> {new}")
+    return _run(args, fn)
+
+
+def cmd_deadletter(args) -> int:
+    def fn(town, cfg):
+        from tinytownd import models
+
+        k = town.k
+        raws = town.r.lrange(k.deadletter, 0, -1)
+        entries = []
+        for raw in raws:
+            try:
+                e = json.loads(raw)
+            except ValueError:
+                e = {"id": None, "reason": "unreadable entry", "raw": raw}
+            entries.append((raw, e))
+        if args.action == "list":
+            out = [e for _r, e in entries]
+            rows = [[(e.get("id") or "-")[:8], e.get("at", "")[:19], e.get("reason", "")[:40],
+                     e.get("source", "")[-44:], (e.get("task") or "-")[:8]] for e in out]
+            _out(args, out, _table(rows, ["ID", "AT", "REASON", "SOURCE", "TASK"]))
+            return 0
+        want = set(args.ids)
+        done, skipped = [], []
+        for raw, e in entries:
+            eid = e.get("id") or ""
+            if want and not any(eid.startswith(w) for w in want):
+                continue
+            try:
+                msg = models.decode_message(e.get("raw"))
+            except models.Poison as p:
+                skipped.append({"id": eid, "reason": f"still unreadable: {p.reason}"})
+                continue
+            src = e.get("source") or k.inbox(msg["to"])
+            p = town.r.pipeline(transaction=True)
+            if msg["type"] == "task_assign":
+                tid = msg["task_id"]
+                if town.get_task(tid):
+                    p.hset(k.task(tid), mapping={"state": "assigned", "assigned_to": msg["to"]})
+                    p.hdel(k.task(tid), "completed_at", "result")
+                    p.hset(k.task_meta(tid), "attempts", 0)
+            if src.startswith(k.p + "urgent:"):
+                p.lpush(src, e["raw"])
+            else:
+                p.rpush(src, e["raw"])
+            p.lrem(k.deadletter, 1, raw)
+            p.execute()
+            done.append({"id": eid, "to": src})
+        _out(args, {"requeued": done, "skipped": skipped},
+             f"requeued {len(done)}" + (f", skipped {len(skipped)}: " +
+                                        "; ".join(f"{s['id'][:8]} {s['reason']}"
+                                                  for s in skipped) if skipped else ""))
+        return 0 if not (want and not done) else exitcodes.DATAERR
+    return _run(args, fn)

@@ -1,0 +1,50 @@
+-- take_round: take the messages of one agent round into the in-flight lists (at-least-once).
+-- KEYS[1] = urgent   KEYS[2] = inbox   KEYS[3] = inflight_urgent   KEYS[4] = inflight
+-- KEYS[5] = stop flag   KEYS[6] = agent hash   KEYS[7] = agent lease
+-- ARGV[1] = owner token   ARGV[2] = max inbox messages per round
+-- If the lease is not ours, the stop flag is set, or the agent is paused/stopped, in-flight items go
+-- back to their queues (head, order kept) and {'lost'|'stop'|'paused'|'stopped'} is returned.
+-- Otherwise: every urgent message moves urgent → inflight_urgent (LEFT → RIGHT, so the stack order
+-- is kept), then inbox messages move one by one inbox → inflight until one task-bearing message
+-- (type task_assign or task) is in flight (messages a BLMOVE already moved count too).
+-- Returns {'ok', number of urgent items, urgent items..., inbox items...}.
+local function task_bearing(raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if ok and type(m) == 'table' then
+    local t = m['type']
+    return t == 'task_assign' or t == 'task'
+  end
+  return false
+end
+local function requeue_all()
+  while redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT') do end
+  while redis.call('LMOVE', KEYS[3], KEYS[1], 'RIGHT', 'LEFT') do end
+end
+if redis.call('GET', KEYS[7]) ~= ARGV[1] then requeue_all() return {'lost'} end
+if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
+local st = redis.call('HGET', KEYS[6], 'state')
+if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
+local tasks = 0
+for _, raw in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  if task_bearing(raw) then tasks = tasks + 1 end
+end
+for _, raw in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if task_bearing(raw) then tasks = tasks + 1 end
+end
+while true do
+  local raw = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
+  if not raw then break end
+  if task_bearing(raw) then tasks = tasks + 1 end
+end
+local n, maxn = 0, tonumber(ARGV[2])
+while tasks == 0 and n < maxn do
+  local raw = redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT')
+  if not raw then break end
+  n = n + 1
+  if task_bearing(raw) then tasks = tasks + 1 end
+end
+local u = redis.call('LRANGE', KEYS[3], 0, -1)
+local out = {'ok', #u}
+for _, x in ipairs(u) do out[#out + 1] = x end
+for _, x in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do out[#out + 1] = x end
+return out
