@@ -632,6 +632,8 @@ class BatchRun:
                             "attempts": attempts,
                             "agent": self._agent_name(h.get("assigned_to") or m.get("agent")),
                             "duration_s": dur, "result": h.get("result"),
+                            "started_at": h.get("started_at"),
+                            "completed_at": h.get("completed_at"),
                             **({"error": m["last_error"]} if m.get("last_error") and
                                st != "completed" else {})})
         return out
