@@ -335,6 +335,8 @@ class Daemon:
         return self._shutdown(graceful)
 
     def _shutdown(self, graceful: bool) -> int:
+        if self.stopped.is_set():      # already shut down (or start() failed and cleaned up)
+            return 0
         self._stop_requested = True
         sdnotify.stopping("draining" if graceful else "stopping now")
         self.stopping.set()
@@ -466,6 +468,8 @@ class Daemon:
         cfg = self.cfg
         if self.redis is not None:
             redis_st = self.redis.status()
+        elif cfg.owned_redis:   # still starting
+            redis_st = {"mode": "owned", "pid": None, "ready": False, "version": None}
         else:
             redis_st = {"mode": "external", "url": redact(cfg.redis.url),
                         "ready": self.redis_version is not None, "version": self.redis_version}
