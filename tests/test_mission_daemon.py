@@ -1,0 +1,189 @@
+"""Missions in the real daemon (`tinytownd run`) with real agent subprocesses (examples/missions/
+agent.sh run by the town runtime), driven by the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, run_cli, tinytownd_cmd
+from tests.test_mission_support import live_tasks_by_item, mission_state, wait_for
+from tinytownd import models
+from tinytownd.keys import Keys
+
+AGENT = ROOT / "examples" / "missions" / "agent.sh"
+TOWN = "md"
+
+
+class Daemon:
+    def __init__(self, root, url, agents, sleep="0.1"):
+        self.root = root
+        self.cfg = root / "tinytownd.yaml"
+        self.cfg.write_text(yaml.safe_dump({
+            "town": {"name": TOWN, "root": str(root)}, "redis": {"url": url},
+            "control": {"socket": "d.sock"},
+            "runtime": {"heartbeat_interval_s": 0.2, "lease_ttl_s": 2.0, "stale_after_s": 2.0,
+                        "sweep_interval_s": 0.3, "retry_backoff_s": 0.05,
+                        "block_timeout_s": 0.2},
+            "agent_clis": {"fake": {"command": f"sh {AGENT}", "timeout_s": 30,
+                                    "max_attempts": 1, "env": {"AGENT_SLEEP": sleep}}},
+            "agents": agents,
+            "missions": {"lease_ttl_s": 3, "sweep_interval_s": 1}}))
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(tinytownd_cmd() + ["run", "-c", str(self.cfg)],
+                                     stdout=open(self.root / "out.log", "ab"),
+                                     stderr=open(self.root / "err.log", "ab"),
+                                     stdin=subprocess.DEVNULL)
+        return self
+
+    def cli(self, *args):
+        return run_cli("mission", *args, "-c", str(self.cfg))
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def daemon(redis_server, tmpdir_short):
+    ds = []
+
+    def make(agents, sleep="0.1", sub="d"):
+        root = tmpdir_short / sub
+        root.mkdir(exist_ok=True)
+        d = Daemon(root, redis_server.url, agents, sleep)
+        ds.append(d)
+        return d
+    try:
+        yield make
+    finally:
+        for d in ds:
+            d.stop()
+
+
+def test_diamond_file_with_real_agents_and_restart(daemon, redis_server, tmp_path):
+    d = daemon([{"name": "w", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4").start()
+    r = redis_server.client()
+    keys = Keys(TOWN)
+    mf = tmp_path / "m.yaml"
+    mf.write_text("""
+objective: diamond
+policy: {max_parallel_items: 2, reviewer_required: false}
+work_items:
+  - {id: a, title: A}
+  - {id: b, title: B, depends_on: [a]}
+  - {id: c, title: C, depends_on: [a]}
+  - {id: d, title: D, depends_on: [a]}
+  - {id: e, title: E, depends_on: [b, c]}
+  - {id: f, title: F, depends_on: [d, e]}
+""")
+    p = d.cli("start", str(mf))
+    assert p.returncode == 0, p.stderr
+    mid = p.stdout.strip()
+    assert models._ANY_UUID_RE.match(mid)
+    # mid-mission: kill -9 the daemon, start it again
+    wait_for(lambda: r.hget(keys.mission_work(mid), "x") is None and any(
+        json.loads(v)["status"] == "done" for v in r.hvals(keys.mission_work(mid))), timeout=30,
+        what="first item done")
+    d.kill()
+    d.start()
+    dupes = []
+    def done():
+        for w, ts in live_tasks_by_item(r, keys).items():
+            if len(ts) > 1:
+                dupes.append(ts)
+        return mission_state(r, keys, mid) == "completed"
+    wait_for(done, timeout=45, what="mission completed after restart")
+    assert dupes == []
+    tasks = [r.hgetall(k) for k in r.scan_iter(match=keys.pattern("task"))]
+    bound = [t for t in tasks if f"mission:{mid}" in models.decode_tags(t["tags"])]
+    per_item = {}
+    for t in bound:
+        w = next(x for x in models.decode_tags(t["tags"]) if x.startswith("work-item:"))
+        per_item.setdefault(w, []).append(t["state"])
+    assert len(per_item) == 6
+    # at most one completed task per item (a task interrupted by kill -9 may be re-run)
+    assert all(states.count("completed") == 1 for states in per_item.values()), per_item
+    p = d.cli("status", mid, "--json")
+    assert json.loads(p.stdout)["done"] == 6
+
+
+def test_cli_errors_and_listing(daemon, redis_server, tmp_path):
+    d = daemon([])
+    bad = ROOT / "examples" / "missions" / "broken.yaml"
+    p = d.cli("start", str(bad))
+    assert p.returncode == 65
+    assert "work_items[1] 'b': depends_on 'ghost' does not exist" in p.stderr
+    p = d.cli("start", str(tmp_path / "missing.yaml"))
+    assert p.returncode == 66
+    p = d.cli("status", "0000dead")
+    assert p.returncode == 65 and "unknown mission" in p.stderr
+    r = redis_server.client()
+    assert not list(r.scan_iter(match=f"tt:{TOWN}:mission:*"))     # nothing half-written
+    p = d.cli("start", str(ROOT / "examples" / "missions" / "diamond.yaml"))
+    assert p.returncode == 0, p.stderr
+    mid = p.stdout.strip()
+    p = d.cli("list")
+    assert mid in p.stdout and "0/6 done" in p.stdout
+    p = d.cli("stop", mid)
+    assert p.returncode == 0 and "running -> blocked" in p.stdout
+    assert d.cli("list").stdout.strip().startswith("no missions")
+    assert mid in d.cli("list", "--all").stdout
+    p = d.cli("resume", mid, "--json")
+    assert json.loads(p.stdout)["state"] == "running"
+    cfg_bad = tmp_path / "bad.yaml"
+    cfg_bad.write_text("town: {name: 'x y'}\n")
+    p = run_cli("mission", "list", "-c", str(cfg_bad))
+    assert p.returncode == 78
+    cfg_off = tmp_path / "off.yaml"
+    cfg_off.write_text("town: {name: t}\nredis: {url: 'unix:///tmp/nonexistent-tt.sock'}\n")
+    p = run_cli("mission", "list", "-c", str(cfg_off))
+    assert p.returncode == 69
+
+
+def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
+    from tests.test_mission_support import fake_gh
+    gh = fake_gh(tmp_path / "gh", {})
+    prs = tmp_path / "gh" / "prs"
+    (prs / "issue_o_r_1").write_text(json.dumps({"title": "Design the API", "body": "rfc"}))
+    (prs / "issue_o_r_2").write_text(json.dumps({"title": "Build it",
+                                                 "body": "Depends on #1. Hereafter #3 is unrelated"}))
+    (prs / "issue_o_r_3").write_text(json.dumps({"title": "Tests", "body": "blocked by #2, #1"}))
+    d = daemon([])
+    data = yaml.safe_load(d.cfg.read_text())
+    data["missions"]["gh"] = str(gh)
+    d.cfg.write_text(yaml.safe_dump(data))
+    p = d.cli("start", "--issue", "o/r#1", "-i", "o/r#2", "-i",
+              "https://github.com/o/r/issues/3", "--no-reviewer", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    r = redis_server.client()
+    keys = Keys(TOWN)
+    items = {json.loads(v)["source_ref"]: json.loads(v)
+             for v in r.hvals(keys.mission_work(out["mission"]))}
+    assert set(items) == {"o/r#1", "o/r#2", "o/r#3"}
+    ids = {k: v["id"] for k, v in items.items()}
+    assert items["o/r#1"]["kind"] == "design" and items["o/r#3"]["kind"] == "test"
+    assert items["o/r#2"]["depends_on"] == [ids["o/r#1"]]       # "hereafter #3" ignored (W19)
+    assert sorted(items["o/r#3"]["depends_on"]) == sorted([ids["o/r#1"], ids["o/r#2"]])
+    m = json.loads(r.get(keys.mission(out["mission"])))
+    assert m["objective_refs"][0] == {"type": "issue", "owner": "o", "repo": "r", "number": 1}
+    assert m["policy"]["reviewer_required"] is False
+    p = d.cli("start", "--issue", "not a ref")
+    assert p.returncode == 65
