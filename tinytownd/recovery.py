@@ -30,6 +30,10 @@ class Sweeper:
 
     def run(self) -> None:
         rt = self.rt
+        # Let this daemon's own agents start (and go idle) first, so they can receive work.
+        while not rt._initial_done and not rt.stopping.is_set():
+            rt.stopping.wait(0.1)
+        rt.stopping.wait(min(rt.cfg.runtime.sweep_interval_s, 1.0))
         while not rt.stopping.is_set():
             try:
                 self.sweep_once()

@@ -1,0 +1,89 @@
+"""End to end with the real daemon process (`tinytownd run -c`): kill -9 loses no task."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import run_cli, tinytownd_cmd
+from tests.rt_harness import write_config
+from tinytownd.keys import Keys
+from tinytownd.town import Town
+
+
+def _wait(pred, timeout, msg):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {msg}")
+
+
+def _daemon(cfg_path, logf):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWND_CONFIG")}
+    return subprocess.Popen(tinytownd_cmd() + ["run", "-c", str(cfg_path)], stdout=logf,
+                            stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
+    root = tmpdir_short / "town"
+    root.mkdir()
+    runs = root / "runs.txt"
+    cfg = write_config(root, redis_server.url, town="e2e",
+                       agents=[{"name": "w", "cli": "rec", "count": 4}],
+                       clis={"rec": {"command": f'cat >/dev/null; sleep 0.02; '
+                                                f'echo "$TINYTOWN_TASK_ID" >> {runs}'}},
+                       runtime={"heartbeat_interval_s": 0.5, "lease_ttl_s": 5.0,
+                                "stale_after_s": 5.0, "block_timeout_s": 0.5})
+    town = Town(redis_server.client(), Keys("e2e"))
+    log = open(root / "daemon.log", "ab")
+    d1 = _daemon(cfg, log)
+    d2 = None
+    try:
+        _wait(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 4,
+              30, "4 idle agents")
+        aids = [a["id"] for a in town.list_agents()]
+        tids = town.assign_many([{"aid": aids[i % 4], "description": f"t{i}"}
+                                 for i in range(200)])
+
+        def done():
+            return sum(1 for t in tids if town.get_task(t)["state"] == "completed")
+        _wait(lambda: done() >= 30, 60, "30 tasks done")
+        d1.send_signal(signal.SIGKILL)
+        d1.wait(10)
+        before = done()
+        assert before < 200, "too fast to test a crash in the middle"
+        d2 = _daemon(cfg, log)
+        _wait(lambda: done() == 200, 120, "all 200 tasks completed after restart")
+        k = town.k
+        for aid in aids:
+            assert town.r.llen(k.inbox(aid)) == 0
+            assert town.r.llen(k.inflight(aid)) == 0
+        assert town.r.llen(k.deadletter) == 0
+        ran = set(runs.read_text().split())
+        assert set(tids) <= ran
+        # the CLI round log of the status command shows the agents
+        r = run_cli("agents", "-c", str(cfg), "--json",
+                    env={"REDIS_URL": "", "TINYTOWND_CONFIG": ""})
+        assert r.returncode == 0, r.stderr
+    finally:
+        _stop(d1)
+        if d2 is not None:
+            _stop(d2)
+        log.close()
+    # after a graceful stop the agents are recorded as stopped and the leases released
+    for a in town.list_agents():
+        assert a["state"] == "stopped"
+        assert not town.r.exists(town.k.agent_lease(a["id"]))
