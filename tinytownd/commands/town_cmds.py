@@ -18,6 +18,13 @@ from tinytownd import cli, exitcodes
 H = "tinytownd.commands.town_cmds:"
 
 
+def _common(p) -> None:
+    """-c/--json also after a nested action (`task show ID --json`), without clobbering them."""
+    p.add_argument("-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS,
+                   help="config file (default: $TINYTOWND_CONFIG)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+
 def register(sub) -> None:
     def add(name, handler, help, *, json_arg=True):
         p = sub.add_parser(name, help=help, description=help)
@@ -40,11 +47,12 @@ def register(sub) -> None:
     bsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
     bsub.required = True
     b = bsub.add_parser("add", help="add a pending task to the backlog")
+    _common(b)
     b.add_argument("description")
     b.add_argument("--tags", default="", help="comma-separated tags (roles that may claim it)")
     b.add_argument("--max-attempts", type=int)
     b.add_argument("--timeout", type=float, metavar="SECONDS")
-    bsub.add_parser("list", help="list backlog tasks")
+    _common(bsub.add_parser("list", help="list backlog tasks"))
     p = add("send", "cmd_send", "send a message to an agent")
     p.add_argument("agent")
     p.add_argument("text")
@@ -59,9 +67,11 @@ def register(sub) -> None:
     tsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
     tsub.required = True
     t = tsub.add_parser("show", help="show a task")
+    _common(t)
     t.add_argument("id")
     for action in ("complete", "fail"):
         t = tsub.add_parser(action, help=f"{action} a task")
+        _common(t)
         t.add_argument("id", nargs="?", help="task id (default: $TINYTOWN_TASK_ID)")
         t.add_argument("--result", "-r", help="result text (fail: the error)")
     for name, text in (("interrupt", "pause an agent (no new rounds)"),
@@ -74,8 +84,9 @@ def register(sub) -> None:
     p = add("deadletter", "cmd_deadletter", "list or requeue dead-lettered messages")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=cli.Parser)
     dsub.required = True
-    dsub.add_parser("list", help="list dead letters")
+    _common(dsub.add_parser("list", help="list dead letters"))
     d = dsub.add_parser("requeue", help="put dead letters back on their queue")
+    _common(d)
     d.add_argument("ids", nargs="*", help="entry ids (default: all that can be read)")
 
 

@@ -1,0 +1,143 @@
+"""Operator commands (real `tinytownd` subprocesses) against a private Redis."""
+import json
+
+import pytest
+
+from tests.helpers import run_cli
+from tests.rt_harness import write_config
+from tinytownd.keys import Keys
+from tinytownd.town import Town
+
+
+@pytest.fixture
+def env(redis_server, tmpdir_short):
+    cfg = write_config(tmpdir_short, redis_server.url, town="ops", agents=[], clis={})
+    town = Town(redis_server.client(), Keys("ops"))
+    return {"cfg": str(cfg), "town": town, "url": redis_server.url}
+
+
+def cli(e, *args, env=None):
+    return run_cli(*args, "-c", e["cfg"], env={"REDIS_URL": "", "TINYTOWND_CONFIG": "",
+                                               **(env or {})})
+
+
+def jcli(e, *args):
+    r = cli(e, *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_assign_tasks_agents_inbox(env):
+    town = env["town"]
+    aid = town.register_agent("worker-1", role="worker")
+    r = cli(env, "assign", "worker-1", "do the thing", "--tags", "a, b", "--max-attempts", "2")
+    assert r.returncode == 0, r.stderr
+    tid = r.stdout.strip()
+    t = town.get_task(tid)
+    assert t["state"] == "assigned" and t["assigned_to"] == aid and t["tags"] == '["a","b"]'
+    assert town.get_task_meta(tid)["max_attempts"] == "2"
+    agents = jcli(env, "agents")
+    assert agents[0]["name"] == "worker-1" and agents[0]["inbox"] == 1
+    tasks = jcli(env, "tasks", "--state", "assigned")
+    assert [x["id"] for x in tasks] == [tid]
+    inbox = jcli(env, "inbox", aid[:4])
+    assert inbox[0]["type"] == "task_assign" and inbox[0]["task_id"] == tid
+    r = cli(env, "agents")
+    assert "worker-1" in r.stdout
+
+
+def test_send_urgent_and_query(env):
+    town = env["town"]
+    aid = town.register_agent("w")
+    assert cli(env, "send", "w", "hello").returncode == 0
+    assert cli(env, "send", "w", "now!", "--urgent").returncode == 0
+    assert cli(env, "send", "w", "why?", "--query").returncode == 0
+    inbox = jcli(env, "inbox", "w")
+    assert [(m["list"], m["type"]) for m in inbox] == [("urgent", "task"), ("inbox", "task"),
+                                                       ("inbox", "query")]
+    assert town.r.llen(town.k.urgent(aid)) == 1
+
+
+def test_task_show_complete_fail(env):
+    town = env["town"]
+    aid = town.register_agent("w")
+    tid = town.assign(aid, "x")
+    shown = jcli(env, "task", "show", tid)
+    assert shown["id"] == tid and shown["daemon"]["agent"] == aid
+    out = jcli(env, "task", "complete", tid, "--result", "fine")
+    assert out == {"task": tid, "state": "completed", "changed": True}
+    out = jcli(env, "task", "fail", tid, "--result", "late")
+    assert out["changed"] is False and out["state"] == "completed"
+    assert town.get_task(tid)["result"] == "fine"
+    # $TINYTOWN_TASK_ID is the default id; REDIS_URL + TINYTOWN_TOWN work without a config file
+    tid2 = town.assign(aid, "y")
+    r = run_cli("task", "fail", "--result", "nope",
+                env={"TINYTOWND_CONFIG": "/nonexistent/x.yaml", "REDIS_URL": env["url"],
+                     "TINYTOWN_TOWN": "ops", "TINYTOWN_TASK_ID": tid2})
+    assert r.returncode == 0, r.stderr
+    assert town.get_task(tid2)["state"] == "failed"
+
+
+def test_backlog_add_list(env):
+    town = env["town"]
+    r = cli(env, "backlog", "add", "later", "--tags", "reviewer")
+    assert r.returncode == 0, r.stderr
+    tid = r.stdout.strip()
+    assert town.backlog_list() == [tid]
+    listed = jcli(env, "backlog", "list")
+    assert listed[0]["id"] == tid and listed[0]["tags"] == '["reviewer"]'
+
+
+def test_control_commands(env):
+    town = env["town"]
+    aid = town.register_agent("w")
+    town.r.hset(town.k.agent(aid), "state", "idle")
+    assert jcli(env, "interrupt", "w")["state"] == "paused"
+    assert jcli(env, "resume", "w")["state"] == "idle"
+    assert jcli(env, "close", "w")["state"] == "draining"
+    assert town.r.get(town.k.stop(aid)) == "1"
+    assert jcli(env, "kill", "w")["state"] == "stopped"
+    r = cli(env, "interrupt", "w")
+    assert r.returncode == 65 and "cannot interrupt" in r.stderr
+    types = [f["event_type"] for _i, f in town.r.xrange(town.k.events)]
+    assert "agent_interrupted" in types and "agent_resumed" in types
+    assert "agent_stopped" in types
+
+
+def test_deadletter_list_requeue(env):
+    town = env["town"]
+    aid = town.register_agent("w")
+    tid = town.assign(aid, "x")
+    raw = town.r.lpop(town.k.inbox(aid))
+    town.fail_task(tid, "gave up")
+    town.deadletter("max attempts", town.k.inbox(aid), raw, task=tid)
+    town.deadletter("bad JSON", town.k.inbox(aid), "{nope")
+    dl = jcli(env, "deadletter", "list")
+    assert [d["reason"] for d in dl] == ["max attempts", "bad JSON"]
+    out = jcli(env, "deadletter", "requeue")
+    assert len(out["requeued"]) == 1 and len(out["skipped"]) == 1
+    assert town.r.lrange(town.k.inbox(aid), 0, -1) == [raw]
+    assert town.get_task(tid)["state"] == "assigned"
+    assert town.get_task_meta(tid)["attempts"] == "0"
+    assert len(jcli(env, "deadletter", "list")) == 1
+
+
+def test_errors_unknown_ambiguous_unavailable(env, tmpdir_short):
+    town = env["town"]
+    a = town.register_agent("same1")
+    b = town.register_agent("same2")
+    town.r.hset(town.k.agent(a), "nickname", "Twin")
+    town.r.hset(town.k.agent(b), "nickname", "Twin")
+    r = cli(env, "assign", "nobody", "x")
+    assert r.returncode == 65 and "unknown agent 'nobody'" in r.stderr
+    r = cli(env, "send", "twin", "x")
+    assert r.returncode == 65 and "ambiguous" in r.stderr
+    r = cli(env, "task", "show", "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")
+    assert r.returncode == 65 and "unknown task" in r.stderr
+    bad = write_config(tmpdir_short / "x" if (tmpdir_short / "x").mkdir() is None else None,
+                       f"unix://{tmpdir_short}/none.sock", town="ops", agents=[], clis={})
+    r = run_cli("agents", "-c", str(bad), env={"REDIS_URL": "", "TINYTOWND_CONFIG": ""})
+    assert r.returncode == 69 and "cannot connect" in r.stderr
+    r = run_cli("agents", "-c", str(tmpdir_short / "missing.yaml"),
+                env={"REDIS_URL": "", "TINYTOWND_CONFIG": "", "TINYTOWN_TOWN": ""})
+    assert r.returncode == 78
