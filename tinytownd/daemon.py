@@ -300,7 +300,9 @@ class Daemon:
 
     def _watchdog_loop(self, interval: float) -> None:
         while not self.stopped.is_set():
-            stalled = self.supervisor.stalled(self.cfg.daemon.watchdog_stall_s)
+            # While draining, loops wind down on purpose; the drain has its own deadline.
+            stalled = [] if self.stopping.is_set() else \
+                self.supervisor.stalled(self.cfg.daemon.watchdog_stall_s)
             if stalled:
                 self.log.warning("watchdog ping withheld: services made no progress",
                                  stalled=stalled)
@@ -413,10 +415,10 @@ class Daemon:
             restart_required, applied, notes, errors = [], [], [], []
             for ch in changes:
                 if not ch.live:
-                    restart_required.append(ch.describe())
+                    restart_required.append(_describe(ch))
                     effective = _keep_old(effective, old, ch.key)
                 else:
-                    applied.append(ch.describe())
+                    applied.append(_describe(ch))
             # logging
             try:
                 if effective.logging.level != old.logging.level:
@@ -457,7 +459,7 @@ class Daemon:
                           notes=notes, reload_ms=ms)
             sdnotify.ready(f"running town {self.cfg.town.name} (reloads: {self.reloads})")
             return {"ok": True, "changes": applied, "restart_required": restart_required,
-                    "notes": notes, "reload_ms": ms}
+                    "notes": notes, "reload_ms": ms, "config_path": self.cfg.path}
 
     def reopen_logs(self) -> None:
         logs.reopen()
@@ -524,6 +526,14 @@ class Daemon:
         return {"ping": ping, "status": lambda args: self.status(),
                 "reload": lambda args: self.reload(), "stop": stop, "log-level": log_level,
                 "reopen-logs": reopen}
+
+
+def _describe(ch) -> str:
+    """Change.describe(), with passwords inside URLs redacted too."""
+    if ch.key in ("redis.url",):
+        ch = dataclasses.replace(ch, old=redact(ch.old) if ch.old else ch.old,
+                                 new=redact(ch.new) if ch.new else ch.new)
+    return ch.describe()
 
 
 def _signame(item: Any) -> str:

@@ -190,8 +190,8 @@ def cmd_reload(args) -> int:
         return exitcodes.FAILURE
     if not args.json:
         changes, restart = reply.get("changes", []), reply.get("restart_required", [])
-        if not changes and not restart:
-            print("reloaded: no changes")
+        print(f"reloaded {reply.get('config_path', '')}".rstrip()
+              + (": no changes" if not changes and not restart else ""))
         for line in changes:
             print(f"changed: {line}")
         for line in restart:
