@@ -183,3 +183,26 @@ def test_tls_child_reachable_over_rediss(town):
     with pytest.raises(redis.ConnectionError):     # plain TCP is not served
         redis.Redis(port=port, socket_timeout=2, retry=NO_RETRY).ping()
     assert town.stop() == 0
+
+
+def test_old_redis_server_refused(town):
+    fake = town.root / "redis-server-6"
+    fake.write_text("#!/bin/sh\necho 'Redis server v=6.2.14 sha=00000000:0 malloc=libc bits=64'\n")
+    fake.chmod(0o755)
+    town.write(redis={"server": str(fake)})
+    r = town.cli("check-config")
+    assert r.returncode == 78 and ": redis.server: " in r.stderr and "6.2.14" in r.stderr
+    r = town.cli("run")
+    assert r.returncode == 69 and "6.2.14" in r.stderr and ">= 7.0" in r.stderr
+
+
+def test_child_that_does_not_come_up_reports_the_log_tail(town):
+    (town.root / "bad.crt").write_text("not a certificate\n")
+    (town.root / "bad.key").write_text("not a key\n")
+    town.write(redis={"socket": None, "port": free_port(),
+                      "tls": {"enabled": True, "cert": "bad.crt", "key": "bad.key"}})
+    r = town.cli("run")
+    assert r.returncode == 69
+    assert "before it was ready" in r.stderr and "last lines of" in r.stderr
+    assert "redis.log" in r.stderr
+    assert not list(town.root.glob("*.sock"))          # nothing left behind
