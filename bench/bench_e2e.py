@@ -83,6 +83,25 @@ print(json.dumps({"secs": dt}))
                  "cmd": ("sh -c true" if sh else "true") + f" x{n}, {w} greenlets"})
 
 
+def bench_spawn(n: int, w: int) -> dict:
+    """The floor with posix_spawn + a libev child watcher (see peers/spawn_probe.py)."""
+    code = r"""
+import sys, time, json, os
+sys.path.insert(0, sys.argv[3])
+from peers.spawn_probe import Spawned, loop
+env = dict(os.environ)
+def one():
+    assert Spawned(os.posix_spawn("/bin/true", ["true"], env)).wait() == 0
+print(json.dumps({"per_s": loop(int(sys.argv[1]), int(sys.argv[2]), one)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), HERE], check=True,
+                         capture_output=True, text=True).stdout
+    rate = json.loads(out.strip().splitlines()[-1])["per_s"]
+    return emit({"system": "floor_posix_spawn", "n": n, "workers": w, "secs": round(n / rate, 3),
+                 "tasks_per_s": round(rate, 1),
+                 "cmd": f"os.posix_spawn(true) + libev child watcher x{n}, {w} greenlets"})
+
+
 # ----------------------------------------------------------------------------- rq
 def bench_rq(n: int, w: int) -> dict:
     from peers.lab import RedisLab
@@ -224,17 +243,166 @@ def bench_tinytownd(n: int, w: int, appendfsync: str = "everysec", profile: str 
                  "cmd": f"tinytownd batch FILE --cli true --agents {w} --appendfsync {appendfsync}"})
 
 
+# ----------------------------------------------------------------------------- memory
+MEMORY_CODE = r"""
+import json, os, sys, time, tempfile, shutil
+from gevent import monkey; monkey.patch_all()
+import gevent
+from tinytownd import config
+from tinytownd.daemon import Daemon
+n = int(sys.argv[1])
+root = tempfile.mkdtemp(prefix="ttb-mem-", dir="/tmp")
+try:
+    data = {"town": {"name": "mem", "root": root},
+            "redis": {"socket": "redis.sock", "appendonly": False, "save": ""},
+            "logging": {"level": "warning", "file": "logs/daemon.log"},
+            "agent_clis": {"t": {"command": "true"}},
+            "agents": [{"name": "a", "cli": "t", "count": n}] if n else []}
+    cfg = config.from_dict(data, os.path.join(root, "cfg.yaml"), env={})
+    d = Daemon(cfg, install_signals=False)
+    t0 = time.monotonic()
+    d.start()
+    g = gevent.spawn(d.run)
+    r = d.ctx.clients.cmd
+    deadline = time.monotonic() + 60
+    while int(r.info("clients")["blocked_clients"]) < n and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    t_idle = time.monotonic() - t0
+    gevent.sleep(1.0)
+    with open("/proc/self/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    ci = r.info("clients")
+    mem = r.info("memory")["used_memory"]
+    out = {"agents": n, "rss_kib": rss, "connected_clients": int(ci["connected_clients"]),
+           "blocked_clients": int(ci["blocked_clients"]), "redis_used_memory": mem,
+           "start_to_all_idle_s": round(t_idle, 3)}
+    d.request_stop(graceful=True)
+    g.join(30)
+    print(json.dumps(out), flush=True)
+finally:
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def bench_memory(n_small: int = 1, n_big: int = 201) -> dict:
+    rows = []
+    for n in (n_small, n_big):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CODE, str(n)], check=True,
+                             capture_output=True, text=True, cwd=ROOT).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    a, b = rows
+    per = (b["rss_kib"] - a["rss_kib"]) / (b["agents"] - a["agents"])
+    return emit({"system": "memory", "agents_small": a["agents"], "agents_big": b["agents"],
+                 "rss_mib_small": round(a["rss_kib"] / 1024, 1),
+                 "rss_mib_big": round(b["rss_kib"] / 1024, 1),
+                 "rss_kib_per_idle_agent": round(per, 1),
+                 "redis_connections_small": a["connected_clients"],
+                 "redis_connections_big": b["connected_clients"],
+                 "redis_connections_per_agent": round(
+                     (b["connected_clients"] - a["connected_clients"]) / (b["agents"] - a["agents"]), 2),
+                 "redis_kib_per_agent": round((b["redis_used_memory"] - a["redis_used_memory"])
+                                              / 1024 / (b["agents"] - a["agents"]), 1),
+                 "start_to_all_idle_s_big": b["start_to_all_idle_s"]})
+
+
+# ----------------------------------------------------------------------------- cmdcount
+CMDCOUNT_CODE = r"""
+import json, os, sys, time, tempfile, shutil, resource
+from gevent import monkey; monkey.patch_all()
+import gevent
+from pathlib import Path
+from tinytownd import batch, logs
+from tinytownd.daemon import Daemon
+n, w = int(sys.argv[1]), int(sys.argv[2])
+if sys.argv[3] in ("1", "2"):   # what the posix_spawn proposal buys (bench/peers/spawn_probe.py)
+    sys.path.insert(0, sys.argv[4])
+    from peers import spawn_probe
+    from tinytownd import runner
+    runner.run = spawn_probe.run_compatible
+if sys.argv[3] == "2":   # ... plus: a worker claims its next backlog task itself after a round
+    from tinytownd import worker as _w, wire as _wire
+    _orig_end = _w.Worker._round_end
+    def _round_end(self, tid, activity, result):
+        _orig_end(self, tid, activity, result)
+        if self.stop_requested or self.lost or self.rt.stopping.is_set():
+            return
+        k, spec = self.k, self.spec
+        now = _wire.hash_ts()
+        words = [spec.role, f"role:{spec.role}", spec.name, *spec.tags]
+        self.rt.scripts.claim_backlog(keys=[k.backlog], args=[k.p, self.aid, now, _wire.new_id(),
+                                      now.replace("+00:00", "Z"), 100, *words])
+    _w.Worker._round_end = _round_end
+root = Path(tempfile.mkdtemp(prefix="ttb-cc-", dir="/tmp"))
+try:
+    bf = batch.parse({"tasks": [{"id": f"t{i}", "description": "noop"} for i in range(n)]}, "gen")
+    clis, agents = batch.agent_section(bf, agents=w, cli="true")
+    cfg = batch.embedded_config(bf, root, clis, agents)
+    d = Daemon(cfg, install_signals=False)
+    d.start()
+    g = gevent.spawn(d.run)
+    r = d.ctx.clients.cmd
+    gevent.sleep(0.5)
+    r.config_resetstat()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF); ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    srv0 = r.info("cpu")
+    run = batch.BatchRun(bf, "cc", r, d.ctx.keys)
+    t0 = time.monotonic()
+    run.subscribe(); run.write_meta(resume=False); run.submit()
+    assert run.follow()
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    srv1 = r.info("cpu")
+    stats = r.info("commandstats")
+    total = sum(v["calls"] for v in stats.values())
+    per = {k.replace("cmdstat_", ""): round(v["calls"] / n, 2) for k, v in
+           sorted(stats.items(), key=lambda kv: -kv[1]["calls"]) if v["calls"] / n >= 0.05}
+    us = {k.replace("cmdstat_", ""): round(v["usec"] / n, 1) for k, v in stats.items()
+          if v["usec"] / n >= 5}
+    run.close()
+    d.request_stop(graceful=True); g.join(30)
+    out = {"n": n, "workers": w, "wall_s": round(wall, 3), "tasks_per_s": round(n / wall, 1),
+           "redis_cmds_per_task": round(total / n, 1), "per_task": per,
+           "redis_usec_per_task_by_cmd": us,
+           "py_cpu_ms_per_task": round(((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) / n * 1000, 2),
+           "py_user_ms_per_task": round((ru1.ru_utime - ru0.ru_utime) / n * 1000, 2),
+           "py_sys_ms_per_task": round((ru1.ru_stime - ru0.ru_stime) / n * 1000, 2),
+           "redis_cpu_ms_per_task": round(((srv1["used_cpu_user"] + srv1["used_cpu_sys"]) - (srv0["used_cpu_user"] + srv0["used_cpu_sys"])) / n * 1000, 2)}
+    print(json.dumps(out), flush=True)
+finally:
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def bench_cmdcount(n: int, w: int, variant: int = 0) -> dict:
+    """variant 0: as is; 1: + posix_spawn runner; 2: + posix_spawn + worker self-claims."""
+    out = subprocess.run([sys.executable, "-c", CMDCOUNT_CODE, str(n), str(w), str(variant),
+                          HERE], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    d = json.loads(out.strip().splitlines()[-1])
+    name = ["tinytownd_cost", "tinytownd_cost+posix_spawn", "tinytownd_cost+posix_spawn+self_claim"]
+    return emit({"system": name[variant], **d})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("system", choices=["floor", "rq", "huey", "tinytownd"])
+    ap.add_argument("system", choices=["floor", "spawn", "rq", "huey", "tinytownd", "memory",
+                                          "cmdcount"])
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("-w", type=int, default=8)
     ap.add_argument("--sh", action="store_true", help="floor: sh -c true")
     ap.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "off", "no"])
     ap.add_argument("--profile", metavar="OUT", help="tinytownd: record with py-spy into OUT")
+    ap.add_argument("--variant", type=int, default=0, choices=[0, 1, 2],
+                    help="cmdcount: 1 = runner.run replaced by the posix_spawn proposal; "
+                         "2 = that plus workers claiming their next backlog task themselves")
     a = ap.parse_args()
     if a.system == "floor":
         bench_floor(a.n, a.w, a.sh)
+    elif a.system == "spawn":
+        bench_spawn(a.n, a.w)
+    elif a.system == "memory":
+        bench_memory()
+    elif a.system == "cmdcount":
+        bench_cmdcount(a.n, a.w, a.variant)
     elif a.system == "rq":
         bench_rq(a.n, a.w)
     elif a.system == "huey":

@@ -369,6 +369,7 @@ class BatchRun:
         self.log = log
         self.ids: dict[str, str] = {}         # file id → task uuid
         self.state: dict[str, str] = {}       # task uuid → last seen state
+        self.n_terminal = 0
         self.stop_requested = False
         self.t_submit = None
         self.submit_s = 0.0
@@ -490,7 +491,8 @@ class BatchRun:
 
         tids = list(self.ids.values()) if all_tasks else \
             [t for t in self.ids.values() if self.state.get(t) not in TASK_TERMINAL]
-        self.state.update(self._states(tids))
+        for tid, st in self._states(tids).items():
+            self._set(tid, st)
 
     def counts(self):
         from .progress import Counts
@@ -519,8 +521,11 @@ class BatchRun:
             import gevent
             gevent.sleep(timeout)
             return 0
-        wait = timeout
+        deadline = time.monotonic() + timeout
         while True:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or self.n_terminal >= len(self.ids):
+                return n
             try:
                 msg = ps.get_message(timeout=wait)
             except Exception as e:  # connection lost: the periodic re-count covers us
@@ -529,16 +534,23 @@ class BatchRun:
                 self._resubscribe()
                 return n
             if msg is None:
-                return n
-            wait = 0.0
+                continue
             try:
                 note = json.loads(msg["data"])
                 tid, st = note.get("task"), note.get("state")
             except (ValueError, TypeError, AttributeError):
                 continue
-            if tid in self.state and st in TASK_TERMINAL:
-                self.state[tid] = st
+            if st in TASK_TERMINAL and tid in self.state:
+                self._set(tid, st)
                 n += 1
+
+    def _set(self, tid: str, st: str) -> None:
+        from .wire import TASK_TERMINAL
+        old = self.state.get(tid)
+        if old == st:
+            return
+        self.state[tid] = st
+        self.n_terminal += (st in TASK_TERMINAL) - (old in TASK_TERMINAL)
 
     def _resubscribe(self) -> None:
         try:

@@ -183,3 +183,71 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_compatible(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
+                   timeout_s: float | None, should_stop=None, on_start=None,
+                   poll_s: float = 0.5):
+    """tinytownd.runner.run's exact contract on posix_spawn (proposal; used by the benches to
+    measure what the change would buy: `bench_e2e.py cmdcount --fast-spawn`)."""
+    from tinytownd.runner import RunResult
+    t0 = time.monotonic()
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    data = prompt.encode("utf-8")
+    try:
+        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
+    r, w = os.pipe()
+    script = f"cd -- {shlex.quote(cwd)} || exit 126\n{command}" if cwd else command
+    try:
+        try:
+            pid = os.posix_spawn(SH, ["sh", "-c", script], env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, r, 0), (os.POSIX_SPAWN_DUP2, logfd, 1),
+                (os.POSIX_SPAWN_DUP2, logfd, 2)])
+        except OSError as e:
+            os.close(w)
+            return RunResult(None, False, False, time.monotonic() - t0, None,
+                             error=f"cannot start CLI: {e}")
+        child = Spawned(pid)
+    finally:
+        os.close(r)
+        os.close(logfd)
+    if on_start is not None:
+        try:
+            on_start(pid)
+        except Exception:
+            pass
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        n = os.write(w, data) if data else 0
+    except OSError as e:
+        n = len(data) if e.errno in (errno.EPIPE,) else 0
+    feeder = gevent.spawn(_feed, w, data[n:]) if n < len(data) else None
+    if feeder is None:
+        os.close(w)
+    deadline = None if timeout_s is None else t0 + timeout_s
+    timed_out = killed = False
+    try:
+        while True:
+            wait = poll_s if deadline is None else min(poll_s, max(0.0, deadline - time.monotonic()))
+            if child.wait(wait) is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+            elif should_stop is not None and should_stop():
+                killed = True
+            else:
+                continue
+            child.killpg(signal.SIGTERM)
+            if child.wait(3.0) is None:
+                child.killpg(signal.SIGKILL)
+                child.wait(3.0)
+            break
+    except BaseException:
+        child.killpg(signal.SIGKILL)
+        raise
+    finally:
+        if feeder is not None:
+            feeder.kill(block=False)
+    return RunResult(child.returncode, timed_out, killed, time.monotonic() - t0, pid)
