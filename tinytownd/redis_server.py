@@ -466,8 +466,10 @@ class OwnedRedis:
                 value = _yes(vb) if isinstance(vb, bool) else str(vb)
                 pending.append((key, key.replace("_", "-"), va, vb, value))
         if pending and (self._client is None or self.proc is None or self.proc.poll() is not None):
-            raise RedisApplyError("redis-server is not running; cannot apply "
-                                  + ", ".join(f"redis.{k}" for k, *_ in pending))
+            # Being restarted by supervise(): the next child starts from self.cfg.
+            self.cfg = new_cfg
+            return [f"redis.{k}: {va!r} -> {vb!r} (applies when the restarting redis-server is "
+                    "back)" for k, _, va, vb, _ in pending]
         for key, name, va, vb, value in pending:
             try:
                 self._client.config_set(name, value)
