@@ -15,6 +15,11 @@ from typing import Any, Iterable
 
 import redis
 
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover
+    _pack = None
+
 from . import models
 from .keys import Keys
 from .scripts import Scripts
@@ -277,59 +282,116 @@ class Town:
         New task (no `task_id`): full task hash in state `assigned`. Existing task: single-field
         HSET state/assigned_to/updated_at (started_at kept, as tt's Task::assign). Plus the daemon
         task meta (agent, max_attempts, timeout_s, meta), the `task_assign` message (RPUSH inbox)
-        and a `task_assigned` event. With `pipe`, the commands are only queued.
+        and a `task_assigned` event (town + agent stream, + mission stream for mission tasks).
+        With `pipe`, the commands are only queued on it.
         """
-        k = self.k
-        now = _now or hash_ts()
-        if task_id is None:
-            tid = new_id()
-            h = models.new_task_hash(tid, description, tags=tags, state="assigned",
-                                     assigned_to=aid, now=now)
-            mission = mission_of(tags)
+        known_tags = tags
+        if task_id is not None and pipe is None:
+            cur = self.get_task(task_id)
+            if cur is None:
+                raise LookupError(f"unknown task {task_id!r}")
+            known_tags = models.decode_tags(cur.get("tags"))
+        tid, cmds = self._assign_cmds(aid, description, tags, task_id, max_attempts, timeout_s,
+                                      meta, _now or hash_ts(), known_tags)
+        if pipe is not None:
+            for c in cmds:
+                pipe.execute_command(*c)
         else:
-            tid = task_id
-            if pipe is None:
-                cur = self.get_task(tid)
-                if cur is None:
-                    raise LookupError(f"unknown task {tid!r}")
-                mission = mission_of(models.decode_tags(cur.get("tags")))
-            else:
-                mission = mission_of(tags)
-            h = {"state": "assigned", "assigned_to": aid, "updated_at": now}
-        p = pipe if pipe is not None else self.r.pipeline(transaction=False)
-        p.hset(k.task(tid), mapping=h)
-        m = {"agent": aid}
-        if max_attempts is not None:
-            m["max_attempts"] = str(int(max_attempts))
-        if timeout_s is not None:
-            m["timeout_s"] = repr(float(timeout_s))
-        if meta:
-            m.update({str(a): str(b) for a, b in meta.items()})
-        p.hset(k.task_meta(tid), mapping=m)
-        p.rpush(k.inbox(aid), models.task_assign_json(aid, tid, created_at=now.replace("+00:00", "Z")))
-        self._emit_into(p, "task_assigned", f"Task {tid} assigned",
-                        {"agent_id": aid, "task_id": tid, "mission_id": mission},
-                        timestamp=now.replace("+00:00", "Z"))
-        if pipe is None:
-            p.execute()
+            self._send_raw(cmds)
         return tid
 
-    def assign_many(self, items: list[dict]) -> list[str]:
-        """Bulk assign: each item has `aid` (or `agent`) and `description`, optionally `tags`,
-        `task_id`, `max_attempts`, `timeout_s`, `meta`. Pipelined in chunks; returns task ids."""
-        tids: list[str] = []
-        for i in range(0, len(items), CHUNK // 2):
+    def _assign_cmds(self, aid, description, tags, task_id, max_attempts, timeout_s, meta, now,
+                     mission_tags) -> tuple[str, list[tuple]]:
+        k = self.k
+        nz = now.replace("+00:00", "Z")
+        if task_id is None:
+            tid = new_id()
+            hcmd = ("HSET", k.task(tid), "id", tid, "description", description, "state",
+                    "assigned", "created_at", now, "updated_at", now, "tags", models.encode_tags(tags),
+                    "assigned_to", aid)
+        else:
+            tid = task_id
+            hcmd = ("HSET", k.task(tid), "state", "assigned", "assigned_to", aid, "updated_at", now)
+        m = ["HSET", k.task_meta(tid), "agent", aid]
+        if max_attempts is not None:
+            m += ["max_attempts", str(int(max_attempts))]
+        if timeout_s is not None:
+            m += ["timeout_s", repr(float(timeout_s))]
+        if meta:
+            for a, b in meta.items():
+                m += [str(a), str(b)]
+        mission = mission_of(mission_tags)
+        fields = {"agent_id": aid, "task_id": tid}
+        if mission:
+            fields["mission_id"] = mission
+        data = models.make_event("task_assigned", f"Task {tid} assigned", timestamp=nz,
+                                 **fields)["data"]
+        cmds = [hcmd, tuple(m),
+                ("RPUSH", k.inbox(aid), models.task_assign_json(aid, tid, created_at=nz)),
+                ("XADD", k.events, "MAXLEN", "~", EVENT_MAXLEN_TOWN, "*", "event_type",
+                 "task_assigned", "data", data),
+                ("XADD", k.agent_events(aid), "MAXLEN", "~", EVENT_MAXLEN_AGENT, "*",
+                 "event_type", "task_assigned", "data", data)]
+        if mission:
+            cmds.append(("XADD", k.mission_events_stream(mission), "MAXLEN", "~",
+                         EVENT_MAXLEN_MISSION, "*", "event_type", "task_assigned", "data", data))
+        return tid, cmds
+
+    def _send_raw(self, cmds: list[tuple]) -> list:
+        """Send many commands in one write and read the replies (a lean non-transactional
+        pipeline: hiredis packing, no per-command redis-py bookkeeping). Raises the first error
+        reply after reading them all."""
+        if _pack is None:
             p = self.r.pipeline(transaction=False)
+            for c in cmds:
+                p.execute_command(*c)
+            return p.execute()
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        out, err = [], None
+        try:
+            conn.send_packed_command([b"".join([_pack(c) for c in cmds])])
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except redis.ResponseError as e:
+                    err = err or e
+                    out.append(e)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if err is not None:
+            raise err
+        return out
+
+    def assign_many(self, items: list[dict], *, chunk: int = 200, parallel: int = 2) -> list[str]:
+        """Bulk assign: each item has `aid` (or `agent`) and `description`, optionally `tags`,
+        `task_id`, `max_attempts`, `timeout_s`, `meta`. Sent in chunks of `chunk` tasks, each chunk
+        one write (see _send_raw); up to `parallel` chunks in flight at once. Existing tasks
+        (`task_id`) are not looked up: pass their `tags` for mission events. Returns task ids in
+        item order."""
+        chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+
+        def one(part: list[dict]) -> list[str]:
             now = hash_ts()
-            for it in items[i:i + CHUNK // 2]:
-                aid = it.get("aid") or it["agent"]
-                tids.append(self.assign(aid, it.get("description", ""), tags=it.get("tags", ()),
-                                        task_id=it.get("task_id"),
-                                        max_attempts=it.get("max_attempts"),
-                                        timeout_s=it.get("timeout_s"), meta=it.get("meta"),
-                                        pipe=p, _now=now))
-            p.execute()
-        return tids
+            cmds: list[tuple] = []
+            out = []
+            for it in part:
+                tags = it.get("tags", ())
+                tid, c = self._assign_cmds(it.get("aid") or it["agent"], it.get("description", ""),
+                                           tags, it.get("task_id"), it.get("max_attempts"),
+                                           it.get("timeout_s"), it.get("meta"), now, tags)
+                out.append(tid)
+                cmds.extend(c)
+            self._send_raw(cmds)
+            return out
+
+        if parallel <= 1 or len(chunks) <= 1:
+            return [t for part in chunks for t in one(part)]
+        from gevent.pool import Pool
+        return [t for part in Pool(parallel).imap(one, chunks) for t in part]
 
     def start_task(self, tid: str, aid: str | None = None, *, pipe=None) -> None:
         """assigned → running with started_at (single fields)."""
