@@ -430,8 +430,8 @@ class Daemon:
             # redis live settings
             live_redis = [c for c in changes if c.live and c.key.startswith("redis.")]
             if self.redis is not None:
-                try:
-                    self.redis.apply(old, effective)
+                try:   # its CONFIG SET lines are in `changes`; keep only "applies later" notes
+                    notes += [n for n in self.redis.apply(old, effective) if "applies when" in n]
                 except RedisApplyError as e:
                     errors.append(str(e))
             elif live_redis:
