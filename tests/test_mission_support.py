@@ -35,13 +35,14 @@ def mission_config(url: str, town: str = "mt", *, ttl: float = 3, sweep: float =
 
 
 class EngineHandle:
-    def __init__(self, url: str, town: str = "mt", **kw):
+    def __init__(self, url: str, town: str = "mt", run: bool = True, **kw):
         self.cfg = mission_config(url, town, **kw)
         self.clients = redis_conn.make_clients(self.cfg)
         self.ctx = Context(config=self.cfg, keys=Keys(town), clients=self.clients,
                            instance_id=new_id(), stopping=gevent.event.Event())
         self.engine = MissionEngine(self.ctx)
-        self.greenlets = [gevent.spawn(fn) for fn in self.engine.services().values()]
+        self.greenlets = [gevent.spawn(fn) for fn in self.engine.services().values()] \
+            if run else []
 
     def stop(self, release: bool = True):
         self.ctx.stopping.set()
@@ -163,6 +164,8 @@ exit 2
 
 def _engine_main(url: str, town: str, ttl: str) -> None:
     import signal
+    from tinytownd import logs
+    logs.configure(os.environ.get("TT_ENGINE_LOG_LEVEL", "info"), "/dev/stderr")
     h = EngineHandle(url, town, ttl=float(ttl), sweep=1.0)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)

@@ -48,6 +48,7 @@ from .watches import GhClient, check_command_watch, check_pr_watches
 MAX_TX_RETRIES = 8
 AGENT_WAIT_MIN_S = 0.02
 AGENT_WAIT_MAX_S = 2.0
+AGENT_SCAN_S = 5.0
 
 
 def _rendezvous(token: str, mid: str) -> int:
@@ -78,6 +79,8 @@ class MissionEngine(Component):
         self.waiting_agent: dict[str, float] = {}      # mid -> current retry delay
         self.busy: dict[str, set[str]] = {}            # mid -> assignees of its live tasks
         self.errors: dict[str, int] = {}
+        self.item_cache: dict[str, dict] = {}          # mid -> wid -> (raw json, WorkItem)
+        self.depth: dict[str, dict] = {}               # mid -> topo depth of its items
         self.last_tick: dict[str, float] = {}
         self.timers: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -88,6 +91,8 @@ class MissionEngine(Component):
         self.assign_lock = gevent.lock.Semaphore()     # cross-mission agent accounting
         self.watch_sem = gevent.lock.BoundedSemaphore(4)
         self.draining = False
+        self._agent_ids: set[str] = set()
+        self._agent_scan_at = -1e9
         self.stats = {"ticks": 0, "assigned": 0, "tx_conflicts": 0, "lease_lost": 0,
                       "errors": 0, "watch_checks": 0, "help_requests": 0}
         self._apply_config(ctx.config)
@@ -156,6 +161,8 @@ class MissionEngine(Component):
             return
         st.lost = True
         self.busy.pop(mid, None)
+        self.item_cache.pop(mid, None)
+        self.depth.pop(mid, None)
         self.waiting_agent.pop(mid, None)
         if release:
             try:
@@ -352,7 +359,7 @@ class MissionEngine(Component):
         if st is None or st.lost:
             return
         k = self.k
-        pre = self.store.load(mid)
+        pre = self.store.load_watches(mid)
         if pre.mission is None:
             self.drop(mid, "mission record deleted")
             return
@@ -377,23 +384,33 @@ class MissionEngine(Component):
                             self.drop(mid, "mission record deleted")
                             return
                         p.multi()
-                        self._queue(p, mid, inp, out)
+                        written = self._queue(p, mid, inp, out)
                         p.execute()
+                        cache = self.item_cache.setdefault(mid, {})
+                        for wid, raw in written.items():
+                            cache[wid] = (raw, inp.items[wid])
+                        if inp.depth is not None:
+                            self.depth[mid] = inp.depth
                         self._after(mid, inp, out)
                     return
                 except redis.WatchError:
                     self.stats["tx_conflicts"] += 1
+                    self.item_cache.pop(mid, None)   # records were mutated in memory
                     continue
+                except BaseException:
+                    self.item_cache.pop(mid, None)
+                    raise
         raise RuntimeError(f"gave up after {MAX_TX_RETRIES} conflicting writes")
 
     def _compute(self, mid: str, results: dict):
-        snap = self.store.load(mid)
+        t0 = time.perf_counter()
+        snap = self.store.load(mid, cache=self.item_cache.setdefault(mid, {}))
         if snap.mission is None:
             return None, None
         for s in snap.skipped:
             self.log.warning("unreadable mission record skipped", detail=s)
         tasks = self.store.load_tasks(snap.task_ids)
-        agents = self.town.list_agents()
+        agents = self.agents()
         busy = set()
         for other, s in self.busy.items():
             if other != mid:
@@ -402,14 +419,39 @@ class MissionEngine(Component):
                         cmd_watches=snap.cmd_watches,
                         controls=[c for c in snap.controls if c.processed_at is None],
                         tasks=tasks, agents=agents, meta=snap.meta, now=utcnow(),
-                        watch_results=results, busy_agents=busy, cfg=self.sched)
-        inp._snap = snap  # type: ignore[attr-defined]
+                        watch_results=results, busy_agents=busy, cfg=self.sched,
+                        depth=self.depth.get(mid))
+        inp._t0 = t0  # type: ignore[attr-defined]
         return run_tick(inp), inp
 
-    def _queue(self, p, mid: str, inp: TickInput, out) -> None:
+    AGENT_FIELDS = ("id", "name", "nickname", "role_id", "state", "last_active_at")
+
+    def agents(self) -> list[dict]:
+        """The agent snapshot for a tick. The set of agent keys comes from a SCAN at most every
+        AGENT_SCAN_S (plus tinytownd's name registry every time), so a tick costs one pipelined
+        HMGET round trip instead of a scan of the whole keyspace (B13)."""
+        now = time.monotonic()
+        if now - self._agent_scan_at >= AGENT_SCAN_S:
+            pre = len(self.k.agent(""))
+            self._agent_ids = {key[pre:] for key in
+                               self.r.scan_iter(match=self.k.pattern("agent"), count=1000)}
+            self._agent_scan_at = now
+        ids = sorted(self._agent_ids | set(self.r.hvals(self.k.agent_names)))
+        p = self.r.pipeline(transaction=False)
+        for aid in ids:
+            p.hmget(self.k.agent(aid), self.AGENT_FIELDS)
+        out = []
+        for vals in p.execute(raise_on_error=False):
+            if isinstance(vals, list) and vals[0]:
+                out.append({k: v for k, v in zip(self.AGENT_FIELDS, vals) if v is not None})
+        return out
+
+    def _queue(self, p, mid: str, inp: TickInput, out) -> dict:
         k, store = self.k, self.store
+        written = {}
         for wid in out.items_changed:
-            store.q_item(p, inp.items[wid])
+            raw = written[wid] = inp.items[wid].to_json()
+            p.hset(k.mission_work(mid), wid, raw)
         for wid in out.watches_changed:
             store.q_watch(p, inp.watches[wid])
         for wid in out.cmd_watches_changed:
@@ -441,9 +483,11 @@ class MissionEngine(Component):
         store.q_mission(p, out.mission)
         if out.completed:
             p.srem(k.missions_active, mid)
+        return written
 
     def _after(self, mid: str, inp: TickInput, out) -> None:
         self.stats["ticks"] += 1
+        self.stats["last_tick_ms"] = round((time.perf_counter() - inp._t0) * 1000, 3)
         self.stats["assigned"] += len(out.assigned)
         if out.help_question:
             self.stats["help_requests"] += 1

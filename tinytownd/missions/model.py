@@ -53,6 +53,11 @@ def _ts_in(v: Any, name: str, optional: bool = False) -> datetime | None:
         if optional:
             return None
         raise ValueError(f"missing field `{name}`")
+    if type(v) is str and len(v) > 20 and v[-1] == "Z" and v[10] == "T":
+        try:  # fast path: what we and tt write (3.11 fromisoformat takes Z and 9 digits)
+            return datetime.fromisoformat(v)
+        except ValueError:
+            pass
     try:
         return parse_ts(v)
     except (ValueError, TypeError) as e:
@@ -75,6 +80,8 @@ def _enum(d: dict, name: str, allowed: tuple[str, ...]) -> str:
 def _uuid(v: Any, name: str, optional: bool = False) -> str | None:
     if v is None and optional:
         return None
+    if type(v) is str and _UUID_RE.match(v):
+        return v
     if not isinstance(v, str):
         raise ValueError(f"{name}: expected a UUID string, got {v!r}")
     import uuid

@@ -78,6 +78,7 @@ class TickInput:
     now: datetime
     watch_results: dict[str, WatchOutcome] = field(default_factory=dict)
     busy_agents: set[str] = field(default_factory=set)   # agents given work elsewhere
+    depth: dict[str, int] | None = None    # cached topo depth (engine); computed when None
     cfg: SchedConfig = field(default_factory=SchedConfig)
     new_id: Callable[[], str] = new_id
 
@@ -219,6 +220,7 @@ class _Tick:
                 if t.get("assigned_to"):
                     self.busy.add(t["assigned_to"])
         self.given: dict[str, int] = {}
+        self.freed: set[str] = set()   # assignees of tasks that just finished (see idle_agents)
 
     # ------------------------------------------------------------------ helpers
     def log(self, text: str):
@@ -260,8 +262,12 @@ class _Tick:
                [w for w in self.i.cmd_watches.values() if w.work_item_id == wid]
 
     def idle_agents(self) -> list[dict]:
+        # An agent still `working` whose mission task just finished is finishing its round: a
+        # task_assign queued now is taken right after (saves a wait for the state flip).
         return [a for a in self.agents.values()
-                if a.get("state") == "idle" and a["id"] not in self.busy
+                if (a.get("state") == "idle" or (a.get("state") == "working"
+                                                 and a["id"] in self.freed))
+                and a["id"] not in self.busy
                 and self.given.get(a["id"], 0) < self.i.cfg.per_agent_per_tick]
 
     @staticmethod
@@ -602,6 +608,8 @@ class _Tick:
     def on_terminal(self, it: WorkItem, t: dict) -> bool:
         """Process one terminal bound task once. Returns whether the item changed."""
         self.o.tasks_processed.add(t["id"])
+        if t.get("assigned_to"):
+            self.freed.add(t["assigned_to"])
         kind = task_binding(t)[2]
         state = t.get("state")
         result = (t.get("result") or "").strip()
@@ -783,7 +791,9 @@ class _Tick:
         ready = [it for it in self.items.values() if it.status == "ready"]
         if not slots or not ready:
             return
-        depth = topo_depth(self.items)
+        depth = self.i.depth
+        if depth is None or any(it.id not in depth for it in ready):
+            depth = self.i.depth = topo_depth(self.items)
         ready.sort(key=lambda it: (depth.get(it.id, 0), it.created_at, it.id))
         for it in ready:
             if slots <= 0:
@@ -853,7 +863,9 @@ class _Tick:
         if m.state == "blocked" and (m.blocked_reason or "").startswith(("Paused by",
                                                                          "Stopped by")):
             return None  # B10: no help for operator-paused missions
-        for it in sorted(self.items.values(), key=lambda x: (x.created_at, x.id)):
+        exhausted = [self.items[k[10:]] for k in set(self.i.meta) | set(self.o.meta_set)
+                     if k.startswith("exhausted:") and k[10:] in self.items]
+        for it in sorted(exhausted, key=lambda x: (x.created_at, x.id)):
             n = self.meta(f"exhausted:{it.id}")
             if n and it.status == "blocked":
                 err = self.meta(f"last_error:{it.id}") or ""

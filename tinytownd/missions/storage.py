@@ -116,7 +116,27 @@ class MissionStore:
             out.append(rest)
         return sorted(out)
 
-    def load(self, mid: str, client=None) -> Snapshot:
+    def load_watches(self, mid: str) -> Snapshot:
+        """Mission + watches only (what the engine needs before a tick, to run checks)."""
+        k = self.k
+        p = self.r.pipeline(transaction=False)
+        p.get(k.mission(mid))
+        p.hgetall(k.mission_watch(mid))
+        p.hgetall(k.mission_cmd_watches(mid))
+        raw_m, watch, cmdw = p.execute()
+        snap = Snapshot(mission=MissionRun.from_json(raw_m) if raw_m else None)
+        for cls, src, dst in ((WatchItem, watch, snap.watches),
+                              (CommandWatch, cmdw, snap.cmd_watches)):
+            for f, raw in src.items():
+                try:
+                    dst[f] = cls.from_json(raw)
+                except (ValueError, KeyError, TypeError) as e:
+                    snap.skipped.append(f"{cls.__name__} {f}: {e}")
+        return snap
+
+    def load(self, mid: str, client=None, cache: dict | None = None) -> Snapshot:
+        """The whole mission. `cache` (wid -> (raw json, WorkItem)) skips re-parsing work items
+        whose JSON did not change; the caller must keep it in step with what it writes."""
         k = self.k
         p = (client or self.r).pipeline(transaction=False)
         p.get(k.mission(mid))
@@ -129,11 +149,24 @@ class MissionStore:
         raw_m, work, watch, cmdw, ctrl, meta, tids = p.execute()
         snap = Snapshot(mission=MissionRun.from_json(raw_m) if raw_m else None, meta=meta,
                         task_ids=set(tids))
+        if cache is not None:
+            for f in [f for f in cache if f not in work]:
+                del cache[f]
+            todo = {}
+            for f, raw in work.items():
+                hit = cache.get(f)
+                if hit is not None and hit[0] == raw:
+                    snap.items[f] = hit[1]
+                else:
+                    todo[f] = raw
+            work = todo
         for cls, src, dst in ((WorkItem, work, snap.items), (WatchItem, watch, snap.watches),
                               (CommandWatch, cmdw, snap.cmd_watches)):
             for f, raw in src.items():
                 try:
                     dst[f] = cls.from_json(raw)
+                    if cache is not None and cls is WorkItem:
+                        cache[f] = (raw, dst[f])
                 except (ValueError, KeyError, TypeError) as e:
                     snap.skipped.append(f"{cls.__name__} {f}: {e}")
         for f, raw in ctrl.items():
