@@ -52,8 +52,8 @@ def env(redis_server):
     e.r, e.keys, e.town, e.store, e.url = r, keys, town, store, redis_server.url
     e.agents = agents
 
-    def engine(**kw):
-        h = EngineHandle(redis_server.url, TOWN, **kw)
+    def engine(run=True, **kw):
+        h = EngineHandle(redis_server.url, TOWN, run=run, **kw)
         handles.append(h)
         return h
 
@@ -320,3 +320,81 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_concurrent_operator_stop_is_never_overwritten(env):
+    """A stop landing between the tick's read and its EXEC aborts the EXEC (WATCH); the tick is
+    re-run on fresh data and the mission stays stopped (B4 / W4)."""
+    env.agent("w1", behave=lambda t: ("completed", "ok", 5))
+    h = env.engine(run=False)
+    eng = h.engine
+    c = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""")
+    mid = c.mission.id
+    from tinytownd.missions.lease import LeaseState
+    assert eng.leases.acquire(mid)
+    eng.owned[mid] = LeaseState(mid)
+    real = eng._compute
+    calls = []
+
+    def racing(m, results):
+        out = real(m, results)
+        if not calls:
+            def stop(mm, p):
+                mm.block("Stopped by user")
+                p.srem(env.keys.missions_active, mid)
+            env.store.update_mission(mid, stop)       # the operator, concurrently
+        calls.append(1)
+        return out
+    eng._compute = racing
+    eng.tick(mid)
+    assert len(calls) == 2 and eng.stats["tx_conflicts"] == 1
+    m = env.store.get_mission(mid)
+    assert m.state == "blocked" and m.blocked_reason == "Stopped by user"
+    assert live_tasks_by_item(env.r, env.keys) == {}    # the stopped mission got no task
+
+
+def test_lost_lease_stops_writes_at_once(env):
+    h = env.engine(run=False)
+    eng = h.engine
+    c = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""")
+    mid = c.mission.id
+    from tinytownd.missions.lease import LeaseState
+    assert eng.leases.acquire(mid)
+    eng.owned[mid] = LeaseState(mid)
+    env.r.set(env.keys.mission_lock(mid), "someone-else")     # e.g. `tt mission dispatch`
+    before = env.r.get(env.keys.mission(mid))
+    eng.tick(mid)
+    assert env.r.get(env.keys.mission(mid)) == before
+    assert mid not in eng.owned and eng.stats["lease_lost"] == 1
+    assert env.r.get(env.keys.mission_lock(mid)) == "someone-else"   # not released by us
+    assert not eng.leases.refresh(mid) and not eng.leases.release(mid)
+
+
+def test_task_bound_by_tt_is_adopted_not_duplicated(env):
+    """A live work task created by someone else (tt's unlocked CLI tick) is found when the engine
+    acquires the mission: the item is reconciled to it and gets no second task (F9, W3)."""
+    c = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""")
+    mid, wid = c.mission.id, c.file_ids["x"]
+    w = env.agent("w1", behave=lambda t: ("completed", "ok", 0.3))
+    w.running = False
+    w.g.join()
+    tid = env.town.assign(w.aid, "[Mission Work Item] X", tags=[
+        "mission-work-item", "mission-task:work", f"mission:{mid}", f"work-item:{wid}"])
+    env.town.set_agent_state(w.aid, "idle", event=False)
+    env.engine()
+    wait_for(lambda: env.store.load(mid).items[wid].status == "assigned", what="reconciled")
+    assert env.store.load(mid).items[wid].assigned_to == w.aid
+    assert live_tasks_by_item(env.r, env.keys) == {wid: [tid]}
+    w.running = True
+    w.g = gevent.spawn(w.loop)
+    wait_for(lambda: mission_state(env.r, env.keys, mid) == "completed")
+    assert live_tasks_by_item(env.r, env.keys) == {}

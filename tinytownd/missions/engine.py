@@ -218,13 +218,44 @@ class MissionEngine(Component):
                 self.drop(mid, "rebalancing to another engine")
         if len(self.owned) >= quota:
             return
+        got = []
         for mid in sorted(active - set(self.owned), key=lambda m: -_rendezvous(self.token, m)):
             if len(self.owned) >= quota:
                 break
             if self.leases.acquire(mid):
                 self.owned[mid] = LeaseState(mid)
                 self.log.info("mission acquired", mission=mid)
-                self.wake(mid)
+                got.append(mid)
+        if got:
+            try:
+                self.import_bound_tasks(got)
+            finally:
+                for mid in got:
+                    self.wake(mid)
+
+    def import_bound_tasks(self, mids: list[str]) -> None:
+        """F9: live tasks bound to these missions by someone else (tt's CLI hook, tt's own
+        dispatcher before us) join the engine's bound-task index, so reconcile sees them and no
+        item gets a second live task. One SCAN for all missions acquired in this round."""
+        want = {f"mission:{m}": m for m in mids}
+        keys = list(self.r.scan_iter(match=self.k.pattern("task"), count=1000))
+        found: dict[str, list[str]] = {}
+        for i in range(0, len(keys), 500):
+            p = self.r.pipeline(transaction=False)
+            for key in keys[i:i + 500]:
+                p.hmget(key, "id", "state", "tags")
+            for vals in p.execute(raise_on_error=False):
+                if not isinstance(vals, list) or not vals[0] or vals[1] in TASK_TERMINAL:
+                    continue
+                for t in models.decode_tags(vals[2]):
+                    if t in want:
+                        found.setdefault(want[t], []).append(vals[0])
+                        break
+        if found:
+            p = self.r.pipeline(transaction=False)
+            for mid, tids in found.items():
+                p.sadd(self.k.mission_tasks(mid), *tids)
+            p.execute()
 
     # ------------------------------------------------------------------ notify loop
     def notify_loop(self) -> None:
