@@ -125,8 +125,8 @@ def validate_graph(specs: list[ItemSpec], roles: set[str] | None) -> list[str]:
                 problems.append(f"{name}: depends_on '{d}' does not exist")
             elif d == s.file_id:
                 problems.append(f"{name}: depends on itself")
-    if not problems:
-        cyc = find_cycle({s.file_id: list(s.depends_on) for s in specs})
+    if not any("duplicate id" in p for p in problems):
+        cyc = find_cycle({s.file_id: [d for d in s.depends_on if d in seen] for s in specs})
         if cyc:
             problems.append(f"dependency cycle: {' -> '.join(repr(c) for c in cyc)}")
     return problems

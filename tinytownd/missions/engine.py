@@ -47,7 +47,7 @@ from .watches import GhClient, check_command_watch, check_pr_watches
 
 MAX_TX_RETRIES = 8
 AGENT_WAIT_MIN_S = 0.02
-AGENT_WAIT_MAX_S = 2.0
+AGENT_WAIT_MAX_S = 5.0
 AGENT_SCAN_S = 5.0
 
 
