@@ -102,3 +102,14 @@ def test_graceful_drain_then_second_sigterm_is_immediate(town):
     assert time.monotonic() - t0 < 30
     assert any(e["event"] == "second stop request: stopping now" for e in _events(town))
     wait_for(lambda: not os.path.exists(f"/proc/{rpid}"), what="redis gone")
+
+
+def test_stop_timeout_is_75_then_stop_now(town):
+    town.write(daemon={"drain_timeout_s": 60})
+    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:SlowDrain"})
+    r = town.cli("stop", "--timeout", "0.5")
+    assert r.returncode == 75 and "still running" in r.stderr
+    assert town.status()["state"] == "stopping"
+    r = town.cli("stop", "--now", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    assert town.proc.wait(5) == 0
