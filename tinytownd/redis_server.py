@@ -248,6 +248,8 @@ class OwnedRedis:
                         if client.ping():
                             info = client.info("server")
                             self.version = str(info.get("redis_version", self.version))
+                            if self._client is not None:
+                                self._client.close()
                             self._client = self._probe()
                             return
                     except redis.BusyLoadingError:
@@ -305,12 +307,13 @@ class OwnedRedis:
         if sock is None and not self._tcp_listening():
             return
         other = None
+        c = self._probe(socket_timeout=2.0)
         try:
-            c = self._probe(socket_timeout=2.0)
             other = int(c.info("server").get("process_id", 0)) or None
-            c.close()
         except redis.RedisError:
             pass
+        finally:
+            c.close()
         if other and other != mine and self._is_ours(other):
             self._shutdown_leftover(other)
             if sock is not None:
@@ -345,8 +348,8 @@ class OwnedRedis:
     def _shutdown_leftover(self, pid: int) -> None:
         self.log.warning("found a redis-server left by a previous daemon; shutting it down "
                          "(SHUTDOWN SAVE) before starting a new one", pid=pid)
+        c = self._probe(socket_timeout=60.0)
         try:
-            c = self._probe(socket_timeout=60.0)
             c.shutdown(save=True)
         except redis.RedisError as e:
             self.log.info("SHUTDOWN not possible; sending SIGTERM", pid=pid, error=str(e))
@@ -354,6 +357,8 @@ class OwnedRedis:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass
+        finally:
+            c.close()
         if not self._wait_gone(pid, 60.0):
             self.log.error("left-over redis-server ignores SHUTDOWN; killing it", pid=pid)
             try:
@@ -378,12 +383,14 @@ class OwnedRedis:
         self.ready = False
         proc = self.proc
         if proc is not None and proc.poll() is None:
+            c = self._probe(socket_timeout=timeout)
             try:
-                c = self._probe(socket_timeout=timeout)
                 c.shutdown(save=self.persistent, nosave=not self.persistent)
             except redis.RedisError as e:
                 self.log.warning("SHUTDOWN failed; sending SIGTERM", error=str(e))
                 self._signal(signal.SIGTERM)
+            finally:
+                c.close()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
