@@ -291,7 +291,9 @@ class Daemon:
                     self.supervisor.progress("daemon.heartbeat")
                 except Exception as e:  # Redis restarting: try again next round
                     self.log.warning("daemon heartbeat failed", error=str(e))
-                self.stopping.wait(max(0.5, min(5.0, ttl / 9)))
+                # often enough for both the key's TTL and the watchdog's stall window
+                self.stopping.wait(max(0.2, min(5.0, ttl / 9,
+                                                self.cfg.daemon.watchdog_stall_s / 3)))
         finally:
             try:
                 self.clients.cmd.delete(key)
