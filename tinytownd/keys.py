@@ -51,7 +51,9 @@ task:<tid>                         hash    daemon bookkeeping of a task: attempt
 deadletter                         list    JSON {id reason source raw at ...}: messages that did not
                                            parse and tasks that used up their attempts. RPUSH.
 notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
-                                           task reaches a terminal state, so mission owners wake at once.
+                                           task reaches a terminal state, so mission owners wake at once;
+                                           and {"task": tid, "state": "pending", "backlog": true} when a
+                                           task is put on the backlog (runtime claims wake on it).
 batch:<bid>                        hash    batch run meta: state created_at file totals...
 batch:<bid>:tasks                  list    task ids of the batch, in file order.
 batch:<bid>:ids                    hash    batch-file task id → task uuid (idempotent submission).

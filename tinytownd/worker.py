@@ -33,6 +33,7 @@ from .models import TASK_BEARING, Poison
 from .wire import TASK_TERMINAL, debug_state, hash_ts, json_ts
 
 MAX_INBOX_PER_ROUND = 100
+ROUND_LOGS_KEPT = 50        # per agent: older <name>_round_<n>.log files are deleted
 
 
 @dataclass
@@ -350,10 +351,11 @@ class Worker:
                             should_stop=lambda: self.kill_now or self.lost, on_start=on_start)
         self.pid = None
         self.round_started = None
-        try:
-            os.unlink(prompt_path)
-        except OSError:
-            pass
+        for old in (prompt_path, str(logs_dir / f"{spec.name}_round_{rnd - ROUND_LOGS_KEPT}.log")):
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
         self._after_round(msgs, task_msg, tid, attempts_key, attempt, max_attempts, result,
                           log_path, rnd)
 
