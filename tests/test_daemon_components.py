@@ -81,6 +81,8 @@ def test_crashing_service_restarts_and_reload_fans_out(town):
     wait_for(lambda: any(e["event"].startswith("watchdog ping withheld")
                          and "flaky.stall" in e["stalled"] for e in _events(town)),
              what="watchdog withheld")
+    withheld = [e for e in _events(town) if e["event"].startswith("watchdog ping withheld")]
+    assert all(e["stalled"] == ["flaky.stall"] for e in withheld), withheld   # the rest progress
     town.write(logging={"level": "warning"}, daemon={"watchdog_stall_s": 1})
     r = town.cli("reload")
     assert r.returncode == 0 and "flaky saw level warning" in r.stdout

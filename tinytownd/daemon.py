@@ -196,7 +196,8 @@ class Daemon:
         if self.redis is not None:
             self.ctx.extra["owned_redis"] = self.redis
             self.supervisor.add("redis", lambda: self.redis.supervise(
-                self._redis_stop, lambda: self.supervisor.progress("redis")))
+                self._redis_stop, lambda: self.supervisor.progress("redis"),
+                check_interval=min(1.0, self.cfg.daemon.watchdog_stall_s / 3)))
         self.supervisor.add("daemon.heartbeat", self._heartbeat_loop)
         self._load_components()
         self.supervisor.start()
