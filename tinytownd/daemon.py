@@ -159,6 +159,10 @@ class Daemon:
     def _start(self) -> None:
         from . import exitcodes
         cfg = self.cfg
+        from gevent import monkey
+        if not monkey.is_module_patched("socket"):
+            self.log.warning("gevent has not monkey-patched socket: blocking I/O will stall "
+                             "every greenlet (patch_all() must run first)")
         soft, hard = raise_fd_limit()
         self.log.info("starting", pid=os.getpid(), version=__version__, config=cfg.path,
                       root=str(cfg.root), instance=self.instance_id, fd_limit=soft)
