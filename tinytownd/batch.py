@@ -100,6 +100,13 @@ class BatchFile:
     def by_id(self) -> dict[str, TaskSpec]:
         return {t.id: t for t in self.tasks}
 
+    def size(self) -> int:
+        """Tasks, or work items for a mission."""
+        if self.kind == "mission":
+            items = (self.mission or {}).get("work_items")
+            return len(items) if isinstance(items, list) else 0
+        return len(self.tasks)
+
 
 def _did_you_mean(key: str, known) -> str:
     close = difflib.get_close_matches(str(key), list(known), n=1)
@@ -386,7 +393,7 @@ class BatchRun:
         p.hsetnx(self.k.batch(self.id), "created_at", now)
         p.hset(self.k.batch(self.id), mapping={
             "state": "running", "file": os.path.abspath(self.bf.path), "digest": self.bf.digest,
-            "total": str(len(self.bf.tasks)), "kind": self.bf.kind, "updated_at": now})
+            "total": str(self.bf.size()), "kind": self.bf.kind, "updated_at": now})
         p.hincrby(self.k.batch(self.id), "runs", 1)
         p.execute()
 
@@ -508,7 +515,7 @@ class BatchRun:
                 c.running += 1
             else:
                 c.queued += 1
-        c.queued += len(self.bf.tasks) - len(self.ids)
+        c.queued += max(0, len(self.bf.tasks) - len(self.ids))
         return c
 
     def _drain_notifications(self, timeout: float) -> int:
@@ -649,6 +656,193 @@ class BatchRun:
                             **({"error": m["last_error"]} if m.get("last_error") and
                                st != "completed" else {})})
         return out
+
+
+class MissionBatch(BatchRun):
+    """A batch whose file is a mission: started through the missions API (compile + store), driven
+    by the daemon's MissionEngine; progress and the summary are the mission's work items.
+
+    Finished when the mission is `completed`/`failed`, or when it is stuck: nothing ready, assigned
+    or running for STUCK_S (an item used up its retries and is blocked, waiting for help).
+    """
+
+    STUCK_S = 3.0
+
+    def __init__(self, *a, roles: set[str] | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.roles = roles
+        self.mid: str | None = None
+        self.items: dict[str, Any] = {}      # wid -> WorkItem
+        self.mission_state = "planning"
+        self._stuck_since: float | None = None
+        self._meta: dict = {}
+        self._tids: set = set()
+        self.total = 0
+
+    def _store(self):
+        from .missions.storage import MissionStore
+        return MissionStore(self.r, self.k)
+
+    def submit(self) -> tuple[int, int]:
+        from .missions import compile as mc
+
+        t0 = time.monotonic()
+        store = self._store()
+        mid = self.r.hget(self.k.batch(self.id), "mission")
+        if mid and store.get_mission(mid) is not None:
+            self.mid = mid
+            self.ids = self.r.hgetall(self.k.batch_ids(self.id)) or {}
+            self.submit_s = time.monotonic() - t0
+            self.total = len(self.ids)
+            return 0, self.total
+        text = yaml.safe_dump(self.bf.mission, sort_keys=False)
+        try:
+            c = mc.compile_text(text, self.bf.path, roles=self.roles)
+        except mc.MissionFileError as e:
+            raise BatchFileError(self.bf.path, "work_items", "; ".join(e.problems)) from None
+        p = self.r.pipeline(transaction=True)
+        p.hset(self.k.batch(self.id), "mission", c.mission.id)
+        p.delete(self.k.batch_ids(self.id))
+        p.hset(self.k.batch_ids(self.id), mapping=c.file_ids)
+        p.execute()
+        store.create(c.mission, c.items, c.cmd_watches, c.meta, c.log)
+        self.mid = c.mission.id
+        self.ids = dict(c.file_ids)
+        self.total = len(self.ids)
+        self.submit_s = time.monotonic() - t0
+        return self.total, 0
+
+    def requeue_lost(self) -> int:
+        return 0
+
+    def recount(self, *, all_tasks: bool = False) -> None:
+        snap = self._store().load(self.mid)
+        if snap.mission is not None:
+            self.mission_state = snap.mission.state
+        self.items = dict(snap.items)
+        self._meta = snap.meta or {}
+        self._tids |= set(snap.task_ids or ())
+        for fid, wid in self.ids.items():
+            it = self.items.get(wid)
+            st = _ITEM_STATE.get(it.status if it else "pending", "pending")
+            self._set(wid, st)
+
+    def _drain_notifications(self, timeout: float) -> int:
+        """Collect the mission's task ids from terminal notifications (the engine drops processed
+        tasks from the mission's task set, and the summary wants every attempt)."""
+        import gevent
+        ps = self._pubsub
+        if ps is None:
+            gevent.sleep(timeout)
+            return 0
+        n = 0
+        deadline = time.monotonic() + timeout
+        while (wait := deadline - time.monotonic()) > 0:
+            try:
+                msg = ps.get_message(timeout=wait)
+            except Exception:
+                self._resubscribe()
+                return n
+            if msg is None:
+                continue
+            try:
+                note = json.loads(msg["data"])
+            except (ValueError, TypeError):
+                continue
+            if isinstance(note, dict) and note.get("mission") == self.mid and note.get("task"):
+                self._tids.add(note["task"])
+                n += 1
+                if note.get("state") in ("completed", "failed", "cancelled"):
+                    return n     # re-read the mission at once
+        return n
+
+    def counts(self):
+        c = super().counts()
+        c.total = self.total or len(self.ids)
+        if self.mission_state in ("completed", "failed"):
+            return c
+        if c.running == 0 and not any(getattr(it, "status", "") in ("ready", "assigned",
+                                                                    "running")
+                                      for it in self.items.values()) and c.done < c.total:
+            now = time.monotonic()
+            self._stuck_since = self._stuck_since or now
+            if now - self._stuck_since >= self.STUCK_S:
+                c.queued = 0       # stuck: what did not run counts as failed
+                c.failed = c.total - c.completed
+        else:
+            self._stuck_since = None
+        return c
+
+    def follow(self, *, stop_event=None, on_tick=None) -> bool:
+        import gevent
+
+        while True:
+            self.recount()
+            c = self.counts()
+            if self.reporter:
+                self.reporter.update(c)
+            if c.finished:
+                return True
+            if self.stop_requested or (stop_event is not None and stop_event.is_set()):
+                return False
+            self._drain_notifications(0.5)
+
+    def rows(self) -> list[dict]:
+        from .wire import parse_ts
+
+        self.recount()
+        by_wid: dict[str, dict] = {}
+        n_tasks: dict[str, int] = {}
+        if self._tids:
+            p = self.r.pipeline(transaction=False)
+            order = list(self._tids)
+            for tid in order:
+                p.hgetall(self.k.task(tid))
+            for tid, h in zip(order, p.execute()):
+                tags = []
+                try:
+                    tags = json.loads(h.get("tags") or "[]")
+                except ValueError:
+                    pass
+                wid = next((t[10:] for t in tags if isinstance(t, str)
+                            and t.startswith("work-item:")), None)
+                if not wid:
+                    continue
+                n_tasks[wid] = n_tasks.get(wid, 0) + 1
+                if wid not in by_wid or h.get("created_at", "") >= by_wid[wid].get("created_at", ""):
+                    by_wid[wid] = h
+        out = []
+        stuck = self.counts().queued == 0
+        for fid, wid in self.ids.items():
+            it = self.items.get(wid)
+            status = it.status if it else "pending"
+            st = _ITEM_STATE.get(status, "pending")
+            if stuck and st in ("pending", "assigned"):
+                st = "failed"
+            h = by_wid.get(wid, {})
+            dur = None
+            if h.get("started_at") and h.get("completed_at"):
+                try:
+                    dur = round((parse_ts(h["completed_at"]) -
+                                 parse_ts(h["started_at"])).total_seconds(), 3)
+                except ValueError:
+                    pass
+            try:
+                attempts = int(self._meta.get(f"attempts:{wid}") or 0)
+            except ValueError:
+                attempts = 0
+            attempts = max(attempts, n_tasks.get(wid, 0))
+            out.append({"id": fid, "task_id": h.get("id"), "work_item": wid, "state": st,
+                        "item_status": status, "attempts": attempts,
+                        "agent": self._agent_name(getattr(it, "assigned_to", None)
+                                                  or h.get("assigned_to")),
+                        "duration_s": dur, "result": h.get("result"),
+                        "started_at": h.get("started_at"), "completed_at": h.get("completed_at")})
+        return out
+
+
+_ITEM_STATE = {"done": "completed", "blocked": "failed", "running": "running",
+               "assigned": "running", "ready": "pending", "pending": "pending"}
 
 
 # ----------------------------------------------------------------------------- command
@@ -837,8 +1031,7 @@ def main(args) -> int:
     try:
         batch_id = check_batch_id(args.resume or args.batch_id or new_batch_id())
         if bf.kind == "mission":
-            raise UsageError(f"{bf.path}: mission files are not supported by `batch` yet; "
-                             "start them with `tinytownd mission start`")
+            check_mission(bf)
         if args.config:
             return _main_submit(bf, batch_id, args)
         return _main_embedded(bf, batch_id, args)
@@ -848,6 +1041,23 @@ def main(args) -> int:
     except UsageError as e:
         _err(str(e))
         return EXIT_USAGE
+
+
+def check_mission(bf: BatchFile) -> None:
+    """Validate a mission file up front (graph, ids, policy) with the missions compiler."""
+    from .missions import compile as mc
+    try:
+        mc.compile_text(yaml.safe_dump(bf.mission, sort_keys=False), bf.path, roles=None)
+    except mc.MissionFileError as e:
+        raise BatchFileError(bf.path, "work_items", "; ".join(e.problems)) from None
+
+
+def _make_run(bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None, roles=None):
+    if bf.kind == "mission":
+        from .missions.compile import known_roles
+        return MissionBatch(bf, batch_id, r, keys, reporter=reporter, log=log,
+                            roles=known_roles(roles or ()))
+    return BatchRun(bf, batch_id, r, keys, reporter=reporter, log=log)
 
 
 def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
@@ -881,9 +1091,10 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
         cfg = embedded_config(bf, root, clis, agents, appendfsync=args.appendfsync)
         reporter = _make_reporter(args.progress, batch_id)
         _announce(reporter,
-                  f"batch {batch_id}: {len(bf.tasks)} tasks, "
+                  f"batch {batch_id}: {bf.size()} {'work items' if bf.kind == 'mission' else 'tasks'}, "
                   f"{len(cfg.expanded_agents())} agents (dir {root})",
-                  batch_id=batch_id, tasks=len(bf.tasks), agents=len(cfg.expanded_agents()),
+                  batch_id=batch_id, tasks=bf.size(), kind=bf.kind,
+                  agents=len(cfg.expanded_agents()),
                   dir=str(root), resume=bool(args.resume), mode="embedded")
         d = Daemon(cfg, install_signals=False)
         stopper = _Stopper()
@@ -900,8 +1111,8 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
                 return EXIT_UNAVAILABLE if e.exit_code == 69 else EXIT_USAGE
             log = logs.get_logger("tinytownd.batch", batch=batch_id)
             runner = gevent.spawn(d.run)
-            run = BatchRun(bf, batch_id, d.ctx.clients.cmd, d.ctx.keys, reporter=reporter,
-                           log=log)
+            run = _make_run(bf, batch_id, d.ctx.clients.cmd, d.ctx.keys, reporter=reporter,
+                            log=log, roles={a.role for a in cfg.expanded_agents()})
             t0 = time.monotonic()
             try:
                 run.subscribe()
@@ -1004,7 +1215,7 @@ def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
                                      f"town {cfg.town.name!r} has it (roles: "
                                      f"{', '.join(sorted(roles)) or 'none'})")
         log = logs.get_logger("tinytownd.batch", batch=batch_id)
-        run = BatchRun(bf, batch_id, r, keys, log=log)
+        run = _make_run(bf, batch_id, r, keys, log=log, roles=roles)
         if args.resume and not run.exists():
             raise UsageError(f"no batch {batch_id!r} in town {cfg.town.name!r} to resume")
         if not args.resume and run.exists():
@@ -1012,9 +1223,9 @@ def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
                              f"--resume {batch_id}")
         reporter = _make_reporter(args.progress, batch_id)
         run.reporter = reporter
-        _announce(reporter, f"batch {batch_id}: {len(bf.tasks)} tasks → town "
+        _announce(reporter, f"batch {batch_id}: {bf.size()} {bf.kind} → town "
                   f"{cfg.town.name} ({len(daemons)} daemon(s))", batch_id=batch_id,
-                  tasks=len(bf.tasks), town=cfg.town.name, resume=bool(args.resume),
+                  tasks=bf.size(), kind=bf.kind, town=cfg.town.name, resume=bool(args.resume),
                   mode="submit")
         stopper = _Stopper()
         stopper.install()
