@@ -231,3 +231,52 @@ def test_sigterm_drains_then_resume_finishes(tmpdir_short):
     assert s2["totals"]["completed"] == n
     starts = (tmpdir_short / "agent.log").read_text().count("START ")
     assert starts == n                             # a drain loses nothing and redoes nothing
+
+
+def test_submit_to_a_running_daemon(tmpdir_short):
+    """-c CONFIG: the tasks go to the daemon's town and its agents run them."""
+    root = tmpdir_short / "town"
+    root.mkdir()
+    log = tmpdir_short / "agent.log"
+    cfg = tmpdir_short / "tinytownd.yaml"
+    cfg.write_text(f"town: {{name: sub, root: {root}}}\n"
+                   "redis: {appendonly: false, save: ''}\n"
+                   "logging: {file: daemon.log}\n"
+                   f"agent_clis: {{t: {{command: {json.dumps(AGENT)}, "
+                   f"env: {{BT_LOG: {json.dumps(str(log))}}}}}}}\n"
+                   "agents: [{name: w, role: worker, cli: t, count: 3}]\n")
+    bf = tmpdir_short / "b.yaml"
+    bf.write_text("tasks:\n" + "".join(f"  - {{id: s{i}, description: 'sub {i}'}}\n"
+                                        for i in range(12)))
+    env = {**os.environ}
+    env.pop("REDIS_URL", None)
+    daemon = subprocess.Popen(tinytownd_cmd() + ["run", "-c", str(cfg)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(tinytownd_cmd() + ["status", "-c", str(cfg)], env=env,
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.1)
+        summ = tmpdir_short / "s.json"
+        p = batch(str(bf), "-c", str(cfg), "--id", "SUB", "--summary", str(summ),
+                  "--progress", "json", cwd=tmpdir_short)
+        assert p.returncode == 0, p.stderr + p.stdout
+        s = json.loads(summ.read_text())
+        assert s["totals"]["completed"] == 12 and s["mode"] == "submit"
+        assert {t["agent"] for t in s["tasks"]} <= {"w-1", "w-2", "w-3"}
+        assert log.read_text().count("START ") == 12
+        # the same id again is refused; --resume of a finished batch is a no-op success
+        p = batch(str(bf), "-c", str(cfg), "--id", "SUB", cwd=tmpdir_short)
+        assert p.returncode == 2 and "--resume SUB" in p.stderr
+        p = batch(str(bf), "-c", str(cfg), "--resume", "SUB", "--progress", "none",
+                  cwd=tmpdir_short)
+        assert p.returncode == 0, p.stderr
+        assert log.read_text().count("START ") == 12
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(5)
