@@ -1161,8 +1161,7 @@ def _drain_embedded(d, run: BatchRun, reporter, stopper) -> None:
         run.recount()
         if reporter is not None:
             reporter.update(run.counts())
-        if all(g.dead for g in drains) or run.counts().running == 0 and \
-                all(g.dead for g in drains):
+        if all(g.dead for g in drains):
             break
     run.recount(all_tasks=True)
     gevent.killall([g for g in drains if not g.dead], timeout=1)
