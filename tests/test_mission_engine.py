@@ -398,3 +398,24 @@ work_items: [{id: x, title: X}]
     w.g = gevent.spawn(w.loop)
     wait_for(lambda: mission_state(env.r, env.keys, mid) == "completed")
     assert live_tasks_by_item(env.r, env.keys) == {}
+
+
+def test_engine_survives_redis_restart(env, redis_server):
+    h = env.engine()
+    env.agent("w1")
+    c = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""")
+    wait_for(lambda: mission_state(env.r, env.keys, c.mission.id) == "completed")
+    redis_server.stop()                       # Redis goes away (no persistence in tests)
+    gevent.sleep(1.5)                         # the engine's loops see errors and back off
+    redis_server.start()
+    env.agent("w2")                           # agent records were lost with the data
+    c2 = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: y, title: Y}, {id: z, title: Z, depends_on: [y]}]
+""")
+    wait_for(lambda: mission_state(env.r, env.keys, c2.mission.id) == "completed", timeout=30,
+             what="mission completed after the Redis restart")
+    assert all(g.dead is False for g in h.greenlets)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gevent
 import gevent.event
+import redis
 
 from tinytownd import config, models, redis_conn
 from tinytownd.component import Context
@@ -75,17 +76,24 @@ class FakeAgent:
     def loop(self):
         r, k = self.town.r, self.town.k
         while self.running:
+            try:
+                self.step(r, k)
+            except (redis.ConnectionError, redis.TimeoutError):
+                gevent.sleep(0.05)
+
+    def step(self, r, k):
+        if True:
             raw = r.lpop(k.inbox(self.aid))
             if raw is None:
                 gevent.sleep(0.01)
-                continue
+                return
             msg = json.loads(raw)
             if msg.get("type") != "task_assign":
-                continue
+                return
             tid = msg["task_id"]
             task = self.town.get_task(tid) or {}
             if task.get("state") in ("completed", "failed", "cancelled"):
-                continue
+                return
             task["tags"] = models.decode_tags(task.get("tags"))
             self.town.set_agent_state(self.aid, "working", event=False)
             self.town.start_task(tid, self.aid)
