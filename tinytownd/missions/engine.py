@@ -49,6 +49,7 @@ MAX_TX_RETRIES = 8
 AGENT_WAIT_MIN_S = 0.02
 AGENT_WAIT_MAX_S = 5.0
 AGENT_SCAN_S = 5.0
+MIN_RECHECK_S = 1.0
 
 
 def _rendezvous(token: str, mid: str) -> int:
@@ -442,6 +443,18 @@ class MissionEngine(Component):
             self.log.warning("unreadable mission record skipped", detail=s)
         tasks = self.store.load_tasks(snap.task_ids)
         agents = self.agents()
+        known = {a["id"] for a in agents}
+        unknown = sorted({t["assigned_to"] for t in tasks.values()
+                          if t.get("assigned_to") and t["assigned_to"] not in known})
+        if unknown:   # registered since the last scan (e.g. by tt): look them up directly
+            p = self.r.pipeline(transaction=False)
+            for aid in unknown:
+                p.hmget(self.k.agent(aid), self.AGENT_FIELDS)
+            for vals in p.execute(raise_on_error=False):
+                if isinstance(vals, list) and vals[0]:
+                    agents.append({k: v for k, v in zip(self.AGENT_FIELDS, vals)
+                                   if v is not None})
+                    self._agent_ids.add(vals[0])
         busy = set()
         for other, s in self.busy.items():
             if other != mid:
@@ -453,7 +466,9 @@ class MissionEngine(Component):
                         watch_results=results, busy_agents=busy, cfg=self.sched,
                         depth=self.depth.get(mid))
         inp._t0 = t0  # type: ignore[attr-defined]
-        return run_tick(inp), inp
+        out = run_tick(inp)
+        out.tasks_processed |= snap.task_ids - set(tasks)   # deleted task hashes leave the index
+        return out, inp
 
     AGENT_FIELDS = ("id", "name", "nickname", "role_id", "state", "last_active_at")
 
@@ -543,10 +558,14 @@ class MissionEngine(Component):
             return
         # timers: watches, agent-wait retries
         now = utcnow()
-        dues = [w.next_due_at for w in list(inp.watches.values()) +
-                list(inp.cmd_watches.values()) if w.status in ("active", "snoozed")]
+        # a watch never checked is due at once; re-checks wait at least MIN_RECHECK_S even
+        # with interval_secs 0 (no busy loop against gh or a command)
+        dues = [max((w.next_due_at - now).total_seconds(),
+                    0.0 if w.last_check_at is None else MIN_RECHECK_S)
+                for w in list(inp.watches.values()) + list(inp.cmd_watches.values())
+                if w.status in ("active", "snoozed")]
         if dues:
-            self.timer(mid, max(0.0, (min(dues) - now).total_seconds()))
+            self.timer(mid, min(dues))
         if out.waiting_for_agent and not out.assigned:
             d = self.waiting_agent.get(mid, AGENT_WAIT_MIN_S / 2) * 2
             d = min(d, AGENT_WAIT_MAX_S)
