@@ -10,6 +10,7 @@ from tests.helpers import run_cli, tinytownd_cmd
 from tests.rt_harness import write_config
 from tinytownd.keys import Keys
 from tinytownd.town import Town
+from tests.test_town import all_records_valid_town
 
 
 def _wait(pred, timeout, msg):
@@ -72,6 +73,7 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
             assert town.r.llen(k.inbox(aid)) == 0
             assert town.r.llen(k.inflight(aid)) == 0
         assert town.r.llen(k.deadletter) == 0
+        assert all_records_valid_town(town) == []
         ran = set(runs.read_text().split())
         assert set(tids) <= ran
         # the CLI round log of the status command shows the agents
