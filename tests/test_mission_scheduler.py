@@ -254,3 +254,79 @@ def test_records_match_tt_rules():
     assert validate_work(w)
     assert MissionPolicy().to_dict() == {"max_parallel_items": 2, "reviewer_required": True,
                                          "auto_merge": False, "watch_interval_secs": 180}
+
+
+def test_help_when_stalled_without_agents_and_backoff():
+    s = Sim("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""", agents=[agent("w1", "worker", state="working")])
+    out = s.tick()
+    assert out.help_question is None and out.waiting_for_agent    # normal backpressure at first
+    s.now += timedelta(seconds=200)
+    out = s.tick()
+    assert out.help_question and "1 ready work item(s) but no idle agents" in out.help_question
+    assert s.m.dispatcher_help_request_attempts == 1
+    s.now += timedelta(seconds=60)
+    assert s.tick().help_question is None                          # backoff
+    s.controls.append(MissionControlMessage.new(s.m.id, "conductor", "pause"))
+    s.now += timedelta(days=1)
+    assert s.tick().help_question is None and s.m.state == "blocked"   # paused: no help (B10)
+
+
+def test_gh_parsing_fixes():
+    from tinytownd.missions.model import WatchItem
+    from tinytownd.missions.watches import canonical_pr, evaluate, parse_pr
+    w = WatchItem(id="x", mission_id="m", work_item_id="w", kind="pr_checks", target_ref="o/r#1")
+    running = parse_pr({"statusCheckRollup": [{"name": "a", "status": "IN_PROGRESS",
+                                               "conclusion": ""},
+                                              {"name": "b", "conclusion": "SUCCESS"}]})
+    assert running.ci == "pending" and evaluate("pr_checks", running, w) == (False, False)
+    failed = parse_pr({"statusCheckRollup": [{"context": "ci", "state": "FAILURE"}]})
+    assert evaluate("pr_checks", failed, w) == (True, False)
+    none = parse_pr({"statusCheckRollup": []})
+    assert evaluate("pr_checks", none, w) == (False, False)        # first poll: wait
+    w.last_check_at = utcnow()
+    assert evaluate("pr_checks", none, w) == (False, True)         # then: no checks = green
+    old_bot = parse_pr({"comments": [{"author": {"login": "cursor-bugbot"}, "body": "bug",
+                                      "createdAt": "2025-01-01T00:00:00Z"}],
+                        "commits": [{"committedDate": "2025-01-02T00:00:00Z"}]})
+    assert old_bot.bot_comments == []                               # older than the last commit
+    rev = parse_pr({"latestReviews": [
+        {"author": {"login": "a"}, "state": "CHANGES_REQUESTED", "submittedAt": "2025-01-01T00:00:00Z"},
+        {"author": {"login": "a"}, "state": "APPROVED", "submittedAt": "2025-01-02T00:00:00Z"}]})
+    assert not rev.changes_requested
+    assert parse_pr({"reviewDecision": "CHANGES_REQUESTED"}).changes_requested
+    assert canonical_pr("https://github.com/o/r/pull/5") == canonical_pr("o/r#5") == "o/r#5"
+    assert canonical_pr("not-a-pr") is None
+
+
+def test_issue_parsing_word_boundaries():
+    from tinytownd.missions.github import infer_kind, infer_role, parse_deps
+    assert parse_deps("Depends on #1, #2 and o/x#3. Blocked by #4", "o", "r") == [
+        ("o", "r", 1), ("o", "r", 2), ("o", "x", 3), ("o", "r", 4)]
+    assert parse_deps("hereafter #3; thereafter #4", "o", "r") == []
+    assert parse_deps("requires: #9", "o", "r") == [("o", "r", 9)]
+    assert infer_kind("A specific build step") == "implement"
+    assert infer_kind("Add integration tests") == "test"
+    assert infer_kind("RFC: new storage") == "design"
+    assert infer_role("Build the auth API", "implement") == "backend"
+    assert infer_role("Build the suite", "implement") is None
+    assert infer_role("x", "test") == "tester"
+
+
+def test_dead_assignee_task_cancelled_and_item_released():
+    w1, w2 = agent("w1", "worker"), agent("w2", "worker")
+    s = Sim("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""", agents=[w1, w2])
+    s.tick()
+    (t,) = s.live()
+    dead = next(a for a in s.agents if a["id"] == t["assigned_to"])
+    dead["state"] = "stopped"
+    out = s.tick()
+    assert [tid for tid, _ in out.cancel_tasks] == [t["id"]]
+    assert t["id"] not in s.tasks                  # cancelled and dropped from the index
+    (t2,) = s.live()                               # released and reassigned in the same tick
+    assert t2["assigned_to"] != dead["id"]
