@@ -302,6 +302,13 @@ class MissionEngine(Component):
                 tags = []
             mid = next((t[8:] for t in tags if t.startswith("mission:")), None)
         if mid in self.owned:
+            if j.get("task"):
+                # a bound task someone else created (tt's unlocked ticks) joins the index, so
+                # its completion or failure is reconciled too (idempotent)
+                try:
+                    self.r.sadd(self.k.mission_tasks(mid), j["task"])
+                except redis.RedisError:
+                    pass
             self.wake(mid)
         elif mid and j.get("event") in ("started", "resumed"):
             self.lease_evt.set()
