@@ -309,7 +309,6 @@ class Worker:
         fields = {"state": "working", "last_active_at": now, "last_heartbeat": now}
         if tid:
             fields["current_task"] = tid
-        p.hget(k.agent(a), "state")
         p.hset(k.agent(a), mapping=fields)
         if tid:
             p.hset(k.task(tid), mapping={"state": "running", "started_at": now, "updated_at": now})
@@ -319,13 +318,12 @@ class Worker:
         rnd = self.rounds
         p.hset(k.agent_info(a), mapping={"round": rnd, "round_started_at": now,
                                          "task": tid or ""})
+        old_state = self.state if self.state in ("idle", "paused", "starting") else "idle"
+        rt.town._emit_into(p, "agent_state_changed",
+                           f"Agent state {debug_state(old_state)} -> Working",
+                           {"agent_id": a, **models.state_change_fields(old_state, "working")})
         res = p.execute()
-        old_state = res[0]
-        attempt = int(res[-2]) if attempts_key else 1
-        if old_state != "working":
-            rt.town.emit("agent_state_changed",
-                         f"Agent state {debug_state(old_state or 'idle')} -> Working",
-                         agent_id=a, **models.state_change_fields(old_state or "idle", "working"))
+        attempt = int(res[2 if tid else 1]) if attempts_key else 1
         self.state = "working"
         self.current_task = tid
         prompt = self._prompt(msgs, tid, task, task_msg, attempt, max_attempts)
