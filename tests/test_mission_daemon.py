@@ -187,3 +187,66 @@ def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
     assert m["policy"]["reviewer_required"] is False
     p = d.cli("start", "--issue", "not a ref")
     assert p.returncode == 65
+
+
+def test_two_daemons_ten_missions_kill9_real_agents(daemon, redis_server, tmp_path):
+    from tinytownd import control
+    a = daemon([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.2",
+               sub="a").start()
+    b = daemon([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.2",
+               sub="b").start()
+    r = redis_server.client()
+    keys = Keys(TOWN)
+
+    def token(d):
+        st = control.request(d.root / "d.sock", "status", timeout=5)
+        return st["components"]["missions"]["engine"]
+    ta = wait_for(lambda: _try(lambda: token(a)), timeout=20, what="daemon a ready")
+    tb = wait_for(lambda: _try(lambda: token(b)), timeout=20, what="daemon b ready")
+    mf = tmp_path / "m.yaml"
+    mf.write_text("""
+policy: {max_parallel_items: 2, reviewer_required: false}
+work_items:
+  - {id: a, title: A}
+  - {id: b, title: B, depends_on: [a]}
+  - {id: c, title: C, depends_on: [a]}
+  - {id: d, title: D, depends_on: [b, c]}
+""")
+    mids = []
+    for _ in range(10):
+        p = a.cli("start", str(mf))
+        assert p.returncode == 0, p.stderr
+        mids.append(p.stdout.strip())
+    wait_for(lambda: {r.get(keys.mission_lock(m)) for m in mids} >= {ta, tb}, timeout=20,
+             what="both daemons hold missions")
+    dupes = []
+
+    def sample():
+        for w, ts in live_tasks_by_item(r, keys).items():
+            if len(ts) > 1:
+                dupes.append(ts)
+    sample()
+    held_by_a = [m for m in mids if r.get(keys.mission_lock(m)) == ta]
+    a.kill()
+    def all_done():
+        sample()
+        return all(mission_state(r, keys, m) == "completed" for m in mids)
+    wait_for(all_done, timeout=60, interval=0.05, what="all missions completed after kill -9")
+    assert dupes == []
+    assert held_by_a
+    for m in mids:
+        per_item = {}
+        for k_ in r.scan_iter(match=keys.pattern("task")):
+            t = r.hgetall(k_)
+            tags = models.decode_tags(t.get("tags"))
+            if f"mission:{m}" in tags:
+                w = next(x for x in tags if x.startswith("work-item:"))
+                per_item.setdefault(w, []).append(t["state"])
+        assert len(per_item) == 4 and all(s.count("completed") == 1 for s in per_item.values())
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception:
+        return None
