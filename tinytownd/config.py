@@ -121,7 +121,8 @@ def _log_level(value: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ****, for logs and status."""
+    """The URL with any password (userinfo or `?password=` query) replaced by ****."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -56,6 +56,25 @@ def _tls_kwargs(cfg: Config | None, url: str) -> dict:
     return kw
 
 
+class _ReconnectRetry(Retry):
+    """Retry a command whose connection broke (e.g. the owned child restarted), with backoff.
+
+    Never retried: refused credentials (AuthenticationError is a ConnectionError subclass, and
+    retrying only delays the error), and timeouts (a timed-out write may have been applied).
+    """
+
+    def __init__(self):
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), 5,
+                         supported_errors=(redis.ConnectionError,))
+
+    def call_with_retry(self, do, fail, is_retryable=None, **kw):
+        def retryable(err):
+            if isinstance(err, (redis.AuthenticationError, redis.TimeoutError)):
+                return False
+            return is_retryable is None or is_retryable(err)
+        return super().call_with_retry(do, fail, retryable, **kw)
+
+
 def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | None = None,
               timeout: float | None = 20.0) -> redis.BlockingConnectionPool:
     kw = dict(max_connections=max_connections, timeout=timeout, decode_responses=True,
@@ -63,9 +82,7 @@ def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | N
     if blocking:
         kw.update(socket_timeout=None, socket_read_size=4096)
     else:
-        kw.update(socket_timeout=30.0, health_check_interval=30,
-                  retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
-                  retry_on_error=[redis.ConnectionError])
+        kw.update(socket_timeout=30.0, health_check_interval=30, retry=_ReconnectRetry())
     return redis.BlockingConnectionPool.from_url(url, **kw)
 
 
