@@ -89,11 +89,13 @@ def sec_dispatch(res: dict, a) -> None:
         res["dispatch"] = {"skipped": "bench/bench_dispatch.py not present"}
         return
     out = {}
-    out["assign"] = run([PY, script, "assign", "-n", str(a.raw_n // 2), "--agents", "100"])[-1]
-    out["pickup_100"] = run([PY, script, "pickup", "--agents", "100", "--rate", "200",
-                             "--duration", "5" if a.quick else "10"])[-1]
-    out["idle_1000"] = run([PY, script, "idle", "--agents", "1000", "--rate", "200",
-                            "--duration", "5"])[-1]
+    def last(rows):   # the harness' own JSON lines (not log lines that reached stdout)
+        return [r for r in rows if "test" in r][-1]
+    out["assign"] = last(run([PY, script, "assign", "-n", str(a.raw_n // 2), "--agents", "100"]))
+    out["pickup_100"] = last(run([PY, script, "pickup", "--agents", "100", "--rate", "200",
+                                  "--duration", "5" if a.quick else "10"]))
+    out["idle_1000"] = last(run([PY, script, "idle", "--agents", "1000", "--rate", "200",
+                                 "--duration", "5"]))
     res["dispatch"] = out
 
 
