@@ -269,3 +269,34 @@ def test_backlog_claims_by_role_and_tags(harness):
     t5 = h.town.create_task("tt added")
     h.town.r.rpush(h.keys.backlog, t5)
     wait_for(lambda: task_state(h, t5) == "completed")
+
+
+def test_parked_agents_are_woken(harness, tmpdir_short):
+    """Idle agents park in BLMOVE for a heartbeat interval; urgent mail, pause and close wake them
+    (a `ping` at the inbox head), and the ping is consumed, not left behind."""
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "true"},
+                runtime={"heartbeat_interval_s": 2.0, "lease_ttl_s": 10.0, "stale_after_s": 10.0,
+                         "block_timeout_s": 0.05})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    assert h.rt.idle_block_s == 2.0
+    wait_for(lambda: h.rt.workers[aid].idle)
+    # normal mail wakes the BLMOVE itself
+    t0 = time.monotonic()
+    tid = h.town.assign(aid, "normal")
+    wait_for(lambda: task_state(h, tid) == "completed")
+    assert time.monotonic() - t0 < 1.5
+    # urgent mail is noticed by the heartbeat pass (at most one interval)
+    wait_for(lambda: h.rt.workers[aid].idle)
+    utid = h.town.create_task("urgent")
+    h.town.r.hset(h.keys.task(utid), mapping={"state": "assigned", "assigned_to": aid})
+    h.town.send(aid, "task_assign", urgent=True, task_id=utid)
+    wait_for(lambda: task_state(h, utid) == "completed", timeout=6)
+    # close while parked: stopped within about one interval
+    wait_for(lambda: h.rt.workers[aid].idle)
+    h.town.close(aid)
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "stopped", timeout=6)
+    inbox = [json.loads(x)["type"] for x in h.town.r.lrange(h.keys.inbox(aid), 0, -1)]
+    assert inbox in ([], ["ping"])      # a ping pushed for the stop may stay for the next start
+    h.town.resume(aid)
+    wait_for(lambda: not h.rt.workers[aid].greenlet.dead and h.rt.workers[aid].idle, timeout=6)
+    wait_for(lambda: h.town.r.llen(h.keys.inbox(aid)) == 0, timeout=6)

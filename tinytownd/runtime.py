@@ -170,6 +170,7 @@ class TownRuntime(Component):
                 w = self.workers.get(aid)
                 if w is not None:
                     w.stop_requested = True
+                    self.wake([w])
                 notes.append(f"agent {spec.name} removed: draining then stop")
         added = []
         for aid, run in want.items():
@@ -238,8 +239,31 @@ class TownRuntime(Component):
     def _alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.greenlet is not None and not w.greenlet.dead]
 
+    @property
+    def idle_block_s(self) -> float:
+        """BLMOVE timeout of a parked idle agent (woken early by `wake`)."""
+        rt = self.cfg.runtime
+        return max(rt.block_timeout_s, min(rt.heartbeat_interval_s, rt.lease_ttl_s / 3))
+
+    def wake(self, workers: list[Worker]) -> None:
+        """Unpark idle agents: a `ping` (informational for tt, consumed by the next round) at the
+        head of each inbox ends their BLMOVE at once."""
+        ws = [w for w in workers if w.idle and not w.woken]
+        if not ws:
+            return
+        p = self.r.pipeline(transaction=False)
+        for w in ws:
+            w.woken = True
+            p.lpush(self.keys.inbox(w.aid), models.encode_message(models.make_message(
+                w.aid, "ping")))
+        try:
+            p.execute()
+        except redis.RedisError as e:
+            self.log.warning("could not wake agents", error=str(e))
+
     def _beat(self) -> None:
-        """One pipeline for every running agent: heartbeat, lease renewal, stop/state probe."""
+        """One pipeline for every running agent: heartbeat, lease renewal, stop/state/urgent
+        probe. Parked agents that have something to notice are woken."""
         ws = self._alive()
         if not ws:
             return
@@ -251,18 +275,24 @@ class TownRuntime(Component):
             self.leases.renew_many([w.aid], pipe=p)
             p.exists(k.stop(w.aid))
             p.hget(k.agent(w.aid), "state")
+            p.llen(k.urgent(w.aid))
         try:
             res = p.execute(raise_on_error=False)
         except redis.RedisError as e:
             self.log.warning("heartbeat failed", error=str(e))
             return
+        wake = []
         for i, w in enumerate(ws):
-            renewed, stop, state = res[4 * i + 1], res[4 * i + 2], res[4 * i + 3]
+            renewed, stop, state, urgent = res[5 * i + 1:5 * i + 5]
             if isinstance(renewed, int) and renewed == 0 and not w.lost:
                 w.lost = True
                 self.log.warning("lease lost; stopping agent", agent=w.spec.name)
             if w.running_cli() and stop == 1 and state == "stopped":
                 w.kill_now = True   # `kill`: stop the running CLI now
+            if w.idle and (stop == 1 or state in ("paused", "stopped", "draining") or
+                           (isinstance(urgent, int) and urgent > 0) or w.stop_requested):
+                wake.append(w)
+        self.wake(wake)
 
     def _ensure(self) -> None:
         """Start desired agents that are not running (unless stopped on purpose); adopt."""
@@ -410,6 +440,7 @@ class TownRuntime(Component):
     def drain(self, deadline: float) -> None:
         for w in self.workers.values():
             w.stop_requested = True
+        self.wake(self._alive())
         while self._alive() and time.monotonic() < deadline:
             gevent.sleep(0.05)
         for w in self._alive():
@@ -422,6 +453,7 @@ class TownRuntime(Component):
             if w.greenlet is not None and not w.greenlet.dead:
                 w.stop_requested = True
                 w.kill_now = True
+        self.wake(self._alive())
         self.pool.join(timeout=5)
         self.pool.kill(timeout=5)
         for aid in list(self.specs):

@@ -63,6 +63,7 @@ class Worker:
         self.stop_requested = False   # finish the current round, then exit (drain / removal)
         self.kill_now = False         # kill the running CLI (operator kill, drain deadline)
         self.lost = False             # the lease is gone: stop at once, touch nothing
+        self.woken = False            # a wake-up ping was pushed since the agent parked
         self.pid: int | None = None
         self.current_task: str | None = None
         self.rounds = 0
@@ -164,12 +165,15 @@ class Worker:
                     self._idle_timeout()
                     return
                 self.idle = True
+                self.woken = False
                 if not announced:
                     announced = True
                     rt.wake_backlog()
                 try:
-                    rt.block.blmove(k.inbox(a), k.inflight(a), rt.cfg.runtime.block_timeout_s,
-                                    "LEFT", "RIGHT")
+                    # Idle: park in BLMOVE. The runtime wakes a parked agent early (a `ping`
+                    # pushed to its inbox) when it sees a stop flag, a pause, urgent mail or a
+                    # shutdown, so the park can be long without delaying those.
+                    rt.block.blmove(k.inbox(a), k.inflight(a), rt.idle_block_s, "LEFT", "RIGHT")
                 finally:
                     self.idle = False
                 continue
