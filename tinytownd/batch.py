@@ -558,6 +558,10 @@ class BatchRun:
             return
         self.state[tid] = st
         self.n_terminal += (st in TASK_TERMINAL) - (old in TASK_TERMINAL)
+        self._changed(tid, old, st)
+
+    def _changed(self, tid: str, old: str | None, st: str) -> None:
+        """Hook: a task of the batch changed state (DispatchingBatchRun refills inboxes)."""
 
     def _resubscribe(self) -> None:
         try:
@@ -661,6 +665,153 @@ class BatchRun:
                             **({"error": m["last_error"]} if m.get("last_error") and
                                st != "completed" else {})})
         return out
+
+
+PREFETCH = 2
+
+
+class DispatchingBatchRun(BatchRun):
+    """Embedded task batches: the batch is its town's only dispatcher.
+
+    The runtime's backlog claiming is off in the embedded config; instead every agent's inbox is
+    kept PREFETCH deep with `Town.assign` (one running + one waiting), so an agent that finishes a
+    round takes its next task at once, without the claim hop through the backlog service. A task
+    goes to an agent when it has no tags or one of its tags is the agent's role, `role:<role>`,
+    name or one of its tags (the runtime's claim rule). Each hand-out is one MULTI/EXEC (LREM from
+    the backlog + the assignment), so a task is always either queued in the backlog or assigned in
+    an inbox; after a crash the agents' in-flight and inbox messages are redelivered by the
+    runtime, and `requeue_lost` puts a pending task that is in no queue back in the backlog.
+    """
+
+    def __init__(self, *a, agents: list[tuple[str, set]] = (), **kw):
+        super().__init__(*a, **kw)
+        self.agent_specs = list(agents)      # (name, words)
+        self.words: dict[str, set] = {}      # aid -> words
+        self.out: dict[str, set] = {}        # aid -> tids handed to it, not terminal yet
+        self.owner: dict[str, str] = {}      # tid -> aid
+        self.queue: list[str] = []           # pending tids in backlog order
+        self.task_tags: dict[str, tuple] = {}
+        self.dispatching = False
+        self._town = None
+        self._requeue: list[str] = []
+
+    def wait_agents(self, timeout: float = 30.0) -> None:
+        import gevent
+        names = [n for n, _w in self.agent_specs]
+        deadline = time.monotonic() + timeout
+        while True:
+            aids = self.r.hmget(self.k.agent_names, names) if names else []
+            if all(aids) or time.monotonic() > deadline:
+                break
+            gevent.sleep(0.05)
+        for (name, words), aid in zip(self.agent_specs, aids):
+            if aid:
+                self.words[aid] = set(words)
+                self.out.setdefault(aid, set())
+        if not self.words:
+            raise RuntimeError("no agent of the batch registered within "
+                               f"{timeout:.0f}s")
+
+    def start_dispatch(self) -> None:
+        from .town import Town
+        from .wire import TASK_TERMINAL
+
+        self._town = Town(self.r, self.k, log=self.log)
+        spec = self.bf.by_id()
+        for fid, tid in self.ids.items():
+            t = spec.get(fid)
+            if t is not None:
+                tags = set(t.tags)
+                if t.role:
+                    tags.add(f"role:{t.role}")
+                self.task_tags[tid] = tuple(tags)
+        mine = set(self.ids.values())
+        tids = list(mine)
+        p = self.r.pipeline(transaction=False)
+        for tid in tids:
+            p.hmget(self.k.task(tid), "state", "assigned_to")
+        res = p.execute()
+        in_backlog = [t for t in self.r.lrange(self.k.backlog, 0, -1) if t in mine]
+        for tid, (st, aid) in zip(tids, res):
+            st = st or "pending"
+            self.state[tid] = st
+            if st not in TASK_TERMINAL and st != "pending" and aid in self.words:
+                self.owner[tid] = aid
+                self.out[aid].add(tid)
+        self.n_terminal = sum(1 for t in tids if self.state[t] in TASK_TERMINAL)
+        seen = set()
+        for tid in in_backlog:
+            if tid not in seen and self.state.get(tid) == "pending":
+                self.queue.append(tid)
+                seen.add(tid)
+        self.dispatching = True
+        self.dispatch()
+
+    def _changed(self, tid: str, old: str | None, st: str) -> None:
+        from .wire import TASK_TERMINAL
+        aid = self.owner.get(tid)
+        if aid is None:
+            return
+        if st in TASK_TERMINAL:
+            del self.owner[tid]
+            self.out[aid].discard(tid)
+            self.dispatch()
+        elif st == "pending":       # handed back (recovery moved it to the backlog)
+            del self.owner[tid]
+            self.out[aid].discard(tid)
+            self._requeue.append(tid)
+
+    def _fits(self, tid: str, aid: str) -> bool:
+        tags = self.task_tags.get(tid)
+        return not tags or bool(self.words[aid].intersection(tags))
+
+    def dispatch(self) -> int:
+        """Top every agent's inbox up to PREFETCH tasks (fair: one each per pass)."""
+        if not self.dispatching:
+            return 0
+        if self._requeue:
+            back, self._requeue = self._requeue, []
+            queued = set(self.r.lrange(self.k.backlog, 0, -1))
+            p = self.r.pipeline(transaction=False)
+            for tid in back:
+                if tid not in queued:
+                    p.rpush(self.k.backlog, tid)
+            p.execute()
+            self.queue.extend(t for t in back if t not in self.queue)
+        if not self.queue:
+            return 0
+        picks: list[tuple[str, str]] = []
+        for depth in range(1, PREFETCH + 1):
+            for aid in self.words:
+                if len(self.out[aid]) >= depth or not self.queue:
+                    continue
+                idx = next((i for i, tid in enumerate(self.queue[:500]) if self._fits(tid, aid)),
+                           None)
+                if idx is None:
+                    continue
+                tid = self.queue.pop(idx)
+                self.out[aid].add(tid)
+                self.owner[tid] = aid
+                picks.append((aid, tid))
+        if not picks:
+            return 0
+        p = self.r.pipeline(transaction=True)
+        for aid, tid in picks:
+            p.lrem(self.k.backlog, 1, tid)
+            self._town.assign(aid, task_id=tid, tags=self.task_tags.get(tid, ()), pipe=p)
+        try:
+            p.execute()
+        except Exception as e:   # Redis blip: put them back; the next pass retries
+            for aid, tid in reversed(picks):
+                self.out[aid].discard(tid)
+                self.owner.pop(tid, None)
+                self.queue.insert(0, tid)
+            if self.log:
+                self.log.warning("batch dispatch failed", error=str(e))
+            return 0
+        for _aid, tid in picks:
+            self.state[tid] = "assigned"
+        return len(picks)
 
 
 class MissionBatch(BatchRun):
@@ -881,6 +1032,9 @@ def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
         "control": {"socket": _sock_path(root, "tinytownd.sock")},
         "logging": {"level": log_level, "file": "logs/tinytownd.log"},
         "daemon": {"drain_timeout_s": 30.0},
+        # task batches hand tasks to agents themselves (DispatchingBatchRun); missions assign
+        # through the mission engine. Either way nothing else claims from this town's backlog.
+        "runtime": {"backlog_claim": bf.kind != "tasks"},
         "agent_clis": clis,
         "agents": agents,
     }
@@ -1057,11 +1211,15 @@ def check_mission(bf: BatchFile) -> None:
         raise BatchFileError(bf.path, "work_items", "; ".join(e.problems)) from None
 
 
-def _make_run(bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None, roles=None):
+def _make_run(bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None, roles=None,
+              agents=None):
     if bf.kind == "mission":
         from .missions.compile import known_roles
         return MissionBatch(bf, batch_id, r, keys, reporter=reporter, log=log,
                             roles=known_roles(roles or ()))
+    if agents is not None:
+        return DispatchingBatchRun(bf, batch_id, r, keys, reporter=reporter, log=log,
+                                   agents=agents)
     return BatchRun(bf, batch_id, r, keys, reporter=reporter, log=log)
 
 
@@ -1116,14 +1274,20 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
                 return EXIT_UNAVAILABLE if e.exit_code == 69 else EXIT_USAGE
             log = logs.get_logger("tinytownd.batch", batch=batch_id)
             runner = gevent.spawn(d.run)
+            agent_words = [(a.name, {a.role, f"role:{a.role}", a.name, *map(str, a.tags)})
+                           for a in cfg.expanded_agents()]
             run = _make_run(bf, batch_id, d.ctx.clients.cmd, d.ctx.keys, reporter=reporter,
-                            log=log, roles={a.role for a in cfg.expanded_agents()})
+                            log=log, roles={a.role for a in cfg.expanded_agents()},
+                            agents=agent_words if bf.kind == "tasks" else None)
             t0 = time.monotonic()
             try:
                 run.subscribe()
                 run.write_meta(resume=bool(args.resume))
                 new, old = run.submit()
                 lost = run.requeue_lost() if args.resume else 0
+                if isinstance(run, DispatchingBatchRun):
+                    run.wait_agents()
+                    run.start_dispatch()
                 log.info("batch submitted", new=new, existing=old, requeued=lost,
                          submit_s=round(run.submit_s, 3))
                 done = run.follow(stop_event=stopper.event)
@@ -1159,6 +1323,8 @@ def _drain_embedded(d, run: BatchRun, reporter, stopper) -> None:
     signal), following the counts meanwhile."""
     import gevent
 
+    if isinstance(run, DispatchingBatchRun):
+        run.dispatching = False     # hand out nothing more; inboxes keep what they hold
     deadline = time.monotonic() + d.cfg.daemon.drain_timeout_s
     drains = [gevent.spawn(c.drain, deadline) for c in d.components]
     while time.monotonic() < deadline and not stopper.now.is_set():
