@@ -191,9 +191,9 @@ def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
 
 def test_two_daemons_ten_missions_kill9_real_agents(daemon, redis_server, tmp_path):
     from tinytownd import control
-    a = daemon([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.2",
+    a = daemon([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
                sub="a").start()
-    b = daemon([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.2",
+    b = daemon([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
                sub="b").start()
     r = redis_server.client()
     keys = Keys(TOWN)
@@ -203,6 +203,7 @@ def test_two_daemons_ten_missions_kill9_real_agents(daemon, redis_server, tmp_pa
         return st["components"]["missions"]["engine"]
     ta = wait_for(lambda: _try(lambda: token(a)), timeout=20, what="daemon a ready")
     tb = wait_for(lambda: _try(lambda: token(b)), timeout=20, what="daemon b ready")
+    wait_for(lambda: r.zcard(keys.mission_engines) == 2, what="both engines registered")
     mf = tmp_path / "m.yaml"
     mf.write_text("""
 policy: {max_parallel_items: 2, reviewer_required: false}

@@ -286,6 +286,7 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
             word, token = p.stdout.readline().split()
             assert word == "ready"
             tokens.append(token)
+        wait_for(lambda: env.r.zcard(env.keys.mission_engines) == 2, what="engines registered")
         mids = [env.start(DIAMOND).mission.id for _ in range(10)]
         # both engines take a share
         wait_for(lambda: len({env.r.get(env.keys.mission_lock(m)) for m in mids
