@@ -135,6 +135,7 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
     started: dict[str, float] = {}
     h.rt.spawn_hooks.append(lambda w, tid, pid: started.__setitem__(tid, time.perf_counter()))
     n = int(rate * duration)
+    cpu0 = sum(os.times()[:2])
     t_start = time.perf_counter()
     for i in range(n):
         due = t_start + i / rate
@@ -149,11 +150,14 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
     deadline = time.perf_counter() + 30
     while len(started) < n and time.perf_counter() < deadline:
         gevent.sleep(0.01)
+    wall = time.perf_counter() - t_start
+    cpu = sum(os.times()[:2]) - cpu0
     lat = [(started[t] - s) * 1000 for t, s in sent.items() if t in started]
     return {"n": n, "picked_up": len(lat), "rate": rate,
             "achieved_rate": round(n / max(1e-9, (max(sent.values()) - t_start)), 1),
             "p50_ms": round(pct(lat, 50), 3), "p90_ms": round(pct(lat, 90), 3),
-            "p99_ms": round(pct(lat, 99), 3), "max_ms": round(max(lat), 3) if lat else None}
+            "p99_ms": round(pct(lat, 99), 3), "max_ms": round(max(lat), 3) if lat else None,
+            "py_cpu_frac": round(cpu / wall, 2), "py_cpu_ms_per_task": round(cpu / n * 1000, 2)}
 
 
 def _assign_new(town: Town, aid: str, tid: str, desc: str) -> None:

@@ -92,7 +92,8 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         try:
             proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=logf,
                                     stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=False)  # fds are CLOEXEC; gevent closes
+            # every open fd in Python otherwise (~1 ms per 100 open sockets of the daemon)
         except OSError as e:
             return RunResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")

@@ -234,7 +234,6 @@ class TownRuntime(Component):
                 next_ensure = now + max(interval, 1.0)
             self.progress("agents")
             self.stopping.wait(interval)
-        self._beat()
 
     def _alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.greenlet is not None and not w.greenlet.dead]
