@@ -694,6 +694,13 @@ class DispatchingBatchRun(BatchRun):
         self.dispatching = False
         self._town = None
         self._requeue: list[str] = []
+        self._given: dict[str, float] = {}   # tid -> when we handed it out (monotonic)
+        self._read_t = 0.0                    # when the state being applied was read
+
+    def recount(self, *, all_tasks: bool = False) -> None:
+        self._read_t = time.monotonic()
+        super().recount(all_tasks=all_tasks)
+        self._read_t = 0.0
 
     def wait_agents(self, timeout: float = 30.0) -> None:
         import gevent
@@ -756,7 +763,9 @@ class DispatchingBatchRun(BatchRun):
             del self.owner[tid]
             self.out[aid].discard(tid)
             self.dispatch()
-        elif st == "pending":       # handed back (recovery moved it to the backlog)
+        elif st == "pending" and self._given.get(tid, 0.0) < self._read_t:
+            # handed back (recovery moved it to the backlog) — a state read *after* we gave it
+            # out; a re-count that read `pending` before our MULTI landed is just stale
             del self.owner[tid]
             self.out[aid].discard(tid)
             self._requeue.append(tid)
@@ -809,8 +818,10 @@ class DispatchingBatchRun(BatchRun):
             if self.log:
                 self.log.warning("batch dispatch failed", error=str(e))
             return 0
+        now = time.monotonic()
         for _aid, tid in picks:
             self.state[tid] = "assigned"
+            self._given[tid] = now
         return len(picks)
 
 
