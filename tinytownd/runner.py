@@ -1,5 +1,5 @@
-"""Running one agent CLI round as a subprocess (gevent.subprocess), the way Tinytown does
-(`sh -c <command>`), plus what it lacks: a per-round timeout that kills the whole process group,
+"""Running one agent CLI round as a subprocess, the way Tinytown does (`sh -c <command>`), plus
+what it lacks: a per-round timeout that kills the whole process group,
 the prompt on stdin *and* in a file, output to a per-round log, and the output tail as the result.
 """
 from __future__ import annotations
@@ -10,8 +10,12 @@ import signal
 import time
 from dataclasses import dataclass
 
+import socket as _socket
+
 import gevent
+import gevent.os
 from gevent import subprocess
+from gevent.socket import wait_read
 
 KILL_GRACE_S = 3.0
 
@@ -48,31 +52,124 @@ def tail(path: str, nbytes: int) -> str:
     return text.strip()
 
 
-def kill_group(proc, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the process group, then SIGKILL it if the leader is still there after `grace_s`."""
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        if sig == signal.SIGTERM:
+class _Proc:
+    """A spawned CLI and a cooperative wait on it.
+
+    Fast path: os.posix_spawn (vfork speed: ~1 ms instead of ~8 ms for gevent.subprocess, which
+    forks the whole Python process) and a pidfd that becomes readable when the process exits,
+    waited on by the gevent loop. Fallback (no pidfd): gevent.subprocess.Popen.
+    """
+
+    def __init__(self, pid: int, pidfd: int | None = None, popen=None):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.popen = popen
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once the process has exited (returncode set), False on timeout."""
+        if self.returncode is not None:
+            return True
+        if self.popen is not None:
             try:
-                proc.wait(timeout=grace_s)
+                self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                continue
-            # leader gone: make sure stragglers in the group go too
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            return
+                return False
+            self.returncode = self.popen.returncode
+            return True
+        try:
+            wait_read(self.pidfd, timeout=max(0.001, timeout) if timeout is not None else None)
+        except _socket.timeout:
+            return False
+        try:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:   # reaped elsewhere: the status is gone
+            self.returncode = 255
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+        return True
+
+
+_SIGDEF = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM",
+                                             "SIGHUP", "SIGCHLD", "SIGUSR1", "SIGUSR2")
+                if hasattr(signal, n))
+_CD_EXEC = 'cd -- "$1" || exit 127; exec sh -c "$2"'
+_fast_ok = hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open")
+
+
+def _spawn(command: str, env: dict, cwd: str, log_fd: int) -> tuple[_Proc, int]:
+    """Start `sh -c command` in cwd, in a new session, stdout+stderr → log_fd.
+    Returns the process and the write end of its stdin pipe."""
+    global _fast_ok
+    r, w = os.pipe()
     try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+        if _fast_ok:
+            try:
+                pid = os.posix_spawn("/bin/sh", ["sh", "-c", _CD_EXEC, "tinytownd-cli", cwd,
+                                                 command], env,
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, r, 0),
+                                                   (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                                                   (os.POSIX_SPAWN_DUP2, log_fd, 2)],
+                                     setsid=True, setsigdef=_SIGDEF, setsigmask=())
+            except OSError:
+                raise
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:           # kernel without pidfd: use the slow path from now on
+                _fast_ok = False
+                proc = _Proc(pid)
+                proc.popen = _Reaper(pid)
+                return proc, w
+            return _Proc(pid, pidfd), w
+        popen = subprocess.Popen(["sh", "-c", command], stdin=r, stdout=log_fd,
+                                 stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                 start_new_session=True, close_fds=False)
+        return _Proc(popen.pid, popen=popen), w
+    except BaseException:
+        os.close(w)
+        raise
+    finally:
+        os.close(r)
+
+
+class _Reaper:
+    """Popen-like wait for a pid without pidfd (polling; only on old kernels)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode = None
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("sh", timeout)
+            gevent.sleep(0.05)
+
+
+def kill_group(proc: _Proc, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM the process group, then SIGKILL it if the leader is still there after `grace_s`.
+    Stragglers left in the group after the leader exits get SIGKILL too."""
+    pgid = proc.pid  # new session: the leader's pid is the group id
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        proc.wait(grace_s)
+        return
+    exited = proc.wait(grace_s)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
+    if not exited:
+        proc.wait(grace_s)
 
 
 def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
@@ -83,28 +180,25 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
     group is killed (result.killed). `on_start(pid)` is called right after the spawn.
     """
     t0 = time.monotonic()
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     try:
-        logf = open(log_path, "ab")
-    except OSError as e:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except (OSError, ValueError) as e:
         return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
     try:
         try:
-            proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=logf,
-                                    stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                    start_new_session=True, close_fds=False)  # fds are CLOEXEC; gevent closes
-            # every open fd in Python otherwise (~1 ms per 100 open sockets of the daemon)
-        except OSError as e:
+            proc, stdin_w = _spawn(command, env, cwd, log_fd)
+        except (OSError, ValueError) as e:
             return RunResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")
     finally:
-        logf.close()
+        os.close(log_fd)
     if on_start is not None:
         try:
             on_start(proc.pid)
         except Exception:
             pass
-    feeder = gevent.spawn(_feed, proc, prompt.encode("utf-8"))
+    feeder = gevent.spawn(_feed, stdin_w, prompt.encode("utf-8"))
     deadline = None if timeout_s is None else t0 + timeout_s
     timed_out = killed = False
     try:
@@ -112,11 +206,8 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
             wait = poll_s
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
-            try:
-                proc.wait(timeout=wait)
+            if proc.wait(wait):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 kill_group(proc)
@@ -134,18 +225,21 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
     return RunResult(proc.returncode, timed_out, killed, time.monotonic() - t0, proc.pid)
 
 
-def _feed(proc, data: bytes) -> None:
-    """Write the prompt to stdin; a CLI that exits without reading it is normal."""
+def _feed(fd: int, data: bytes) -> None:
+    """Write the prompt to the CLI's stdin; a CLI that exits without reading it is normal."""
     try:
-        proc.stdin.write(data)
-        proc.stdin.flush()
-    except (BrokenPipeError, ConnectionResetError, ValueError):
+        gevent.os.make_nonblocking(fd)
+        view = memoryview(data)
+        while view:
+            n = gevent.os.nb_write(fd, view)
+            view = view[n:]
+    except (BrokenPipeError, ConnectionResetError):
         pass
     except OSError as e:
-        if e.errno not in (errno.EPIPE, errno.EINVAL):
+        if e.errno not in (errno.EPIPE, errno.EINVAL, errno.EBADF):
             raise
     finally:
         try:
-            proc.stdin.close()
-        except (OSError, ValueError):
+            os.close(fd)
+        except OSError:
             pass

@@ -1,0 +1,73 @@
+"""runner.run: the CLI subprocess contract (stdin prompt, cwd, env, log, exit codes, timeouts)."""
+import os
+
+from tinytownd import runner
+
+
+def _run(tmp, command, prompt="hello", **kw):
+    log = str(tmp / "round.log")
+    kw.setdefault("timeout_s", 10)
+    res = runner.run(command, prompt=prompt, env={**os.environ, "X_VAR": "xv"}, cwd=str(tmp),
+                     log_path=log, **kw)
+    return res, runner.tail(log, 4000)
+
+
+def test_prompt_cwd_env_and_exit_code(tmpdir_short):
+    res, out = _run(tmpdir_short, 'cat; echo; pwd; echo "$X_VAR"; exit 4', prompt="the prompt")
+    assert res.exit_code == 4 and not res.ok and not res.timed_out
+    assert out.split("\n") == ["the prompt", str(tmpdir_short), "xv"]
+
+
+def test_big_prompt_not_read_is_fine(tmpdir_short):
+    res, out = _run(tmpdir_short, "echo ignored-stdin", prompt="x" * 1_000_000)
+    assert res.ok and out == "ignored-stdin"
+    res, out = _run(tmpdir_short, "wc -c", prompt="y" * 300_000)
+    assert res.ok and out.endswith("300000")
+
+
+def test_bad_cwd_and_spawn_errors(tmpdir_short):
+    log = str(tmpdir_short / "r.log")
+    res = runner.run("true", prompt="", env=dict(os.environ), cwd=str(tmpdir_short / "nope"),
+                     log_path=log, timeout_s=5)
+    assert res.exit_code == 127
+    res = runner.run("true", prompt="", env=dict(os.environ), cwd=str(tmpdir_short),
+                     log_path=str(tmpdir_short / "no" / "such" / "\0bad"), timeout_s=5)
+    assert res.exit_code is None and res.error
+
+
+def test_should_stop_kills_group(tmpdir_short):
+    flag = {"stop": False}
+    import gevent
+    gevent.spawn_later(0.3, lambda: flag.__setitem__("stop", True))
+    res, _ = _run(tmpdir_short, "sleep 30 & sleep 30", should_stop=lambda: flag["stop"],
+                  poll_s=0.05)
+    assert res.killed and res.duration_s < 10
+    assert _live_in_group(res.pid) == []
+
+
+def _live_in_group(pgid):
+    """Non-zombie processes of a process group (a zombie reparented to init counts as gone)."""
+    import time
+    deadline = time.monotonic() + 5
+    while True:
+        live = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(st[2]) == pgid and st[0] != "Z":
+                live.append(int(d))
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.05)
+
+
+def test_tail_trims_to_whole_lines(tmpdir_short):
+    p = tmpdir_short / "f"
+    p.write_text("".join(f"line {i}\n" for i in range(1000)))
+    t = runner.tail(str(p), 30)
+    assert t.split("\n")[0].startswith("line ") and t.endswith("line 999")
