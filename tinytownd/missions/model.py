@@ -22,6 +22,8 @@ from ..wire import json_ts, new_id, parse_ts, utcnow
 
 MISSION_STATES = ("planning", "running", "blocked", "completed", "failed")
 MISSION_TERMINAL = frozenset({"completed", "failed"})
+_KIND_SET = frozenset(("design", "implement", "test", "review", "mergegate", "followup"))
+_STATUS_SET = frozenset(("pending", "ready", "assigned", "running", "blocked", "done"))
 WORK_KINDS = ("design", "implement", "test", "review", "mergegate", "followup")
 WORK_STATUSES = ("pending", "ready", "assigned", "running", "blocked", "done")
 WATCH_KINDS = ("pr_checks", "bugbot_comments", "review_comments", "mergeability")
@@ -348,8 +350,41 @@ class WorkItem:
         return dumps(self.to_dict())
 
     @classmethod
+    def _fast(cls, d: dict) -> "WorkItem | None":
+        """The common case (records as tt and tinytownd write them) in a few C calls; None →
+        the strict path decides (and explains what is wrong)."""
+        try:
+            m = _UUID_RE.match
+            deps, arts = d["depends_on"], d["artifact_refs"]
+            ca, ua = d["created_at"], d["updated_at"]
+            role, who, src = d.get("owner_role"), d.get("assigned_to"), d.get("source_ref")
+            appr = d.get("reviewer_approved", False)
+            if not (m(d["id"]) and m(d["mission_id"]) and type(d["title"]) is str
+                    and d["kind"] in _KIND_SET and d["status"] in _STATUS_SET
+                    and type(deps) is list and all(type(x) is str and m(x) for x in deps)
+                    and type(arts) is list and all(type(x) is str for x in arts)
+                    and (role is None or type(role) is str) and (src is None or type(src) is str)
+                    and (who is None or (type(who) is str and m(who))) and type(appr) is bool
+                    and type(ca) is str and ca[-1:] == "Z" and type(ua) is str
+                    and ua[-1:] == "Z"):
+                return None
+            it = cls.__new__(cls)
+            it.__dict__.update(id=d["id"], mission_id=d["mission_id"], title=d["title"],
+                               kind=d["kind"], depends_on=deps, owner_role=role,
+                               status=d["status"], assigned_to=who, artifact_refs=arts,
+                               reviewer_approved=appr, source_ref=src,
+                               created_at=datetime.fromisoformat(ca),
+                               updated_at=datetime.fromisoformat(ua))
+            return it
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    @classmethod
     def from_json(cls, raw: Any) -> "WorkItem":
         d = _obj(raw)
+        fast = cls._fast(d)
+        if fast is not None:
+            return fast
         deps = _str_list(d, "depends_on")
         return cls(id=_uuid(_req(d, "id"), "id"), mission_id=_uuid(_req(d, "mission_id"),
                                                                     "mission_id"),
