@@ -314,29 +314,20 @@ from pathlib import Path
 from tinytownd import batch, logs
 from tinytownd.daemon import Daemon
 n, w = int(sys.argv[1]), int(sys.argv[2])
-if sys.argv[3] in ("1", "2"):   # what the posix_spawn proposal buys (bench/peers/spawn_probe.py)
+variant = sys.argv[3]      # claim | dispatch | dispatch+spawn
+if variant.endswith("+spawn"):   # what the posix_spawn proposal buys (bench/peers/spawn_probe.py)
     sys.path.insert(0, sys.argv[4])
     from peers import spawn_probe
     from tinytownd import runner
     runner.run = spawn_probe.run_compatible
-if sys.argv[3] == "2":   # ... plus: a worker claims its next backlog task itself after a round
-    from tinytownd import worker as _w, wire as _wire
-    _orig_end = _w.Worker._round_end
-    def _round_end(self, tid, activity, result):
-        _orig_end(self, tid, activity, result)
-        if self.stop_requested or self.lost or self.rt.stopping.is_set():
-            return
-        k, spec = self.k, self.spec
-        now = _wire.hash_ts()
-        words = [spec.role, f"role:{spec.role}", spec.name, *spec.tags]
-        self.rt.scripts.claim_backlog(keys=[k.backlog], args=[k.p, self.aid, now, _wire.new_id(),
-                                      now.replace("+00:00", "Z"), 100, *words])
-    _w.Worker._round_end = _round_end
 root = Path(tempfile.mkdtemp(prefix="ttb-cc-", dir="/tmp"))
 try:
     bf = batch.parse({"tasks": [{"id": f"t{i}", "description": "noop"} for i in range(n)]}, "gen")
     clis, agents = batch.agent_section(bf, agents=w, cli="true")
     cfg = batch.embedded_config(bf, root, clis, agents)
+    if variant == "claim":   # the runtime's backlog claiming instead of the batch dispatcher
+        import dataclasses
+        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, backlog_claim=True))
     d = Daemon(cfg, install_signals=False)
     d.start()
     g = gevent.spawn(d.run)
@@ -345,9 +336,16 @@ try:
     r.config_resetstat()
     ru0 = resource.getrusage(resource.RUSAGE_SELF); ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv0 = r.info("cpu")
-    run = batch.BatchRun(bf, "cc", r, d.ctx.keys)
+    if variant == "claim":
+        run = batch.BatchRun(bf, "cc", r, d.ctx.keys)
+    else:
+        words = [(a.name, {a.role, "role:" + a.role, a.name}) for a in cfg.expanded_agents()]
+        run = batch.DispatchingBatchRun(bf, "cc", r, d.ctx.keys, agents=words)
+        run.wait_agents()
     t0 = time.monotonic()
     run.subscribe(); run.write_meta(resume=False); run.submit()
+    if variant != "claim":
+        run.start_dispatch()
     assert run.follow()
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -373,13 +371,16 @@ finally:
 """
 
 
-def bench_cmdcount(n: int, w: int, variant: int = 0) -> dict:
-    """variant 0: as is; 1: + posix_spawn runner; 2: + posix_spawn + worker self-claims."""
-    out = subprocess.run([sys.executable, "-c", CMDCOUNT_CODE, str(n), str(w), str(variant),
+def bench_cmdcount(n: int, w: int, variant: str = "dispatch") -> dict:
+    """In-process embedded batch, with Redis command and CPU accounting per task.
+
+    variant: `dispatch` = as shipped (the batch hands tasks to agents, prefetch 2);
+    `claim` = the runtime's backlog claiming instead; `dispatch+spawn` = as shipped with
+    tinytownd.runner.run replaced by the posix_spawn proposal (bench/peers/spawn_probe.py)."""
+    out = subprocess.run([sys.executable, "-c", CMDCOUNT_CODE, str(n), str(w), variant,
                           HERE], check=True, capture_output=True, text=True, cwd=ROOT).stdout
     d = json.loads(out.strip().splitlines()[-1])
-    name = ["tinytownd_cost", "tinytownd_cost+posix_spawn", "tinytownd_cost+posix_spawn+self_claim"]
-    return emit({"system": name[variant], **d})
+    return emit({"system": f"tinytownd_cost[{variant}]", **d})
 
 
 def main() -> None:
@@ -391,9 +392,9 @@ def main() -> None:
     ap.add_argument("--sh", action="store_true", help="floor: sh -c true")
     ap.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "off", "no"])
     ap.add_argument("--profile", metavar="OUT", help="tinytownd: record with py-spy into OUT")
-    ap.add_argument("--variant", type=int, default=0, choices=[0, 1, 2],
-                    help="cmdcount: 1 = runner.run replaced by the posix_spawn proposal; "
-                         "2 = that plus workers claiming their next backlog task themselves")
+    ap.add_argument("--variant", default="dispatch", choices=["dispatch", "claim", "dispatch+spawn"],
+                    help="cmdcount: dispatch = as shipped; claim = the runtime's backlog claim "
+                         "path; dispatch+spawn = runner.run replaced by the posix_spawn proposal")
     a = ap.parse_args()
     if a.system == "floor":
         bench_floor(a.n, a.w, a.sh)
