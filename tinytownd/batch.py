@@ -420,7 +420,10 @@ class BatchRun:
         town = Town(self.r, self.k, log=self.log)
         t0 = time.monotonic()
         self.t_submit = t0
-        self.ids = self.r.hgetall(self.k.batch_ids(self.id)) or {}
+        known = {t.id for t in self.bf.tasks}
+        # (ids of tasks no longer in the file are left alone: the batch follows the file)
+        self.ids = {fid: tid for fid, tid in
+                    (self.r.hgetall(self.k.batch_ids(self.id)) or {}).items() if fid in known}
         # a mapping whose task hash vanished (deleted by hand) counts as not submitted
         if self.ids:
             fids = list(self.ids)
