@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import time
 from dataclasses import dataclass
@@ -96,7 +97,6 @@ class _Proc:
 _SIGDEF = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM",
                                              "SIGHUP", "SIGCHLD", "SIGUSR1", "SIGUSR2")
                 if hasattr(signal, n))
-_CD_EXEC = 'cd -- "$1" || exit 127; exec sh -c "$2"'
 _fast_ok = hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open")
 
 
@@ -108,8 +108,9 @@ def _spawn(command: str, env: dict, cwd: str, log_fd: int) -> tuple[_Proc, int]:
     try:
         if _fast_ok:
             try:
-                pid = os.posix_spawn("/bin/sh", ["sh", "-c", _CD_EXEC, "tinytownd-cli", cwd,
-                                                 command], env,
+                # posix_spawn has no chdir here: one shell does `cd` then runs the command
+                script = f"cd -- {shlex.quote(cwd)} || exit 127\n{command}"
+                pid = os.posix_spawn("/bin/sh", ["sh", "-c", script], env,
                                      file_actions=[(os.POSIX_SPAWN_DUP2, r, 0),
                                                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
                                                    (os.POSIX_SPAWN_DUP2, log_fd, 2)],

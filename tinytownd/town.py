@@ -454,8 +454,28 @@ class Town:
         return self._finish(tid, "cancelled", str(reason))
 
     def _finish(self, tid: str, state: str, text: str) -> bool:
+        p = self.r.pipeline(transaction=False)
+        self.finish_queue(p, tid, state, text)
+        res = p.execute()[0]
+        p = self.r.pipeline(transaction=False)
+        changed = self.finish_result(p, tid, state, text, res)
+        if changed:
+            try:
+                p.execute()
+            except redis.RedisError as e:  # the state change itself is done
+                self.log.warning("task event/notify failed", task=tid, error=str(e))
+        return changed
+
+    def finish_queue(self, p, tid: str, state: str, text: str, now: str | None = None) -> None:
+        """Queue the atomic terminal transition (lua/finish_task.lua) on pipeline `p`; hand its
+        reply to finish_result."""
         k = self.k
-        res = self.scripts.finish_task(keys=[k.task(tid)], args=[k.p, state, text, hash_ts(), tid])
+        self.scripts.finish_task(keys=[k.task(tid)], args=[k.p, state, text, now or hash_ts(), tid],
+                                 client=p)
+
+    def finish_result(self, p, tid: str, state: str, text: str, res) -> bool:
+        """Interpret finish_task's reply; on a change queue the task event and the notify on
+        `p`. Returns True if the task changed; LookupError if it does not exist."""
         code = int(res[0])
         if code < 0:
             raise LookupError(f"unknown task {tid!r}")
@@ -463,7 +483,6 @@ class Town:
             return False
         aid, tags = res[1] or None, models.decode_tags(res[2])
         mission = mission_of(tags)
-        p = self.r.pipeline(transaction=False)
         if state in ("completed", "failed"):
             self._emit_into(p, f"task_{state}",
                             f"Task {tid} {state}" + (f": {text[:200]}" if state == "failed" else ""),
@@ -471,11 +490,7 @@ class Town:
         note = {"task": tid, "state": state}
         if mission:
             note["mission"] = mission
-        p.publish(k.notify, models.dumps(note))
-        try:
-            p.execute()
-        except redis.RedisError as e:  # the state change itself is done
-            self.log.warning("task event/notify failed", task=tid, error=str(e))
+        p.publish(self.k.notify, models.dumps(note))
         return True
 
     def requeue_task(self, tid: str, *, pipe=None) -> None:

@@ -274,21 +274,27 @@ class Worker:
         for _w, _raw, reason in poison:
             self.log.warning("poison message dead-lettered", reason=reason)
 
-    def _ack(self, entries) -> bool:
-        """entries: (which, raw, score, envelope). Fenced by the lease."""
+    def _ack(self, entries, pipe=None):
+        """entries: (which, raw, score, envelope). Fenced by the lease. With `pipe`, only queued
+        (the caller checks the reply with _acked)."""
         k, a = self.k, self.aid
         args = [self.rt.owner]
         entries = list(entries) + self._extra_ack
         self._extra_ack = []
         for e in entries:
             args.extend(e)
-        ok = int(self.rt.scripts.ack_round(
+        res = self.rt.scripts.ack_round(
             keys=[k.inflight_urgent(a), k.inflight(a), k.urgent(a), k.inbox(a), k.agent_lease(a),
-                  k.delayed], args=args))
-        if not ok:
+                  k.delayed], args=args, client=pipe)
+        if pipe is None:
+            return self._acked(res)
+        return None
+
+    def _acked(self, res) -> bool:
+        if not int(res):
             self.lost = True
             self.exit_reason = "lease lost"
-        return bool(ok)
+        return bool(int(res))
 
     def _limits(self, meta: dict) -> tuple[int, float | None]:
         spec = self.spec
@@ -380,16 +386,11 @@ class Worker:
                 p.execute()
                 self._round_end(tid, "🛑 interrupted", result)
             return
+        if result.ok:
+            self._round_ok(msgs, tid, out_tail or "Completed", result, rnd)
+            return
         entries = []
         cur_state = self.r.hget(k.task(tid), "state") if tid else None
-        if result.ok:
-            if tid and cur_state not in TASK_TERMINAL:
-                rt.town.complete_task(tid, out_tail or "Completed")
-            entries = [(w, raw, "", "") for w, raw, _m in msgs]
-            self.log.info("round completed", round=rnd, duration_s=round(result.duration_s, 3))
-            self._ack(entries)
-            self._round_end(tid, "✅ completed", result)
-            return
         if result.timed_out:
             err = f"timed out after {result.duration_s:.1f}s"
         elif result.exit_code is None:
@@ -439,6 +440,44 @@ class Worker:
         p.execute()
         self._ack([(w, raw, "", "") for w, raw, _m in msgs])
         self._round_end(tid, f"❌ failed: {err}", result)
+
+    def _round_ok(self, msgs, tid, result_text: str, result, rnd) -> None:
+        """Exit 0: complete the task (unless the CLI finished it), ack, round bookkeeping —
+        one round trip — then the events and the notify — a second one."""
+        rt, k, a = self.rt, self.k, self.aid
+        now = hash_ts()
+        p = self.r.pipeline(transaction=False)
+        if tid:
+            rt.town.finish_queue(p, tid, "completed", result_text, now)
+        self._ack([(w, raw, "", "") for w, raw, _m in msgs], pipe=p)
+        rt.scripts.agent_round_end(keys=[k.agent(a)], args=[now, tid or ""], client=p)
+        p.hset(k.agent_info(a), mapping={"last_exit": "0", "task": ""})
+        rt.town.log_activity(a, f"Round {self.rounds}: ✅ completed", pipe=p)
+        res = p.execute(raise_on_error=False)
+        i = 0
+        p2 = self.r.pipeline(transaction=False)
+        if tid:
+            fin = res[0]
+            i = 1
+            if not isinstance(fin, Exception):
+                try:
+                    rt.town.finish_result(p2, tid, "completed", result_text, fin)
+                except LookupError:
+                    self.log.warning("task vanished during its round", task=tid)
+        acked, old = res[i], res[i + 1]
+        if isinstance(acked, Exception) or isinstance(old, Exception):
+            raise acked if isinstance(acked, Exception) else old
+        self._acked(acked)
+        self.current_task = None
+        self.state = "idle" if old in ("working", "idle", "starting", None) else old
+        if old == "working":
+            rt.town._emit_into(p2, "agent_state_changed", "Agent state Working -> Idle",
+                               {"agent_id": a, **models.state_change_fields("working", "idle")})
+        try:
+            p2.execute()
+        except redis.RedisError as e:
+            self.log.warning("round events not recorded", error=str(e))
+        self.log.info("round completed", round=rnd, duration_s=round(result.duration_s, 3))
 
     def _round_end(self, tid, activity: str, result) -> None:
         rt, k, a = self.rt, self.k, self.aid
