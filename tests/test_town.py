@@ -187,3 +187,12 @@ def test_validators_catch_mistakes():
     bad = json.loads(ev["data"])
     bad["old_state"] = "idle"
     assert models.validate_event({**ev, "data": json.dumps(bad)})
+
+
+def test_scripts_survive_a_script_cache_flush(town):
+    aid = town.register_agent("w")
+    tid = town.assign(aid, "x")
+    town.r.script_flush()
+    assert town.complete_task(tid, "ok")
+    town.r.script_flush()
+    assert town.register_agent("w2") != aid

@@ -212,6 +212,11 @@ class TownRuntime(Component):
         return True
 
     def _worker_crashed(self, w: Worker, g) -> None:
+        if isinstance(g.exception, redis.exceptions.NoScriptError):
+            try:
+                self.scripts.reload()   # Redis lost its script cache (restart)
+            except redis.RedisError:
+                pass
         w.crashes += 1
         delay = min(2 ** w.crashes * 0.5, CRASH_BACKOFF_MAX_S)
         self._restart_at[w.aid] = time.monotonic() + delay
@@ -280,6 +285,8 @@ class TownRuntime(Component):
         except redis.RedisError as e:
             self.log.warning("heartbeat failed", error=str(e))
             return
+        if any(isinstance(x, redis.exceptions.NoScriptError) for x in res):
+            self.scripts.reload()
         wake = []
         for i, w in enumerate(ws):
             renewed, stop, state, urgent = res[5 * i + 1:5 * i + 5]

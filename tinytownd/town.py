@@ -454,9 +454,8 @@ class Town:
         return self._finish(tid, "cancelled", str(reason))
 
     def _finish(self, tid: str, state: str, text: str) -> bool:
-        p = self.r.pipeline(transaction=False)
-        self.finish_queue(p, tid, state, text)
-        res = p.execute()[0]
+        k = self.k
+        res = self.scripts.finish_task(keys=[k.task(tid)], args=[k.p, state, text, hash_ts(), tid])
         p = self.r.pipeline(transaction=False)
         changed = self.finish_result(p, tid, state, text, res)
         if changed:
