@@ -199,7 +199,19 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
             on_start(proc.pid)
         except Exception:
             pass
-    feeder = gevent.spawn(_feed, stdin_w, prompt.encode("utf-8"))
+    data = prompt.encode("utf-8")
+    feeder = None
+    try:
+        gevent.os.make_nonblocking(stdin_w)
+        n = os.write(stdin_w, data) if data else 0   # usually all of it: the pipe holds 64 KiB
+    except BlockingIOError:
+        n = 0
+    except OSError:                                  # EPIPE: the CLI does not read stdin
+        n = len(data)
+    if n >= len(data):
+        os.close(stdin_w)
+    else:
+        feeder = gevent.spawn(_feed, stdin_w, data[n:])
     deadline = None if timeout_s is None else t0 + timeout_s
     timed_out = killed = False
     try:
@@ -222,7 +234,8 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         kill_group(proc, grace_s=1.0)
         raise
     finally:
-        feeder.kill(block=False)
+        if feeder is not None:
+            feeder.kill(block=False)
     return RunResult(proc.returncode, timed_out, killed, time.monotonic() - t0, proc.pid)
 
 

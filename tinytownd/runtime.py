@@ -77,6 +77,7 @@ class TownRuntime(Component):
         self.spawn_hooks: list = []
         self._initial_done = False
         self._wake_backlog = gevent.event.Event()
+        self.backlog_waiting = True    # the backlog may hold tasks (agents going idle wake claims)
         self._unknown_cli_logged: set[str] = set()
         self._restart_at: dict[str, float] = {}
         self.sweeper = Sweeper(self)
@@ -391,6 +392,7 @@ class TownRuntime(Component):
                     self.stopping.wait(1.0)
                     continue
                 if m and m.get("type") == "message" and '"backlog"' in (m.get("data") or ""):
+                    self.backlog_waiting = True
                     self._wake_backlog.set()
 
         listener = gevent.spawn(listen)
@@ -408,6 +410,7 @@ class TownRuntime(Component):
                     self.claim_for_idle()
                     n = self.r.llen(k.backlog)
                 last_len = n
+                self.backlog_waiting = bool(n)
                 self.progress("backlog")
         finally:
             listener.kill(block=False)

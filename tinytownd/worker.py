@@ -168,7 +168,8 @@ class Worker:
                 self.woken = False
                 if not announced:
                     announced = True
-                    rt.wake_backlog()
+                    if rt.backlog_waiting:
+                        rt.wake_backlog()
                 try:
                     # Idle: park in BLMOVE. The runtime wakes a parked agent early (a `ping`
                     # pushed to its inbox) when it sees a stop flag, a pause, urgent mail or a
@@ -348,7 +349,7 @@ class Worker:
             self.log.warning("cannot write prompt file", error=str(e))
         env = rt.cli_env(spec, tid, prompt_path)
         self.round_started = time.monotonic()
-        self.log.info("round started", round=rnd, attempt=attempt, task=tid)
+        self.log.debug("round started", round=rnd, attempt=attempt, task=tid)
 
         def on_start(pid):
             self.pid = pid
