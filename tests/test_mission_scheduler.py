@@ -330,3 +330,22 @@ work_items: [{id: x, title: X}]
     assert t["id"] not in s.tasks                  # cancelled and dropped from the index
     (t2,) = s.live()                               # released and reassigned in the same tick
     assert t2["assigned_to"] != dead["id"]
+
+
+def test_completion_while_paused_is_reconciled_after_resume():
+    s = Sim("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}, {id: y, title: Y, depends_on: [x]}]
+""")
+    s.tick()
+    (t,) = s.live()
+    s.controls.append(MissionControlMessage.new(s.m.id, "conductor", "hold on"))
+    s.tick()
+    assert s.m.state == "blocked"
+    s.finish(t["id"], result="https://github.com/o/r/pull/1")
+    out = s.tick()
+    assert not out.new_tasks and not s.watches and t["id"] in s.tasks   # nothing while paused
+    s.controls.append(MissionControlMessage.new(s.m.id, "conductor", "resume"))
+    s.tick()
+    assert s.m.state == "running" and len(s.watches) == 4               # PR watches after resume
+    assert t["id"] not in s.tasks

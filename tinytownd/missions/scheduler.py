@@ -916,22 +916,9 @@ class _Tick:
             self.promote()
             self.assign()
             self.bookkeeping()
-        else:
-            # blocked (paused/stopped) or terminal: no watch polling, no task creation (B10),
-            # but still record completions so nothing is lost.
-            for wid, ts_ in self.terminal.items():
-                for t in ts_:
-                    if t.get("state") != "completed":
-                        continue
-                    it = self.items.get(wid)
-                    if it and f"task:{t['id']}" not in it.artifact_refs and it.status != "done" \
-                            and task_binding(t)[2] != "review" and not self.m.is_terminal:
-                        self.o.tasks_processed.add(t["id"])
-                        it.record_artifacts([f"task:{t['id']}"] +
-                                            ([t["result"]] if (t.get("result") or "").strip()
-                                             else []), self.now)
-                        it.block(self.now)
-                        self.item_changed(it)
+        # else: blocked (paused/stopped) or terminal: no watch polling and no task creation
+        # (B10). Finished tasks stay in the bound-task index and are reconciled with the full
+        # submission logic (PR watches, review gate) once the mission runs again.
         self.dispatcher_bookkeeping()
         self.o.mission_changed = True
         return self.o
