@@ -300,3 +300,39 @@ def test_parked_agents_are_woken(harness, tmpdir_short):
     h.town.resume(aid)
     wait_for(lambda: not h.rt.workers[aid].greenlet.dead and h.rt.workers[aid].idle, timeout=6)
     wait_for(lambda: h.town.r.llen(h.keys.inbox(aid)) == 0, timeout=6)
+
+
+def test_paused_agent_stays_paused_across_restart(redis_server, tmpdir_short):
+    root = tmpdir_short / "town"
+    root.mkdir()
+    cfg = write_config(root, redis_server.url, agents=[{"name": "w", "cli": "ok"}],
+                       clis={"ok": "true"})
+    h = Harness(cfg).start()
+    try:
+        aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+        wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+        h.town.interrupt(aid)
+        wait_for(lambda: h.rt.workers[aid].state == "paused")
+    finally:
+        h.crash()
+    h2 = Harness(cfg).start()
+    try:
+        wait_for(lambda: aid in h2.rt.workers and h2.rt.workers[aid].state == "paused")
+        tid = h2.town.assign(aid, "waits")
+        time.sleep(0.4)
+        assert task_state(h2, tid) == "assigned"
+        h2.town.resume(aid)
+        wait_for(lambda: task_state(h2, tid) == "completed")
+    finally:
+        h2.stop()
+
+
+def test_idle_timeout_drains_then_stops(harness):
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "true"},
+                runtime={"idle_timeout_s": 0.5})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "stopped", timeout=10)
+    wait_for(lambda: h.rt.workers[aid].greenlet.dead)
+    states = [json.loads(f["data"]).get("new_state")
+              for _i, f in h.town.r.xrange(h.keys.agent_events(aid))]
+    assert states.index("Draining") < states.index("Stopped")

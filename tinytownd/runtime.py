@@ -205,8 +205,9 @@ class TownRuntime(Component):
                           owner=self.leases.holder(aid))
             return False
         w = Worker(self, spec)
-        if aid in self.workers:
-            w.crashes = self.workers[aid].crashes
+        prev = self.workers.get(aid)
+        if prev is not None and time.monotonic() - prev.started_at < 60:
+            w.crashes = prev.crashes   # crash backoff grows only for workers that die quickly
         self.workers[aid] = w
         w.greenlet = self.pool.spawn(w.run)
         w.greenlet.link_exception(lambda g, w=w: self._worker_crashed(w, g))

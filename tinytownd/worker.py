@@ -121,9 +121,11 @@ class Worker:
         p = self.r.pipeline(transaction=False)
         if cur:
             p.hdel(k.agent(a), "current_task")
-        self.rt.town.set_agent_state(a, "idle", old=old, pipe=p, stamp_active=True)
+        # An agent the operator paused stays paused across a daemon restart.
+        new = "paused" if old == "paused" else "idle"
+        self.rt.town.set_agent_state(a, new, old=old, pipe=p, stamp_active=True)
         p.execute()
-        self.state = "idle"
+        self.state = new
         self.log.info("agent started", previous_state=old)
 
     def _loop(self) -> None:
