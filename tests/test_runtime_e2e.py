@@ -89,3 +89,49 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
     for a in town.list_agents():
         assert a["state"] == "stopped"
         assert not town.r.exists(town.k.agent_lease(a["id"]))
+
+
+def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_short):
+    locks = tmpdir_short / "locks"
+    locks.mkdir()
+    viol = tmpdir_short / "violations"
+    cmd = (f'mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || echo x >> {viol}; sleep 0.05; '
+           f'rmdir {locks}/$TINYTOWN_AGENT_ID')
+    cfgs = []
+    for name in ("a", "b"):
+        root = tmpdir_short / name
+        root.mkdir()
+        cfgs.append(write_config(root, redis_server.url, town="duo",
+                                 agents=[{"name": "w", "cli": "c", "count": 3}],
+                                 clis={"c": cmd},
+                                 runtime={"heartbeat_interval_s": 0.5, "lease_ttl_s": 3.0,
+                                          "stale_after_s": 5.0}))
+    town = Town(redis_server.client(), Keys("duo"))
+    log = open(tmpdir_short / "daemons.log", "ab")
+    procs = [_daemon(cfgs[0], log), _daemon(cfgs[1], log)]
+    try:
+        _wait(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 3,
+              30, "3 idle agents")
+        assert len(town.list_agents()) == 3          # registered once, not per daemon
+        aids = [a["id"] for a in town.list_agents()]
+        owners = {aid: town.r.get(town.k.agent_lease(aid)).split()[2] for aid in aids}
+        assert set(owners.values()) <= {str(p.pid) for p in procs}
+        tids = town.assign_many([{"aid": aids[i % 3], "description": str(i)} for i in range(60)])
+        _wait(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
+              "60 tasks")
+        assert not viol.exists()
+        # kill -9 whichever daemon owns the first agent: the other one takes it over
+        victim = next(p for p in procs if str(p.pid) == owners[aids[0]])
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        tids = town.assign_many([{"aid": aids[i % 3], "description": str(i)} for i in range(30)])
+        _wait(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
+              "30 tasks after the kill")
+        survivor = next(p for p in procs if p is not victim)
+        for aid in aids:
+            assert town.r.get(town.k.agent_lease(aid)).split()[2] == str(survivor.pid)
+        assert not viol.exists()
+    finally:
+        for p in procs:
+            _stop(p)
+        log.close()
