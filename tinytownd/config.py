@@ -237,7 +237,7 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class MissionsSection:
-    enabled: bool = opt(True)
+    enabled: bool = opt(True, live=False)
     lease_ttl_s: float = opt(90.0, check=_range(3, 3600))
     sweep_interval_s: float = opt(30.0, check=_range(0.1, 3600),
                                   doc="safety sweep; task completions wake missions at once")
