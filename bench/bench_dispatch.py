@@ -143,10 +143,8 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
         if delay > 0:
             gevent.sleep(delay)
         t = time.perf_counter()
-        tid = new_id()
+        tid = h.town.assign(aids[i % len(aids)], f"task {i}")   # the spawn hook matches by id
         sent[tid] = t
-        # Town.assign with a known new id so the spawn hook can match it
-        _assign_new(h.town, aids[i % len(aids)], tid, f"task {i}")
     deadline = time.perf_counter() + 30
     while len(started) < n and time.perf_counter() < deadline:
         gevent.sleep(0.01)

@@ -113,12 +113,9 @@ class TownRuntime(Component):
                 "backlog": self._backlog_service, "sweeper": self.sweeper.run}
 
     def on_spawn(self, worker: Worker, tid: str | None, pid: int) -> None:
+        """Right after a CLI started (its pid reaches agent_info with the next heartbeat)."""
         for hook in self.spawn_hooks:
             hook(worker, tid, pid)
-        try:
-            self.r.hset(self.keys.agent_info(worker.aid), "pid", pid)
-        except redis.RedisError:
-            pass
 
     def cli_env(self, spec: AgentRun, tid: str | None, prompt_path: str) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
@@ -276,8 +273,11 @@ class TownRuntime(Component):
         k = self.keys
         now = hash_ts()
         p = self.r.pipeline(transaction=False)
-        for w in ws:
+        pids = [w.pid for w in ws]          # fixed now: w.pid changes while the pipeline runs
+        for w, pid in zip(ws, pids):
             p.hset(k.agent(w.aid), "last_heartbeat", now)
+            if pid:
+                p.hset(k.agent_info(w.aid), "pid", pid)
             self.leases.renew_many([w.aid], pipe=p)
             p.exists(k.stop(w.aid))
             p.hget(k.agent(w.aid), "state")
@@ -290,8 +290,11 @@ class TownRuntime(Component):
         if any(isinstance(x, redis.exceptions.NoScriptError) for x in res):
             self.scripts.reload()
         wake = []
-        for i, w in enumerate(ws):
-            renewed, stop, state, urgent = res[5 * i + 1:5 * i + 5]
+        j = 0
+        for w, pid in zip(ws, pids):
+            j += 2 if pid else 1
+            renewed, stop, state, urgent = res[j:j + 4]
+            j += 4
             if isinstance(renewed, int) and renewed == 0 and not w.lost:
                 w.lost = True
                 self.log.warning("lease lost; stopping agent", agent=w.spec.name)
