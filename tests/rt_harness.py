@@ -21,7 +21,7 @@ from tinytownd.wire import new_id
 def write_config(root: Path, redis_url: str, *, agents, clis, town="t", runtime=None,
                  adopt=False) -> Path:
     data = {"town": {"name": town, "root": str(root)}, "redis": {"url": redis_url},
-            "runtime": {"heartbeat_interval_s": 0.2, "lease_ttl_s": 2.0, "stale_after_s": 2.0,
+            "runtime": {"heartbeat_interval_s": 0.2, "lease_ttl_s": 4.0, "stale_after_s": 4.0,
                         "sweep_interval_s": 0.3, "retry_backoff_s": 0.05,
                         "block_timeout_s": 0.2, **(runtime or {})},
             "agent_clis": clis, "agents": agents, "adopt": adopt}
