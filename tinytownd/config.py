@@ -27,6 +27,7 @@ from .wire import RESERVED_AGENT_NAMES
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
 ENV_CONFIG = "TINYTOWND_CONFIG"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+BLOCK_HEADROOM = 16  # blocking connections beyond one per agent
 
 
 class ConfigError(Exception):
@@ -316,6 +317,15 @@ class Config:
 
     def clis(self) -> dict[str, AgentCli]:
         return {**BUILTIN_CLIS, **self.agent_clis}
+
+    @property
+    def blocking_connections(self) -> int:
+        """Size of the blocking-pop pool: runtime.max_blocking_connections, else one per agent
+        plus headroom (more when `adopt` may bring in agents tt registered)."""
+        n = self.runtime.max_blocking_connections
+        if n:
+            return n
+        return len(self.expanded_agents()) + BLOCK_HEADROOM + (32 if self.adopt else 0)
 
     def expanded_agents(self) -> list[AgentSpec]:
         """`count: N` turns NAME into NAME-1 … NAME-N."""

@@ -188,8 +188,7 @@ class Daemon:
         if self.install_signals:
             self._install_signals()
         self._start_redis()
-        n_block = cfg.runtime.max_blocking_connections or (len(cfg.expanded_agents()) + 16)
-        self.clients = make_clients(cfg, blocking_connections=n_block,
+        self.clients = make_clients(cfg, blocking_connections=cfg.blocking_connections,
                                     url=self.redis.url if self.redis else None)
         self.ctx = Context(config=cfg, keys=Keys(cfg.town.name), clients=self.clients,
                            instance_id=self.instance_id, stopping=self.stopping,

@@ -40,7 +40,6 @@ from .town import Town
 from .wire import AGENT_TERMINAL, hash_ts, new_id
 from .worker import AgentRun, Worker
 
-BLOCK_HEADROOM = 8          # pubsub listener + spare blocking connections
 CLAIM_SCAN = 100            # backlog entries one claim looks at
 CRASH_BACKOFF_MAX_S = 30.0
 _ENV_DROP = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
@@ -48,11 +47,8 @@ _ENV_DROP = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WAT
 
 
 def blocking_connections(cfg: Config) -> int:
-    """Size of the blocking pool: runtime.max_blocking_connections, or one per agent + headroom."""
-    n = cfg.runtime.max_blocking_connections
-    if n:
-        return n
-    return len(cfg.expanded_agents()) + BLOCK_HEADROOM + (32 if cfg.adopt else 0)
+    """Size of the blocking pool (one definition, on Config)."""
+    return cfg.blocking_connections
 
 
 class TownRuntime(Component):
