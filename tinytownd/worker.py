@@ -30,6 +30,7 @@ import structlog
 
 from . import models, runner
 from .models import TASK_BEARING, Poison
+from .town import EVENT_MAXLEN_AGENT, EVENT_MAXLEN_MISSION, EVENT_MAXLEN_TOWN, mission_of
 from .wire import TASK_TERMINAL, debug_state, hash_ts, json_ts
 
 MAX_INBOX_PER_ROUND = 100
@@ -50,6 +51,12 @@ class AgentRun:
     env: dict = field(default_factory=dict)
     tags: list = field(default_factory=list)
     adopted: bool = False
+
+
+def _pairs(flat) -> dict:
+    """A flat [field, value, ...] reply (HGETALL inside Lua) as a dict."""
+    it = iter(flat or ())
+    return dict(zip(it, it))
 
 
 class Worker:
@@ -138,7 +145,8 @@ class Worker:
             if self.stop_requested or rt.stopping.is_set() or self.lost:
                 self.exit_reason = self.exit_reason or "shutdown"
                 return
-            res = rt.scripts.take_round(keys=take_keys, args=[rt.owner, MAX_INBOX_PER_ROUND])
+            res = rt.scripts.take_round(keys=take_keys,
+                                        args=[rt.owner, MAX_INBOX_PER_ROUND, k.p])
             status = res[0]
             if status == "lost":
                 self.lost = True
@@ -159,7 +167,7 @@ class Worker:
                 idle_since = time.monotonic()
                 continue
             nu = int(res[1])
-            items = res[2:]
+            items = res[2]
             if not items:
                 self.state = "idle"
                 it = rt.cfg.runtime.idle_timeout_s
@@ -182,7 +190,7 @@ class Worker:
                 continue
             self.idle = False
             announced = False
-            self._round(items[:nu], items[nu:])
+            self._round(items[:nu], items[nu:], res[3])
             idle_since = time.monotonic()
             rt.progress("agents")
 
@@ -215,7 +223,9 @@ class Worker:
             self.log.warning("could not record agent stop", error=str(e))
 
     # ------------------------------------------------------------------ one round
-    def _round(self, urgent_raw: list[str], inbox_raw: list[str]) -> None:
+    def _round(self, urgent_raw: list[str], inbox_raw: list[str], info=()) -> None:
+        """`info`: take_round's reading of the first task-bearing message (its task hash and
+        daemon meta); used when it names the task this round runs, else they are read here."""
         rt, k, a = self.rt, self.k, self.aid
         taken = [("u", x) for x in urgent_raw] + [("i", x) for x in inbox_raw]
         good: list[tuple[str, str, dict]] = []
@@ -239,10 +249,13 @@ class Worker:
         meta: dict = {}
         if task_msg and task_msg[2]["type"] == "task_assign":
             tid = task_msg[2]["task_id"]
-            p = self.r.pipeline(transaction=False)
-            p.hgetall(k.task(tid))
-            p.hgetall(k.task_meta(tid))
-            task, meta = p.execute()
+            if info and info[0] == "task_assign" and info[1] == tid:
+                task, meta = _pairs(info[2]), _pairs(info[3])
+            else:
+                p = self.r.pipeline(transaction=False)
+                p.hgetall(k.task(tid))
+                p.hgetall(k.task_meta(tid))
+                task, meta = p.execute()
             if not task or "id" not in task:
                 rt.town.deadletter("unknown task", k.inbox(a), task_msg[1], task=tid, agent=a)
                 self.log.warning("task_assign for a task that does not exist", task=tid)
@@ -259,7 +272,11 @@ class Worker:
             self._ack([(w, raw, "", "") for w, raw, _m in this_round])
             return
         if task_msg is not None and tid is None:   # a `task` message (description only)
-            meta = self.r.hgetall(k.task_meta(task_msg[2]["id"]))
+            mid = task_msg[2]["id"]
+            if info and info[0] == "task" and info[1] == mid:
+                meta = _pairs(info[3])
+            else:
+                meta = self.r.hgetall(k.task_meta(mid))
         with structlog.contextvars.bound_contextvars(task=tid):
             self._run_round(this_round, task_msg, tid, task, meta)
 
@@ -318,25 +335,19 @@ class Worker:
         attempts_key = k.task_meta(tid if tid else task_msg[2]["id"]) if task_msg else None
         max_attempts, timeout = self._limits(meta)
         now = hash_ts()
-        p = self.r.pipeline(transaction=False)
-        fields = {"state": "working", "last_active_at": now, "last_heartbeat": now}
-        if tid:
-            fields["current_task"] = tid
-        p.hset(k.agent(a), mapping=fields)
-        if tid:
-            p.hset(k.task(tid), mapping={"state": "running", "started_at": now, "updated_at": now})
-        if attempts_key:
-            p.hincrby(attempts_key, "attempts", 1)
         self.rounds += 1
         rnd = self.rounds
-        p.hset(k.agent_info(a), mapping={"round": rnd, "round_started_at": now,
-                                         "task": tid or ""})
         old_state = self.state if self.state in ("idle", "paused", "starting") else "idle"
-        rt.town._emit_into(p, "agent_state_changed",
-                           f"Agent state {debug_state(old_state)} -> Working",
-                           {"agent_id": a, **models.state_change_fields(old_state, "working")})
-        res = p.execute()
-        attempt = int(res[2 if tid else 1]) if attempts_key else 1
+        data = models.make_event("agent_state_changed",
+                                 f"Agent state {debug_state(old_state)} -> Working",
+                                 agent_id=a,
+                                 **models.state_change_fields(old_state, "working"))["data"]
+        # One call: agent working + current_task, task running, attempts += 1, agent info, event.
+        attempt = int(rt.scripts.round_start(
+            keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
+                  attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
+            args=[now, tid or "", "1" if attempts_key else "0", rnd, data, EVENT_MAXLEN_TOWN,
+                  EVENT_MAXLEN_AGENT]))
         self.state = "working"
         self.current_task = tid
         prompt = self._prompt(msgs, tid, task, task_msg, attempt, max_attempts)
@@ -368,10 +379,10 @@ class Worker:
             except OSError:
                 pass
         self._after_round(msgs, task_msg, tid, attempts_key, attempt, max_attempts, result,
-                          log_path, rnd)
+                          log_path, rnd, task)
 
     def _after_round(self, msgs, task_msg, tid, attempts_key, attempt, max_attempts, result,
-                     log_path, rnd) -> None:
+                     log_path, rnd, task=None) -> None:
         rt, k, a = self.rt, self.k, self.aid
         out_tail = runner.tail(log_path, rt.cfg.runtime.result_tail_bytes)
         if result.killed or self.lost:
@@ -390,7 +401,7 @@ class Worker:
                 self._round_end(tid, "🛑 interrupted", result)
             return
         if result.ok:
-            self._round_ok(msgs, tid, out_tail or "Completed", result, rnd)
+            self._round_ok(msgs, tid, out_tail or "Completed", result, rnd, task)
             return
         entries = []
         cur_state = self.r.hget(k.task(tid), "state") if tid else None
@@ -444,42 +455,56 @@ class Worker:
         self._ack([(w, raw, "", "") for w, raw, _m in msgs])
         self._round_end(tid, f"❌ failed: {err}", result)
 
-    def _round_ok(self, msgs, tid, result_text: str, result, rnd) -> None:
-        """Exit 0: complete the task (unless the CLI finished it), ack, round bookkeeping —
-        one round trip — then the events and the notify — a second one."""
+    def _round_ok(self, msgs, tid, result_text: str, result, rnd, task=None) -> None:
+        """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
+        ack, round bookkeeping, activity, the events and the notify."""
         rt, k, a = self.rt, self.k, self.aid
         now = hash_ts()
-        p = self.r.pipeline(transaction=False)
+        ts = now.replace("+00:00", "Z")
+        exp_aid = exp_tags = task_data = mission = note = ""
         if tid:
-            rt.town.finish_queue(p, tid, "completed", result_text, now)
-        self._ack([(w, raw, "", "") for w, raw, _m in msgs], pipe=p)
-        rt.scripts.agent_round_end(keys=[k.agent(a)], args=[now, tid or ""], client=p)
-        p.hset(k.agent_info(a), mapping={"last_exit": "0", "task": ""})
-        rt.town.log_activity(a, f"Round {self.rounds}: ✅ completed", pipe=p)
-        res = p.execute(raise_on_error=False)
-        i = 0
-        p2 = self.r.pipeline(transaction=False)
-        if tid:
-            fin = res[0]
-            i = 1
-            if not isinstance(fin, Exception):
-                try:
-                    rt.town.finish_result(p2, tid, "completed", result_text, fin)
-                except LookupError:
-                    self.log.warning("task vanished during its round", task=tid)
-        acked, old = res[i], res[i + 1]
-        if isinstance(acked, Exception) or isinstance(old, Exception):
-            raise acked if isinstance(acked, Exception) else old
+            task = task or {}
+            exp_aid, exp_tags = task.get("assigned_to") or "", task.get("tags") or ""
+            mission = mission_of(models.decode_tags(exp_tags)) or ""
+            task_data = models.make_event("task_completed", f"Task {tid} completed", timestamp=ts,
+                                          agent_id=exp_aid or None, task_id=tid,
+                                          mission_id=mission or None)["data"]
+            n = {"task": tid, "state": "completed"}
+            if mission:
+                n["mission"] = mission
+            note = models.dumps(n)
+        idle_data = models.make_event("agent_state_changed", "Agent state Working -> Idle",
+                                      timestamp=ts, agent_id=a,
+                                      **models.state_change_fields("working", "idle"))["data"]
+        args = [k.p, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
+                k.notify, note, idle_data, f"Round {self.rounds}: ✅ completed", rt.owner,
+                EVENT_MAXLEN_TOWN, EVENT_MAXLEN_AGENT, EVENT_MAXLEN_MISSION]
+        entries = [(w, raw, "", "") for w, raw, _m in msgs] + self._extra_ack
+        self._extra_ack = []
+        for e in entries:
+            args.extend(e)
+        code, fa, fb, evd, acked, old = rt.scripts.round_ok(
+            keys=[k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
+                  k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
+                  k.agent_info(a), k.activity(a), k.events, k.agent_events(a)], args=args)
+        code = int(code)
         self._acked(acked)
         self.current_task = None
         self.state = "idle" if old in ("working", "idle", "starting", None) else old
-        if old == "working":
-            rt.town._emit_into(p2, "agent_state_changed", "Agent state Working -> Idle",
-                               {"agent_id": a, **models.state_change_fields("working", "idle")})
-        try:
-            p2.execute()
-        except redis.RedisError as e:
-            self.log.warning("round events not recorded", error=str(e))
+        if code == -1:
+            self.log.warning("task vanished during its round", task=tid)
+        elif code == 1 and not int(evd):
+            # assigned_to or tags changed during the round: the events from what Redis holds
+            p2 = self.r.pipeline(transaction=False)
+            rt.town.finish_result(p2, tid, "completed", result_text, [1, fa, fb])
+            if old == "working":
+                rt.town._emit_into(p2, "agent_state_changed", "Agent state Working -> Idle",
+                                   {"agent_id": a,
+                                    **models.state_change_fields("working", "idle")})
+            try:
+                p2.execute()
+            except redis.RedisError as e:
+                self.log.warning("round events not recorded", error=str(e))
         self.log.info("round completed", round=rnd, duration_s=round(result.duration_s, 3))
 
     def _round_end(self, tid, activity: str, result) -> None:

@@ -2,12 +2,16 @@
 -- KEYS[1] = urgent   KEYS[2] = inbox   KEYS[3] = inflight_urgent   KEYS[4] = inflight
 -- KEYS[5] = stop flag   KEYS[6] = agent hash   KEYS[7] = agent lease
 -- ARGV[1] = owner token   ARGV[2] = max inbox messages per round
+-- ARGV[3] = key prefix "tt:<town>:" (optional: without it no task info is returned)
 -- If the lease is not ours, the stop flag is set, or the agent is paused/stopped, in-flight items go
 -- back to their queues (head, order kept) and {'lost'|'stop'|'paused'|'stopped'} is returned.
 -- Otherwise: every urgent message moves urgent → inflight_urgent (LEFT → RIGHT, so the stack order
 -- is kept), then inbox messages move one by one inbox → inflight until one task-bearing message
 -- (type task_assign or task) is in flight (messages a BLMOVE already moved count too).
--- Returns {'ok', number of urgent items, urgent items..., inbox items...}.
+-- Returns {'ok', number of urgent items, {urgent items..., inbox items...}, info} where info
+-- describes the first task-bearing message in that order (as cjson reads it), so the worker needs
+-- no second round trip: {'task_assign', tid, {task hash, flat}, {daemon task meta, flat}},
+-- {'task', message id, {}, {daemon task meta, flat}}, or {} (none / no prefix).
 local function task_bearing(raw)
   local ok, m = pcall(cjson.decode, raw)
   if ok and type(m) == 'table' then
@@ -15,6 +19,26 @@ local function task_bearing(raw)
     return t == 'task_assign' or t == 'task'
   end
   return false
+end
+local function task_info(raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if not (ok and type(m) == 'table') then return nil end
+  local t = m['type']
+  if t == 'task_assign' and type(m['task_id']) == 'string' then
+    local tid = m['task_id']
+    local h = redis.pcall('HGETALL', ARGV[3] .. 'task:' .. tid)
+    if h['err'] then return {} end   -- not a hash: the worker reads it itself (and fails as before)
+    local meta = redis.pcall('HGETALL', ARGV[3] .. 'tinytownd:task:' .. tid)
+    if meta['err'] then return {} end
+    return {t, tid, h, meta}
+  elseif t == 'task' and type(m['id']) == 'string' then
+    local meta = redis.pcall('HGETALL', ARGV[3] .. 'tinytownd:task:' .. m['id'])
+    if meta['err'] then return {} end
+    return {t, m['id'], {}, meta}
+  elseif t == 'task_assign' or t == 'task' then
+    return {}
+  end
+  return nil
 end
 local function requeue_all()
   while redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT') do end
@@ -44,7 +68,14 @@ while tasks == 0 and n < maxn do
   if task_bearing(raw) then tasks = tasks + 1 end
 end
 local u = redis.call('LRANGE', KEYS[3], 0, -1)
-local out = {'ok', #u}
-for _, x in ipairs(u) do out[#out + 1] = x end
-for _, x in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do out[#out + 1] = x end
-return out
+local items = {}
+for _, x in ipairs(u) do items[#items + 1] = x end
+for _, x in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do items[#items + 1] = x end
+local info = {}
+if ARGV[3] and tasks > 0 then
+  for _, x in ipairs(items) do
+    local i = task_info(x)
+    if i then info = i break end
+  end
+end
+return {'ok', #u, items, info}

@@ -1,0 +1,118 @@
+-- round_ok: the end of a CLI round that exited 0, in one call (what were finish_task + ack_round
+-- + agent_round_end + agent info + activity, then the events and the notify: ~20 commands in two
+-- round trips). Same steps, same order, same single-field writes:
+--  1. (with a task) finish_task.lua's transition to `completed` unless the task is already
+--     terminal (the CLI finished it itself); the assignee's current_task/tasks_completed/heartbeat;
+--  2. ack_round.lua, fenced by the agent lease (not ours → nothing acked, reply 0);
+--  3. agent_round_end.lua on the worker's agent; 4. agent info last_exit/task;
+--  5. the activity line (LPUSH + LTRIM 0 9 + EXPIRE 3600);
+--  6. on a transition: task_completed on the town/assignee/mission streams and the notify PUBLISH,
+--     from the event JSON the worker built for the assignee and tags it read at the round start.
+--     If the task's assigned_to or tags changed meanwhile, no event is written here and the reply
+--     says so (the worker then emits them from the returned values);
+--  7. Working -> Idle state event on the town and agent streams when the agent was working.
+-- KEYS[1] = task hash (any key when ARGV[4] = "")   KEYS[2] = inflight_urgent   KEYS[3] = inflight
+-- KEYS[4] = urgent   KEYS[5] = inbox   KEYS[6] = agent lease   KEYS[7] = delayed zset
+-- KEYS[8] = agent hash   KEYS[9] = daemon agent info   KEYS[10] = activity list
+-- KEYS[11] = town event stream   KEYS[12] = the agent's event stream
+-- ARGV[1] = key prefix "tt:<town>:"   ARGV[2] = now (RFC 3339 +00:00)   ARGV[3] = result text
+-- ARGV[4] = task id or ""   ARGV[5] = expected assigned_to   ARGV[6] = expected tags (raw field)
+-- ARGV[7] = task_completed event data   ARGV[8] = mission id or ""   ARGV[9] = notify channel
+-- ARGV[10] = notify JSON   ARGV[11] = Working -> Idle event data   ARGV[12] = activity text
+-- ARGV[13] = owner token   ARGV[14..16] = MAXLEN ~ of town, agent, mission streams
+-- ARGV[17..] = ack groups of 4: list ('u' | 'i'), raw, score ('' = plain ack), envelope
+-- Returns {finish code, a, b, events written (1/0), acked (1/0), old agent state or false}:
+-- finish code -2 no task, -3 the task key is unreadable (not a hash), -1 no task hash,
+-- 0 already terminal (a = its state), 1 completed (a = assigned_to or "", b = tags or "[]").
+local prefix, now = ARGV[1], ARGV[2]
+local code, fa, fb, evd = -2, '', '', 0
+local tid = ARGV[4]
+if tid ~= '' then
+  local st = redis.pcall('HGET', KEYS[1], 'state')
+  if type(st) == 'table' and st['err'] then
+    code = -3
+  else
+    if not st then
+      if redis.call('EXISTS', KEYS[1]) == 0 then code = -1 else st = 'pending' end
+    end
+    if code ~= -1 then
+      if st == 'completed' or st == 'failed' or st == 'cancelled' then
+        code, fa = 0, st
+      else
+        redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[3], 'completed_at', now,
+                   'updated_at', now)
+        local aid = redis.call('HGET', KEYS[1], 'assigned_to')
+        if aid then
+          local akey = prefix .. 'agent:' .. aid
+          if redis.call('EXISTS', akey) == 1 then
+            if redis.call('HGET', akey, 'current_task') == tid then
+              redis.call('HDEL', akey, 'current_task')
+            end
+            redis.call('HINCRBY', akey, 'tasks_completed', 1)
+            redis.call('HSET', akey, 'last_heartbeat', now)
+          end
+        end
+        local rawtags = redis.call('HGET', KEYS[1], 'tags')
+        code, fa, fb = 1, aid or '', rawtags or '[]'
+        if (aid or '') == ARGV[5] and (rawtags or '') == ARGV[6] then evd = 1 end
+      end
+    end
+  end
+end
+-- 2. ack
+local acked = 0
+if redis.call('GET', KEYS[6]) == ARGV[13] then
+  acked = 1
+  for i = 17, #ARGV, 4 do
+    local src = KEYS[3]
+    if ARGV[i] == 'u' then src = KEYS[2] end
+    local removed = redis.call('LREM', src, 1, ARGV[i + 1])
+    if removed == 1 and ARGV[i + 2] ~= '' then
+      redis.call('ZADD', KEYS[7], ARGV[i + 2], ARGV[i + 3])
+    end
+  end
+  while redis.call('LMOVE', KEYS[3], KEYS[5], 'RIGHT', 'LEFT') do end
+  while redis.call('LMOVE', KEYS[2], KEYS[4], 'RIGHT', 'LEFT') do end
+end
+-- 3. agent round end
+local old = redis.call('HGET', KEYS[8], 'state')
+local ret_old = false
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  redis.call('HINCRBY', KEYS[8], 'rounds_completed', 1)
+  if old == 'working' or old == 'idle' or old == 'starting' or not old then
+    redis.call('HSET', KEYS[8], 'state', 'idle', 'last_active_at', now, 'last_heartbeat', now)
+  else
+    redis.call('HSET', KEYS[8], 'last_heartbeat', now)
+  end
+  if tid ~= '' and redis.call('HGET', KEYS[8], 'current_task') == tid then
+    redis.call('HDEL', KEYS[8], 'current_task')
+  end
+  ret_old = old or 'starting'
+end
+-- 4., 5.
+redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '')
+redis.call('LPUSH', KEYS[10], ARGV[12])
+redis.call('LTRIM', KEYS[10], 0, 9)
+redis.call('EXPIRE', KEYS[10], 3600)
+-- 6.
+if evd == 1 then
+  redis.call('XADD', prefix .. 'events', 'MAXLEN', '~', ARGV[14], '*', 'event_type',
+             'task_completed', 'data', ARGV[7])
+  if fa ~= '' then
+    redis.call('XADD', prefix .. 'events:agent:' .. fa, 'MAXLEN', '~', ARGV[15], '*',
+               'event_type', 'task_completed', 'data', ARGV[7])
+  end
+  if ARGV[8] ~= '' then
+    redis.call('XADD', prefix .. 'events:mission:' .. ARGV[8], 'MAXLEN', '~', ARGV[16], '*',
+               'event_type', 'task_completed', 'data', ARGV[7])
+  end
+  redis.call('PUBLISH', ARGV[9], ARGV[10])
+end
+-- 7.
+if ret_old == 'working' then
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[14], '*', 'event_type', 'agent_state_changed',
+             'data', ARGV[11])
+  redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[14 + 1], '*', 'event_type',
+             'agent_state_changed', 'data', ARGV[11])
+end
+return {code, fa, fb, evd, acked, ret_old}
