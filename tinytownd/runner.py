@@ -181,9 +181,13 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
     group is killed (result.killed). `on_start(pid)` is called right after the spawn.
     """
     t0 = time.monotonic()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     try:
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            log_fd = os.open(log_path, flags, 0o644)
+        except FileNotFoundError:       # the log directory is made on first use
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            log_fd = os.open(log_path, flags, 0o644)
     except (OSError, ValueError) as e:
         return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
     try:

@@ -35,7 +35,7 @@ from .leases import Leases, owner_token
 from .logs import get_logger
 from .recovery import Sweeper
 from .redis_conn import make_pool
-from .scripts import Scripts
+from .scripts import KEEP, Scripts
 from .town import Town
 from .wire import AGENT_TERMINAL, hash_ts, new_id
 from .worker import AgentRun, Worker
@@ -61,7 +61,9 @@ class TownRuntime(Component):
         self.r: redis.Redis = ctx.clients.cmd
         self._own_block = None
         self.block = self._block_client(blocking_connections(ctx.config))
-        self.scripts = Scripts(self.r)
+        # kept connections (see scripts.py), at most 1 per 16 of the pool's
+        pool_max = getattr(self.r.connection_pool, "max_connections", 0) or 0
+        self.scripts = Scripts(self.r, keep=min(KEEP, pool_max // 16))
         self.town = Town(self.r, self.keys, log=get_logger("town", town=ctx.keys.town))
         self.owner = owner_token(ctx.instance_id)
         self.leases = Leases(self.r, self.keys, self.owner, ctx.config.runtime.lease_ttl_s,
@@ -76,6 +78,7 @@ class TownRuntime(Component):
         self.backlog_waiting = True    # the backlog may hold tasks (agents going idle wake claims)
         self._unknown_cli_logged: set[str] = set()
         self._restart_at: dict[str, float] = {}
+        self._env_cache: dict[str, tuple] = {}
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
         ctx.extra["runtime"] = self
@@ -114,13 +117,27 @@ class TownRuntime(Component):
             hook(worker, tid, pid)
 
     def cli_env(self, spec: AgentRun, tid: str | None, prompt_path: str) -> dict:
+        """The CLI's environment. Everything but TINYTOWN_TASK_ID is the same round after round:
+        it is built once per agent and reused while os.environ, the spec's env, the prompt path,
+        the config path and the Redis URL stay the same (a C-level dict compare per round)."""
+        src = os.environ._data   # type: ignore[attr-defined]  (bytes → bytes, no decoding)
+        sig = (spec.env, prompt_path, self.cfg.path, self.ctx.clients.url, spec.aid, spec.name,
+               self.keys.town)
+        c = self._env_cache.get(spec.aid)
+        if c is None or c[0] != src or c[1] != sig:
+            c = (dict(src), sig, self._cli_env(spec, prompt_path))
+            self._env_cache[spec.aid] = c
+        env = dict(c[2])
+        if tid:
+            env["TINYTOWN_TASK_ID"] = tid
+        return env
+
+    def _cli_env(self, spec: AgentRun, prompt_path: str) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
         env.update(spec.env)
         env.update(TINYTOWN_AGENT_ID=spec.aid, TINYTOWN_AGENT_NAME=spec.name,
                    TINYTOWN_TOWN=self.keys.town, REDIS_URL=self.ctx.clients.url,
                    TINYTOWN_PROMPT_FILE=prompt_path)
-        if tid:
-            env["TINYTOWN_TASK_ID"] = tid
         bindir = os.path.dirname(sys.executable)
         if os.path.exists(os.path.join(bindir, "tinytownd")) and \
                 bindir not in env.get("PATH", "").split(os.pathsep):
@@ -470,6 +487,7 @@ class TownRuntime(Component):
                 self.leases.release(aid)
             except redis.RedisError:
                 pass
+        self.scripts.close()
         if self._own_block is not None:
             try:
                 self._own_block.connection_pool.disconnect()

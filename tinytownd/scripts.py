@@ -6,15 +6,30 @@ with an empty script cache) reloads every script and retries. In a pipeline the 
 as is (no SCRIPT EXISTS round trip per pipeline, unlike redis-py's Script objects): callers that
 get a NoScriptError from a pipeline call `reload()` (the runtime does so when a worker crashes
 and on every heartbeat that reports one).
+
+With `Scripts(r, keep=N)` (long-lived owners only: the runtime), on the plain client `r` the
+EVALSHA is sent on a connection the Scripts object keeps checked out of r's pool (up to N of them;
+`close()` hands them back, so a per-round script costs one hiredis-packed write and one
+read instead of redis-py's ~60 µs of pool, retry and observability bookkeeping). The semantics
+are redis-py's: a broken connection is dropped and the call is retried through the client (which
+retries ConnectionError with backoff, never a timeout); error replies raise as usual.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
+
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover
+    _pack = None
+
+KEEP = 4   # connections the runtime's Scripts keeps out of its client's pool (fast path)
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 _SOURCES: dict[str, str] = {}
@@ -43,24 +58,70 @@ class Script:
             return c.evalsha(self.sha, len(keys), *keys, *args)
         if not self.owner.loaded:
             self.owner.reload()
+        call = self.owner._call if c is self.owner.r and self.owner.keep else \
+            (lambda *a: c.execute_command(*a))
         try:
-            return c.evalsha(self.sha, len(keys), *keys, *args)
+            return call("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             self.owner.reload()
-            return c.evalsha(self.sha, len(keys), *keys, *args)
+            return call("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class Scripts:
     """All scripts in lua/, as attributes named after the file (finish_task, take_round, …)."""
 
-    def __init__(self, r: redis.Redis):
+    def __init__(self, r: redis.Redis, keep: int = 0):
         self.r = r
+        self.keep = keep if _pack is not None else 0
         self.loaded = False
+        self._free: list = []      # connections kept out of r's pool (fast path)
+        self._pid = os.getpid()
         self._all = []
         for path in sorted(LUA_DIR.glob("*.lua")):
             s = Script(self, path.stem)
             self._all.append(s)
             setattr(self, path.stem, s)
+
+    def _call(self, *cmd):
+        """One command on a kept connection: packed write, one read (see the module doc)."""
+        if self._pid != os.getpid():        # forked: the kept sockets belong to the parent
+            self._free, self._pid = [], os.getpid()
+        free = self._free
+        pool = self.r.connection_pool
+        conn = free.pop() if free else pool.get_connection()
+        try:
+            conn.send_packed_command([_pack(cmd)])
+            res = conn.read_response()
+        except redis.ResponseError:
+            self._put(conn)                 # an error reply: the connection is fine
+            raise
+        except (redis.ConnectionError, OSError) as e:
+            conn.disconnect()
+            self._put(conn)
+            if isinstance(e, (redis.AuthenticationError, redis.TimeoutError)):
+                raise
+            return self.r.execute_command(*cmd)   # redis-py's retry with backoff
+        except BaseException:
+            conn.disconnect()               # e.g. killed between write and read
+            self._put(conn)
+            raise
+        self._put(conn)
+        return res
+
+    def _put(self, conn) -> None:
+        if len(self._free) < self.keep:
+            self._free.append(conn)
+        else:
+            self.r.connection_pool.release(conn)
+
+    def close(self) -> None:
+        """Hand the kept connections back to the pool."""
+        free, self._free = self._free, []
+        for conn in free:
+            try:
+                self.r.connection_pool.release(conn)
+            except Exception:
+                pass
 
     def reload(self) -> None:
         """SCRIPT LOAD every script (one pipeline)."""
