@@ -699,6 +699,7 @@ class DispatchingBatchRun(BatchRun):
         self._requeue: list[str] = []
         self._given: dict[str, float] = {}   # tid -> when we handed it out (monotonic)
         self._read_t = 0.0                    # when the state being applied was read
+        self._soon = None                     # the pending _dispatch_soon greenlet
 
     def recount(self, *, all_tasks: bool = False) -> None:
         self._read_t = time.monotonic()
@@ -765,13 +766,30 @@ class DispatchingBatchRun(BatchRun):
         if st in TASK_TERMINAL:
             del self.owner[tid]
             self.out[aid].discard(tid)
-            self.dispatch()
+            self._dispatch_soon()
         elif st == "pending" and self._given.get(tid, 0.0) < self._read_t:
             # handed back (recovery moved it to the backlog) — a state read *after* we gave it
             # out; a re-count that read `pending` before our MULTI landed is just stale
             del self.owner[tid]
             self.out[aid].discard(tid)
             self._requeue.append(tid)
+
+    def _dispatch_soon(self) -> None:
+        """(performance helper) One dispatch for every notification read meanwhile: the refill
+        runs in its own greenlet once the follower waits, so the follower never waits on a
+        MULTI/EXEC per finished task and agents' inboxes do not run dry behind it."""
+        if self._soon is not None:
+            return
+        import gevent
+
+        def run():
+            self._soon = None
+            try:
+                self.dispatch()
+            except Exception as e:   # Redis blip: the next finished task or re-count retries
+                if self.log:
+                    self.log.warning("batch dispatch failed", error=str(e))
+        self._soon = gevent.spawn(run)
 
     def _fits(self, tid: str, aid: str) -> bool:
         tags = self.task_tags.get(tid)
