@@ -1067,6 +1067,9 @@ def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
         # task batches hand tasks to agents themselves (DispatchingBatchRun); missions assign
         # through the mission engine. Either way nothing else claims from this town's backlog.
         "runtime": {"backlog_claim": bf.kind != "tasks"},
+        # (performance helper) a task batch has no missions: no mission engine reading the
+        # tags of every finished task from the notify channel
+        "missions": {"enabled": bf.kind != "tasks"},
         "agent_clis": clis,
         "agents": agents,
     }
