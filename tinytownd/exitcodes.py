@@ -14,7 +14,7 @@ NOINPUT = 66             # EX_NOINPUT: a named input file does not exist
 UNAVAILABLE = 69         # EX_UNAVAILABLE: Redis or the daemon cannot be reached / started
 SOFTWARE = 70            # EX_SOFTWARE: internal error
 CANTCREAT = 73           # EX_CANTCREAT: pidfile held by another instance, socket in use
-TEMPFAIL = 75            # EX_TEMPFAIL: timed out waiting (e.g. `stop --timeout`)
+TEMPFAIL = 75            # EX_TEMPFAIL: timed out (`stop --timeout`); batch interrupted, resumable
 NOPERM = 77              # EX_NOPERM: control socket refused our uid
 CONFIG = 78              # EX_CONFIG: invalid configuration
 
@@ -29,7 +29,7 @@ TABLE = [
     (UNAVAILABLE, "Redis or the daemon unavailable"),
     (SOFTWARE, "internal error"),
     (CANTCREAT, "another instance holds the pidfile or control socket"),
-    (TEMPFAIL, "timed out"),
+    (TEMPFAIL, "timed out (stop --timeout); batch interrupted, resume with --resume ID"),
     (NOPERM, "permission denied on the control socket"),
     (CONFIG, "invalid configuration"),
 ]
