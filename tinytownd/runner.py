@@ -20,6 +20,12 @@ from gevent.socket import wait_read
 
 KILL_GRACE_S = 3.0
 
+try:   # gevent's os.close also looks for watchers of the fd: not needed for fds never watched
+    from gevent.monkey import get_original as _get_original
+    _close = _get_original("os", "close")
+except ImportError:  # pragma: no cover
+    _close = os.close
+
 
 @dataclass
 class RunResult:
@@ -40,13 +46,23 @@ def tail(path: str, nbytes: int) -> str:
     if nbytes <= 0:
         return ""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - nbytes))
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - nbytes), os.SEEK_SET)
+        chunks = []
+        while True:                      # to the end, as the file is now
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        data = b"".join(chunks)
+    except OSError:
+        return ""
+    finally:
+        _close(fd)
     text = data.decode("utf-8", errors="replace")
     if len(data) == nbytes and size > nbytes and "\n" in text[:-1]:
         text = text[text.index("\n") + 1:]
@@ -133,7 +149,7 @@ def _spawn(command: str, env: dict, cwd: str, log_fd: int) -> tuple[_Proc, int]:
         os.close(w)
         raise
     finally:
-        os.close(r)
+        _close(r)
 
 
 class _Reaper:
@@ -197,7 +213,7 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
             return RunResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")
     finally:
-        os.close(log_fd)
+        _close(log_fd)
     if on_start is not None:
         try:
             on_start(proc.pid)
@@ -213,7 +229,7 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
     except OSError:                                  # EPIPE: the CLI does not read stdin
         n = len(data)
     if n >= len(data):
-        os.close(stdin_w)
+        _close(stdin_w)                              # never watched (the feeder's fd is)
     else:
         feeder = gevent.spawn(_feed, stdin_w, data[n:])
     deadline = None if timeout_s is None else t0 + timeout_s

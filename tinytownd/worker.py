@@ -67,7 +67,7 @@ def _write_file(path: str, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
     finally:
-        os.close(fd)
+        runner._close(fd)
 
 
 def _pairs(flat) -> dict:
@@ -388,8 +388,10 @@ class Worker:
                             should_stop=lambda: self.kill_now or self.lost, on_start=on_start)
         self.pid = None
         self.round_started = None
-        for old in (prompt_path,
-                    os.path.join(logs_dir, f"{spec.name}_round_{rnd - ROUND_LOGS_KEPT}.log")):
+        olds = [prompt_path]
+        if rnd > ROUND_LOGS_KEPT:
+            olds.append(os.path.join(logs_dir, f"{spec.name}_round_{rnd - ROUND_LOGS_KEPT}.log"))
+        for old in olds:
             try:
                 os.unlink(old)
             except OSError:
