@@ -267,6 +267,8 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
     `worker`, running `--cli` (or the file's only agent_clis entry). With `agents:` in the file,
     `--cli` replaces every entry's CLI and `--agents` the count of a single entry. Agents work in
     the current directory unless their entry names a `workdir` (relative = to the current dir).
+    Every agent gets TINYTOWND_BATCH_DIR = the batch file's directory, so a command can name
+    scripts next to the file (`python3 "$TINYTOWND_BATCH_DIR/agents/x.py"`) from any cwd.
     """
     from .config import BUILTIN_CLIS
 
@@ -280,6 +282,7 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
         clis_raw.update(extra)
     if agents is not None and agents < 1:
         raise UsageError("--agents must be >= 1")
+    file_dir = os.path.dirname(os.path.abspath(bf.path))
     specs = bf.agents
     if specs:
         if not isinstance(specs, list):
@@ -297,6 +300,8 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
         for s in specs:
             if isinstance(s, dict):
                 s["workdir"] = os.path.abspath(s.get("workdir") or ".")
+                env = s.get("env") if isinstance(s.get("env"), dict) else {}
+                s["env"] = {"TINYTOWND_BATCH_DIR": file_dir, **env}
         return clis_raw, specs
     if not cli_name:
         if len(clis_raw) == 1:
@@ -305,7 +310,8 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
             raise UsageError("no agents: pass --cli NAME (a CLI from agent_clis, a built-in like "
                              "claude, or a command), or define agents: in the batch file")
     return clis_raw, [{"name": "agent", "role": "worker", "cli": cli_name,
-                       "count": agents or DEFAULT_AGENTS, "workdir": os.path.abspath(".")}]
+                       "count": agents or DEFAULT_AGENTS, "workdir": os.path.abspath("."),
+                       "env": {"TINYTOWND_BATCH_DIR": file_dir}}]
 
 
 def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/tmp") -> None:
