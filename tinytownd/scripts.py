@@ -41,13 +41,36 @@ def source(name: str) -> str:
     return _SOURCES[name]
 
 
+# Two scripts run as one atomic call: NAME = (first, second). KEYS = the first's keys then the
+# second's; ARGV = [number of the first's keys, number of the first's args, the first's args...,
+# the second's args...]. Returns {first's reply, second's reply}. Each part is its file verbatim,
+# wrapped in a function whose parameters KEYS and ARGV shadow the globals.
+COMPOSITES = {"round_ok_take": ("round_ok", "take_round")}
+
+
+def composite_source(first: str, second: str) -> str:
+    return (f"-- composite: {first} then {second} (scripts.py COMPOSITES)\n"
+            f"local function _first(KEYS, ARGV)\n{source(first)}\nend\n"
+            f"local function _second(KEYS, ARGV)\n{source(second)}\nend\n"
+            "local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+            "local k1, a1, k2, a2 = {}, {}, {}, {}\n"
+            "for i = 1, #KEYS do\n"
+            "  if i <= nk then k1[#k1 + 1] = KEYS[i] else k2[#k2 + 1] = KEYS[i] end\n"
+            "end\n"
+            "for i = 3, #ARGV do\n"
+            "  if i - 2 <= na then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end\n"
+            "end\n"
+            "local r1 = _first(k1, a1)\n"
+            "return {r1, _second(k2, a2)}\n")
+
+
 class Script:
     __slots__ = ("owner", "name", "src", "sha")
 
-    def __init__(self, owner: "Scripts", name: str):
+    def __init__(self, owner: "Scripts", name: str, src: str | None = None):
         self.owner = owner
         self.name = name
-        self.src = source(name)
+        self.src = src if src is not None else source(name)
         self.sha = hashlib.sha1(self.src.encode()).hexdigest()
 
     def __call__(self, keys=(), args=(), client=None):
@@ -81,6 +104,10 @@ class Scripts:
             s = Script(self, path.stem)
             self._all.append(s)
             setattr(self, path.stem, s)
+        for name, (first, second) in COMPOSITES.items():
+            s = Script(self, name, composite_source(first, second))
+            self._all.append(s)
+            setattr(self, name, s)
 
     def _call(self, *cmd):
         """One command on a kept connection: packed write, one read (see the module doc)."""

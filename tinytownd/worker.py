@@ -96,6 +96,7 @@ class Worker:
         self.started_at = time.monotonic()
         self.exit_reason = ""
         self._extra_ack: list[tuple[str, str, str, str]] = []
+        self._pre = None              # the next round's take_round reply, taken by round_ok_take
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -155,15 +156,19 @@ class Worker:
     def _loop(self) -> None:
         k, a = self.k, self.aid
         rt = self.rt
-        take_keys = self._qkeys() + [k.stop(a), k.agent(a), k.agent_lease(a)]
+        take_keys = self._take_keys = self._qkeys() + [k.stop(a), k.agent(a), k.agent_lease(a)]
         idle_since = time.monotonic()
         announced = False
         while True:
             if self.stop_requested or rt.stopping.is_set() or self.lost:
+                self._drop_pre()
                 self.exit_reason = self.exit_reason or "shutdown"
                 return
-            res = rt.scripts.take_round(keys=take_keys,
-                                        args=[rt.owner, MAX_INBOX_PER_ROUND, k.p])
+            if self._pre is not None:     # taken with the end of the last round
+                res, self._pre = self._pre, None
+            else:
+                res = rt.scripts.take_round(keys=take_keys,
+                                            args=[rt.owner, MAX_INBOX_PER_ROUND, k.p])
             status = res[0]
             if status == "lost":
                 self.lost = True
@@ -210,6 +215,19 @@ class Worker:
             self._round(items[:nu], items[nu:], res[3])
             idle_since = time.monotonic()
             rt.progress("agents")
+
+    def _drop_pre(self) -> None:
+        """A stop arrived after round_ok_take took the next round: its messages go back to the
+        queue heads (as if never taken; the take is fenced, so they are ours to move)."""
+        pre, self._pre = self._pre, None
+        if pre is None or pre[0] != "ok" or not pre[2] or self.lost:
+            return
+        k, a = self.k, self.aid
+        try:
+            self.rt.scripts.requeue_inflight(keys=[k.inflight_urgent(a), k.inflight(a),
+                                                   k.urgent(a), k.inbox(a)])
+        except redis.RedisError as e:   # they stay in flight: the next start requeues them
+            self.log.warning("could not requeue taken messages", error=str(e))
 
     def _idle_timeout(self) -> None:
         self.log.info("idle timeout: draining")
@@ -501,10 +519,17 @@ class Worker:
         self._extra_ack = []
         for e in entries:
             args.extend(e)
-        code, fa, fb, evd, acked, old = rt.scripts.round_ok(
-            keys=[k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
-                  k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
-                  k.agent_info(a), k.activity(a), k.events, k.agent_events(a)], args=args)
+        keys = [k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
+                k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
+                k.agent_info(a), k.activity(a), k.events, k.agent_events(a)]
+        if self.stop_requested or rt.stopping.is_set() or self.lost:
+            res = rt.scripts.round_ok(keys=keys, args=args)
+        else:
+            # the next round's take in the same call (the loop uses it instead of its own take)
+            res, self._pre = rt.scripts.round_ok_take(
+                keys=keys + self._take_keys,
+                args=[len(keys), len(args), *args, rt.owner, MAX_INBOX_PER_ROUND, k.p])
+        code, fa, fb, evd, acked, old = res
         code = int(code)
         self._acked(acked)
         self.current_task = None
