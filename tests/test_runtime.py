@@ -336,3 +336,45 @@ def test_idle_timeout_drains_then_stops(harness):
     states = [json.loads(f["data"]).get("new_state")
               for _i, f in h.town.r.xrange(h.keys.agent_events(aid))]
     assert states.index("Draining") < states.index("Stopped")
+
+
+def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short):
+    """round_ok_take ends a round and takes the next one atomically; if a stop arrives before the
+    worker uses that take, the taken messages go back to the queue heads, order kept."""
+    from tinytownd.worker import MAX_INBOX_PER_ROUND, AgentRun, Worker
+
+    h = harness([], {"ok": "true"})
+    rt, k = h.rt, h.keys
+    aid = h.town.register_agent("x", cli="ok")
+    assert rt.leases.acquire(aid)
+    w = Worker(rt, AgentRun(name="x", aid=aid, role="worker", cli="ok", command="true",
+                            timeout_s=None, max_attempts=3, workdir=str(tmpdir_short)))
+    w._take_keys = w._qkeys() + [k.stop(aid), k.agent(aid), k.agent_lease(aid)]
+    t1 = h.town.assign(aid, "first")
+    t2 = h.town.assign(aid, "second")
+    note = h.town.send(aid, "informational", urgent=True, summary="hello")
+    before_inbox = h.town.r.lrange(k.inbox(aid), 0, -1)
+    before_urgent = h.town.r.lrange(k.urgent(aid), 0, -1)
+    # the round end of an (empty) round plus the next take, as the worker sends it
+    ok_keys = [k.agent(aid), k.inflight_urgent(aid), k.inflight(aid), k.urgent(aid), k.inbox(aid),
+               k.agent_lease(aid), k.delayed, k.agent(aid), k.agent_info(aid), k.activity(aid),
+               k.events, k.agent_events(aid)]
+    ok_args = [k.p, "2026-01-01T00:00:00+00:00", "done", "", "", "", "", "", k.notify, "",
+               "{}", "Round 1: ok", rt.owner, 1000, 100, 500]
+    fin, pre = rt.scripts.round_ok_take(
+        keys=ok_keys + w._take_keys,
+        args=[len(ok_keys), len(ok_args), *ok_args, rt.owner, MAX_INBOX_PER_ROUND, k.p])
+    assert int(fin[0]) == -2 and int(fin[4]) == 1          # no task; acked under our lease
+    assert pre[0] == "ok" and int(pre[1]) == 1             # the urgent note...
+    assert len(pre[2]) == 2 and json.loads(pre[2][1])["task_id"] == t1   # ...and the first task
+    assert pre[3][0] == "task_assign" and pre[3][1] == t1  # with its task hash
+    assert json.loads(pre[2][0])["id"] == note
+    assert h.town.r.llen(k.inbox(aid)) == 1               # t2 still queued
+    w._pre = pre
+    w.stop_requested = True
+    w._drop_pre()
+    assert w._pre is None
+    assert h.town.r.llen(k.inflight(aid)) == 0 and h.town.r.llen(k.inflight_urgent(aid)) == 0
+    assert h.town.r.lrange(k.inbox(aid), 0, -1) == before_inbox
+    assert h.town.r.lrange(k.urgent(aid), 0, -1) == before_urgent
+    assert [json.loads(m)["task_id"] for m in before_inbox] == [t1, t2]
