@@ -378,3 +378,19 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
     assert h.town.r.lrange(k.inbox(aid), 0, -1) == before_inbox
     assert h.town.r.lrange(k.urgent(aid), 0, -1) == before_urgent
     assert [json.loads(m)["task_id"] for m in before_inbox] == [t1, t2]
+
+
+def test_kept_connections_survive_killed_clients_and_flushed_scripts(harness):
+    """The runtime's scripts run on connections kept out of the pool: when Redis drops every
+    client and forgets its scripts (as after a restart), rounds go on."""
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "true"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    first = h.town.assign(aid, "before")
+    wait_for(lambda: task_state(h, first) == "completed")
+    assert h.rt.scripts._free or not h.rt.scripts.keep      # the fast path was used
+    r = h.town.r
+    r.script_flush()
+    r.client_kill_filter(_type="normal", skipme=True)
+    tids = [h.town.assign(aid, f"after {i}") for i in range(3)]
+    wait_for(lambda: all(task_state(h, t) == "completed" for t in tids), timeout=20)
