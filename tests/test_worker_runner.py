@@ -71,3 +71,34 @@ def test_tail_trims_to_whole_lines(tmpdir_short):
     p.write_text("".join(f"line {i}\n" for i in range(1000)))
     t = runner.tail(str(p), 30)
     assert t.split("\n")[0].startswith("line ") and t.endswith("line 999")
+
+
+def test_exit_status_survives_libev_reaping_the_child(tmpdir_short):
+    """With a gevent.subprocess child alive (the daemon's redis child), libev's SIGCHLD handler
+    reaps *every* child with waitpid(-1). gevent records those statuses and its patched
+    os.waitpid returns them, so a posix_spawn'ed CLI reaped that way still reports its real exit
+    status, not a spurious failure (which would retry a task that succeeded)."""
+    import gevent
+    import gevent.subprocess
+
+    keeper = gevent.subprocess.Popen(["sleep", "30"])   # installs libev's SIGCHLD child reaping
+    try:
+        log = str(tmpdir_short / "r.log")
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            proc, w = runner._spawn("exit 3", dict(os.environ), str(tmpdir_short), fd)
+        finally:
+            os.close(fd)
+        os.close(w)
+        # Let the child exit and the hub run its SIGCHLD handler before we wait.
+        deadline = 50
+        while deadline and os.path.exists(f"/proc/{proc.pid}") and \
+                "Z" not in open(f"/proc/{proc.pid}/stat").read().split()[2]:
+            gevent.sleep(0.02)
+            deadline -= 1
+        gevent.sleep(0.1)
+        assert proc.wait(5)
+        assert proc.returncode == 3
+    finally:
+        keeper.kill()
+        keeper.wait()

@@ -99,9 +99,12 @@ class _Proc:
         except _socket.timeout:
             return False
         try:
+            # gevent's os.waitpid: when libev's SIGCHLD handler (active while a gevent.subprocess
+            # child such as redis-server exists) reaped this pid first, gevent kept its status and
+            # returns it here (tests/test_worker_runner.py pins this).
             _pid, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:   # reaped elsewhere: the status is gone
+        except ChildProcessError:   # reaped by non-gevent code: the status is gone
             self.returncode = 255
         try:
             os.close(self.pidfd)
