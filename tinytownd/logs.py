@@ -96,8 +96,8 @@ def configure(level: str = "info", file: str | None = None) -> None:
         return
     structlog.configure(
         processors=[
+            _filter_level,                      # first: a filtered event costs nothing more
             structlog.contextvars.merge_contextvars,
-            _filter_level,
             _rename_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.dict_tracebacks,
