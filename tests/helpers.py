@@ -75,6 +75,17 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `pred` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)   # gevent.sleep under the suite's monkey-patching
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tinytownd_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "tinytownd"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tinytownd"]

@@ -16,6 +16,7 @@ from tinytownd.redis_conn import make_clients
 from tinytownd.runtime import TownRuntime, blocking_connections
 from tinytownd.town import Town
 from tinytownd.wire import new_id
+from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the runtime tests)
 
 
 def write_config(root: Path, redis_url: str, *, agents, clis, town="t", runtime=None,
@@ -66,11 +67,3 @@ class Harness:
         return self.town.resolve_agent(name)
 
 
-def wait_for(pred, timeout=20.0, interval=0.02, msg="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        gevent.sleep(interval)
-    raise AssertionError(f"timed out waiting for {msg}")

@@ -20,16 +20,9 @@ import yaml
 from tests.helpers import run_cli, tinytownd_cmd
 from tinytownd import control
 from tinytownd.pidfile import pid_alive
+from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the daemon tests)
 
 
-def wait_for(pred, timeout=15.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
@@ -250,7 +243,7 @@ def test_reload_live_and_invalid(town):
     town.write(redis={"maxmemory": "8mb", "maxmemory_policy": "allkeys-lfu"})
     town.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: c.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lfu",
-             what="SIGHUP reload")
+             15, what="SIGHUP reload")
     assert c.config_get("maxmemory")["maxmemory"] == str(8 * 1024 * 1024)
     assert town.status()["reloads"] == 2
     assert town.stop() == 0
@@ -344,7 +337,8 @@ def test_signals_term_and_usr1_reopen(town):
     assert log.exists()
     log.rename(town.root / "logs" / "d.log.1")
     town.proc.send_signal(signal.SIGUSR1)
-    wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), what="reopen")
+    wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), 15,
+             what="reopen")
     town.proc.send_signal(signal.SIGTERM)
     assert town.proc.wait(20) == 0
     assert json.loads(log.read_text().splitlines()[-1])["event"] == "stopped"

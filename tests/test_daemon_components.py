@@ -71,7 +71,8 @@ def test_crashing_service_restarts_and_reload_fans_out(town):
     town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:Flaky",
                     "NOTIFY_SOCKET": str(town.root / "nobody.sock"), "WATCHDOG_USEC": "200000"})
     st = wait_for(lambda: (s := town.status())["services"]["flaky.loop"] == "running"
-                  and s["service_details"]["flaky.loop"]["restarts"] == 2 and s, what="restarts")
+                  and s["service_details"]["flaky.loop"]["restarts"] == 2 and s, 15,
+                  what="restarts")
     assert st["components"]["flaky"]["crashes"] == 2
     crashed = [e for e in _events(town) if e["event"] == "service crashed"]
     assert len(crashed) == 2 and crashed[0]["service"] == "flaky.loop"
@@ -80,7 +81,7 @@ def test_crashing_service_restarts_and_reload_fans_out(town):
     # the stalled service withholds the watchdog ping
     wait_for(lambda: any(e["event"].startswith("watchdog ping withheld")
                          and "flaky.stall" in e["stalled"] for e in _events(town)),
-             what="watchdog withheld")
+             15, what="watchdog withheld")
     withheld = [e for e in _events(town) if e["event"].startswith("watchdog ping withheld")]
     assert all(e["stalled"] == ["flaky.stall"] for e in withheld), withheld   # the rest progress
     town.write(logging={"level": "warning"}, daemon={"watchdog_stall_s": 1})
@@ -95,7 +96,7 @@ def test_graceful_drain_then_second_sigterm_is_immediate(town):
     town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:SlowDrain"})
     rpid = town.status()["redis"]["pid"]
     town.proc.send_signal(signal.SIGTERM)
-    st = wait_for(lambda: (s := town.status())["state"] == "stopping" and s, what="draining")
+    st = wait_for(lambda: (s := town.status())["state"] == "stopping" and s, 15, what="draining")
     assert st["components"]["slow"]["draining"] is True
     assert town.proc.poll() is None
     t0 = time.monotonic()
@@ -103,7 +104,7 @@ def test_graceful_drain_then_second_sigterm_is_immediate(town):
     assert town.proc.wait(20) == 0
     assert time.monotonic() - t0 < 30
     assert any(e["event"] == "second stop request: stopping now" for e in _events(town))
-    wait_for(lambda: not os.path.exists(f"/proc/{rpid}"), what="redis gone")
+    wait_for(lambda: not os.path.exists(f"/proc/{rpid}"), 15, what="redis gone")
 
 
 def test_stop_timeout_is_75_then_stop_now(town):

@@ -23,19 +23,9 @@ from tinytownd.missions.model import (validate_control, validate_mission, valida
 from tinytownd.missions.storage import MissionStore
 from tinytownd.town import Town
 from tinytownd.wire import SUPERVISOR_ID
+from tests.test_mission_support import DIAMOND  # noqa: E402
 
 TOWN = "mt"
-DIAMOND = """
-objective: diamond
-policy: {max_parallel_items: 2, reviewer_required: false, max_attempts: 2}
-work_items:
-  - {id: a, title: A}
-  - {id: b, title: B, depends_on: [a]}
-  - {id: c, title: C, depends_on: [a]}
-  - {id: d, title: D, depends_on: [a]}
-  - {id: e, title: E, depends_on: [b, c]}
-  - {id: f, title: F, depends_on: [d, e]}
-"""
 
 
 @pytest.fixture

@@ -12,18 +12,8 @@ from tinytownd.missions.model import (MissionControlMessage, MissionPolicy, vali
 from tinytownd.missions.scheduler import (TickInput, WatchOutcome, pr_refs, run_tick,
                                           task_binding, topo_depth)
 from tinytownd.wire import utcnow
+from tests.test_mission_support import DIAMOND  # noqa: E402
 
-DIAMOND = """
-objective: diamond
-policy: {max_parallel_items: 2, reviewer_required: false, max_attempts: 2}
-work_items:
-  - {id: a, title: A}
-  - {id: b, title: B, depends_on: [a]}
-  - {id: c, title: C, depends_on: [a]}
-  - {id: d, title: D, depends_on: [a]}
-  - {id: e, title: E, depends_on: [b, c]}
-  - {id: f, title: F, depends_on: [d, e]}
-"""
 
 
 def agent(name, role=None, state="idle", aid=None):

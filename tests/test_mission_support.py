@@ -23,6 +23,20 @@ from tinytownd.missions.engine import MissionEngine
 from tinytownd.missions.storage import MissionStore
 from tinytownd.town import Town
 from tinytownd.wire import new_id
+from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the mission tests)
+
+# The 6-item diamond DAG several mission tests run.
+DIAMOND = """
+objective: diamond
+policy: {max_parallel_items: 2, reviewer_required: false, max_attempts: 2}
+work_items:
+  - {id: a, title: A}
+  - {id: b, title: B, depends_on: [a]}
+  - {id: c, title: C, depends_on: [a]}
+  - {id: d, title: D, depends_on: [a]}
+  - {id: e, title: E, depends_on: [b, c]}
+  - {id: f, title: F, depends_on: [d, e]}
+"""
 
 
 def mission_config(url: str, town: str = "mt", *, ttl: float = 3, sweep: float = 1.0,
@@ -113,14 +127,6 @@ class FakeAgent:
         self.g.kill()
 
 
-def wait_for(pred, timeout=20.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        gevent.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def mission_state(r, keys: Keys, mid: str) -> str | None:

@@ -159,7 +159,7 @@ def test_timeout_kills_process_group(harness, tmpdir_short):
                 return f.read().split()[2] == "Z"
         except OSError:
             return True
-    wait_for(gone, timeout=10, msg="grandchild killed")
+    wait_for(gone, timeout=10, what="grandchild killed")
 
 
 def test_poison_deadlettered_good_ones_run(harness):
