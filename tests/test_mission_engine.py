@@ -13,7 +13,7 @@ import gevent
 import pytest
 
 from tests.helpers import ROOT
-from tests.test_mission_support import (EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
+from tests.test_mission_support import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
                                         mission_state, wait_for)
 from tinytownd import models
 from tinytownd.keys import Keys
@@ -23,7 +23,6 @@ from tinytownd.missions.model import (validate_control, validate_mission, valida
 from tinytownd.missions.storage import MissionStore
 from tinytownd.town import Town
 from tinytownd.wire import SUPERVISOR_ID
-from tests.test_mission_support import DIAMOND  # noqa: E402
 
 TOWN = "mt"
 
