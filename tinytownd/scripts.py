@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import redis
@@ -35,9 +36,17 @@ LUA_DIR = Path(__file__).resolve().parent / "lua"
 _SOURCES: dict[str, str] = {}
 
 
+# `--#include NAME` on a line of its own defines NAME.lua as a local function NAME(KEYS, ARGV)
+# there, so a fused script calls a step instead of carrying a copy of it.
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.M)
+
+
 def source(name: str) -> str:
     if name not in _SOURCES:
-        _SOURCES[name] = (LUA_DIR / f"{name}.lua").read_text()
+        text = (LUA_DIR / f"{name}.lua").read_text()
+        _SOURCES[name] = _INCLUDE.sub(
+            lambda m: f"local function {m.group(1)}(KEYS, ARGV)\n{source(m.group(1))}\nend",
+            text)
     return _SOURCES[name]
 
 

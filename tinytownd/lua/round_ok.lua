@@ -60,20 +60,10 @@ if tid ~= '' then
   end
 end
 -- 2. ack
-local acked = 0
-if redis.call('GET', KEYS[6]) == ARGV[13] then
-  acked = 1
-  for i = 17, #ARGV, 4 do
-    local src = KEYS[3]
-    if ARGV[i] == 'u' then src = KEYS[2] end
-    local removed = redis.call('LREM', src, 1, ARGV[i + 1])
-    if removed == 1 and ARGV[i + 2] ~= '' then
-      redis.call('ZADD', KEYS[7], ARGV[i + 2], ARGV[i + 3])
-    end
-  end
-  while redis.call('LMOVE', KEYS[3], KEYS[5], 'RIGHT', 'LEFT') do end
-  while redis.call('LMOVE', KEYS[2], KEYS[4], 'RIGHT', 'LEFT') do end
-end
+--#include ack_round
+local ack_args = {ARGV[13]}
+for i = 17, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
+local acked = ack_round({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, ack_args)
 -- 3. agent round end
 local old = redis.call('HGET', KEYS[8], 'state')
 local ret_old = false
