@@ -527,38 +527,45 @@ class BatchRun:
         c.queued += max(0, len(self.bf.tasks) - len(self.ids))
         return c
 
+    def _notes(self, timeout: float, done=lambda: False):
+        """Notify messages (parsed JSON objects) arriving within `timeout`, until `done()`.
+
+        A lost subscription is logged and renewed and ends the wait: the periodic re-count
+        covers whatever was missed. Without a subscription this just sleeps."""
+        ps = self._pubsub
+        if ps is None:
+            import gevent
+            gevent.sleep(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while (wait := deadline - time.monotonic()) > 0 and not done():
+            try:
+                msg = ps.get_message(timeout=wait)
+            except Exception as e:  # connection lost
+                if self.log:
+                    self.log.warning("batch notify subscription lost", error=str(e))
+                self._resubscribe()
+                return
+            if msg is None:
+                continue
+            try:
+                note = json.loads(msg["data"])
+            except (ValueError, TypeError):
+                continue
+            if isinstance(note, dict):
+                yield note
+
     def _drain_notifications(self, timeout: float) -> int:
         """Apply pending notify messages (waiting up to `timeout` for the first)."""
         from .wire import TASK_TERMINAL
 
         n = 0
-        ps = self._pubsub
-        if ps is None:
-            import gevent
-            gevent.sleep(timeout)
-            return 0
-        deadline = time.monotonic() + timeout
-        while True:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or self.n_terminal >= len(self.ids):
-                return n
-            try:
-                msg = ps.get_message(timeout=wait)
-            except Exception as e:  # connection lost: the periodic re-count covers us
-                if self.log:
-                    self.log.warning("batch notify subscription lost", error=str(e))
-                self._resubscribe()
-                return n
-            if msg is None:
-                continue
-            try:
-                note = json.loads(msg["data"])
-                tid, st = note.get("task"), note.get("state")
-            except (ValueError, TypeError, AttributeError):
-                continue
+        for note in self._notes(timeout, done=lambda: self.n_terminal >= len(self.ids)):
+            tid, st = note.get("task"), note.get("state")
             if st in TASK_TERMINAL and tid in self.state:
                 self._set(tid, st)
                 n += 1
+        return n
 
     def _set(self, tid: str, st: str) -> None:
         from .wire import TASK_TERMINAL
@@ -924,29 +931,14 @@ class MissionBatch(BatchRun):
     def _drain_notifications(self, timeout: float) -> int:
         """Collect the mission's task ids from terminal notifications (the engine drops processed
         tasks from the mission's task set, and the summary wants every attempt)."""
-        import gevent
-        ps = self._pubsub
-        if ps is None:
-            gevent.sleep(timeout)
-            return 0
+        from .wire import TASK_TERMINAL
+
         n = 0
-        deadline = time.monotonic() + timeout
-        while (wait := deadline - time.monotonic()) > 0:
-            try:
-                msg = ps.get_message(timeout=wait)
-            except Exception:
-                self._resubscribe()
-                return n
-            if msg is None:
-                continue
-            try:
-                note = json.loads(msg["data"])
-            except (ValueError, TypeError):
-                continue
-            if isinstance(note, dict) and note.get("mission") == self.mid and note.get("task"):
+        for note in self._notes(timeout):
+            if note.get("mission") == self.mid and note.get("task"):
                 self._tids.add(note["task"])
                 n += 1
-                if note.get("state") in ("completed", "failed", "cancelled"):
+                if note.get("state") in TASK_TERMINAL:
                     return n     # re-read the mission at once
         return n
 
