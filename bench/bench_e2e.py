@@ -335,12 +335,15 @@ try:
     gevent.sleep(0.5)
     r.config_resetstat()
     ru0 = resource.getrusage(resource.RUSAGE_SELF); ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    th0 = time.thread_time()
     srv0 = r.info("cpu")
     if variant == "claim":
         run = batch.BatchRun(bf, "cc", r, d.ctx.keys)
     else:
         words = [(a.name, {a.role, "role:" + a.role, a.name}) for a in cfg.expanded_agents()]
         run = batch.DispatchingBatchRun(bf, "cc", r, d.ctx.keys, agents=words)
+        if os.environ.get("TT_BENCH_PUBSUB") != "1":   # as `tinytownd batch` does
+            run.listen_locally(d.component("runtime"))
         run.wait_agents()
     t0 = time.monotonic()
     run.subscribe(); run.write_meta(resume=False); run.submit()
@@ -349,6 +352,8 @@ try:
     assert run.follow()
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    th1 = time.thread_time()
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv1 = r.info("cpu")
     stats = r.info("commandstats")
     total = sum(v["calls"] for v in stats.values())
@@ -362,6 +367,8 @@ try:
            "redis_cmds_per_task": round(total / n, 1), "per_task": per,
            "redis_usec_per_task_by_cmd": us,
            "py_cpu_ms_per_task": round(((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) / n * 1000, 2),
+           "cli_cpu_ms_per_task": round(((ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)) / n * 1000, 3),
+           "loop_thread_cpu_ms_per_task": round((th1 - th0) / n * 1000, 3),
            "py_user_ms_per_task": round((ru1.ru_utime - ru0.ru_utime) / n * 1000, 2),
            "py_sys_ms_per_task": round((ru1.ru_stime - ru0.ru_stime) / n * 1000, 2),
            "redis_cpu_ms_per_task": round(((srv1["used_cpu_user"] + srv1["used_cpu_sys"]) - (srv0["used_cpu_user"] + srv0["used_cpu_sys"])) / n * 1000, 2)}

@@ -1,7 +1,17 @@
 """runner.run: the CLI subprocess contract (stdin prompt, cwd, env, log, exit codes, timeouts)."""
 import os
 
+import pytest
+
 from tinytownd import runner
+
+
+@pytest.fixture(autouse=True, params=["spawn-thread", "loop-thread"])
+def spawn_path(request, monkeypatch):
+    """Every contract test runs on both spawn paths: the spawn thread (tinytownd/spawn.py) and
+    os.posix_spawn on the loop thread (the fallback)."""
+    monkeypatch.setattr(runner, "SPAWN_THREAD", request.param == "spawn-thread")
+    return request.param
 
 
 def _run(tmp, command, prompt="hello", **kw):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -264,7 +265,7 @@ class Config:
     env_redis_url: bool = field(default=False, compare=False)
 
     # --- derived values -------------------------------------------------------------
-    @property
+    @functools.cached_property   # (a frozen config: computed once; agents ask every round)
     def root(self) -> Path:
         return Path(self.town.root)  # always absolute after load()
 
@@ -295,9 +296,13 @@ class Config:
     def log_file_path(self) -> Path | None:
         return self.resolve(self.logging.file)
 
-    @property
+    @functools.cached_property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @functools.cached_property
+    def logs_dir_str(self) -> str:
+        return str(self.logs_dir)
 
     def redis_url(self, *, redacted: bool = False) -> str:
         """The URL clients use: external URL, or the owned child's socket / TCP address."""

@@ -18,6 +18,8 @@ import gevent.os
 from gevent import subprocess
 from gevent.socket import wait_read
 
+from . import spawn as _spawner
+
 KILL_GRACE_S = 3.0
 
 try:   # gevent's os.close also looks for watchers of the fd: not needed for fds never watched
@@ -35,6 +37,9 @@ class RunResult:
     duration_s: float
     pid: int | None
     error: str | None = None   # spawn error text
+    output: str = ""           # the last `tail_bytes` of the CLI's output
+    output_bytes: int = 0      # size of the round log when the CLI exited
+    log_removed: bool = False  # the CLI printed nothing, so its round log was deleted
 
     @property
     def ok(self) -> bool:
@@ -50,21 +55,20 @@ def tail(path: str, nbytes: int) -> str:
     except OSError:
         return ""
     try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, max(0, size - nbytes), os.SEEK_SET)
-        chunks = []
-        while True:                      # to the end, as the file is now
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
-        data = b"".join(chunks)
+        return _tail_fd(fd, os.fstat(fd).st_size, nbytes)
     except OSError:
         return ""
     finally:
         _close(fd)
+
+
+def _tail_fd(fd: int, size: int, nbytes: int) -> str:
+    """The last `nbytes` of the first `size` bytes of an open file (pread: the offset of an
+    O_APPEND fd shared with the CLI is left alone)."""
+    start = max(0, size - nbytes)
+    data = os.pread(fd, size - start, start) if size > start else b""
     text = data.decode("utf-8", errors="replace")
-    if len(data) == nbytes and size > nbytes and "\n" in text[:-1]:
+    if start > 0 and "\n" in text[:-1]:
         text = text[text.index("\n") + 1:]
     return text.strip()
 
@@ -72,15 +76,17 @@ def tail(path: str, nbytes: int) -> str:
 class _Proc:
     """A spawned CLI and a cooperative wait on it.
 
-    Fast path: os.posix_spawn (vfork speed: ~1 ms instead of ~8 ms for gevent.subprocess, which
-    forks the whole Python process) and a pidfd that becomes readable when the process exits,
+    Fast path: posix_spawn (vfork speed: ~1 ms instead of ~8 ms for gevent.subprocess, which
+    forks the whole Python process), on the spawn thread where possible (tinytownd/spawn.py: the
+    loop runs on during the exec), and a pidfd that becomes readable when the process exits,
     waited on by the gevent loop. Fallback (no pidfd): gevent.subprocess.Popen.
     """
 
-    def __init__(self, pid: int, pidfd: int | None = None, popen=None):
+    def __init__(self, pid: int, pidfd: int | None = None, popen=None, reaper=None):
         self.pid = pid
         self.pidfd = pidfd
         self.popen = popen
+        self.reaper = reaper          # spawn.Reaper when spawned off the loop thread
         self.returncode: int | None = None
 
     def wait(self, timeout: float | None) -> bool:
@@ -98,54 +104,71 @@ class _Proc:
             wait_read(self.pidfd, timeout=max(0.001, timeout) if timeout is not None else None)
         except _socket.timeout:
             return False
-        try:
-            # gevent's os.waitpid: when libev's SIGCHLD handler (active while a gevent.subprocess
-            # child such as redis-server exists) reaped this pid first, gevent kept its status and
-            # returns it here (tests/test_worker_runner.py pins this).
-            _pid, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:   # reaped by non-gevent code: the status is gone
-            self.returncode = 255
+        if self.reaper is not None:
+            self.set_status(self.reaper.exit_status(self.pid))
+        else:
+            try:
+                # gevent's os.waitpid: when libev's SIGCHLD handler reaped this pid first, gevent
+                # kept its status (its posix_spawn watches the pid) and returns it here
+                # (tests/test_worker_runner.py pins this).
+                self.set_status(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.set_status(None)
         try:
             os.close(self.pidfd)
         except OSError:
             pass
         return True
 
+    def set_status(self, status: int | None) -> None:
+        """From a wait status; None: reaped by non-gevent code, the status is gone (255)."""
+        self.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+
 
 _SIGDEF = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM",
                                              "SIGHUP", "SIGCHLD", "SIGUSR1", "SIGUSR2")
                 if hasattr(signal, n))
 _fast_ok = hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open")
+SPAWN_THREAD = True   # spawn.Spawner where it works; False: os.posix_spawn on the loop thread
 
 
-def _spawn(command: str, env: dict, cwd: str, log_fd: int) -> tuple[_Proc, int]:
-    """Start `sh -c command` in cwd, in a new session, stdout+stderr → log_fd.
+def _spawn(command: str, env: dict, cwd: str, log_fd: int,
+           exports: dict | None = None) -> tuple[_Proc, int]:
+    """Start `sh -c command` in cwd, in a new session, stdout+stderr → log_fd, with `env` plus
+    `exports` (set by the shell line, so `env` itself stays the same from round to round).
     Returns the process and the write end of its stdin pipe."""
     global _fast_ok
     r, w = os.pipe()
     try:
         if _fast_ok:
-            try:
-                # posix_spawn has no chdir here: one shell does `cd` then runs the command
-                script = f"cd -- {shlex.quote(cwd)} || exit 127\n{command}"
-                pid = os.posix_spawn("/bin/sh", ["sh", "-c", script], env,
+            # posix_spawn has no chdir here: one shell does `cd` then runs the command
+            pre = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (exports or {}).items())
+            argv = ["sh", "-c", f"cd -- {shlex.quote(cwd)} || exit 127\n{pre}{command}"]
+            sp = _spawner.Spawner.get(_SIGDEF) if SPAWN_THREAD else None
+            reaper = sp.reaper if sp is not None else None
+            if sp is not None:
+                pid = sp.spawn("/bin/sh", argv, env, ((r, 0), (log_fd, 1), (log_fd, 2)))
+                if pid in reaper.statuses:    # exited and reaped already: no pidfd to take
+                    proc = _Proc(pid, reaper=reaper)
+                    proc.set_status(reaper.exit_status(pid))
+                    return proc, w
+            else:
+                pid = os.posix_spawn("/bin/sh", argv, env,
                                      file_actions=[(os.POSIX_SPAWN_DUP2, r, 0),
                                                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
                                                    (os.POSIX_SPAWN_DUP2, log_fd, 2)],
                                      setsid=True, setsigdef=_SIGDEF, setsigmask=())
-            except OSError:
-                raise
             try:
+                # (no loop iteration since the check above: libev cannot have reaped it since)
                 pidfd = os.pidfd_open(pid)
             except OSError:           # kernel without pidfd: use the slow path from now on
                 _fast_ok = False
                 proc = _Proc(pid)
-                proc.popen = _Reaper(pid)
+                proc.popen = _PidPoller(pid, reaper)
                 return proc, w
-            return _Proc(pid, pidfd), w
+            return _Proc(pid, pidfd, reaper=reaper), w
         popen = subprocess.Popen(["sh", "-c", command], stdin=r, stdout=log_fd,
-                                 stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                 stderr=subprocess.STDOUT, cwd=cwd, env={**env, **(exports or {})},
                                  start_new_session=True, close_fds=False)
         return _Proc(popen.pid, popen=popen), w
     except BaseException:
@@ -155,20 +178,27 @@ def _spawn(command: str, env: dict, cwd: str, log_fd: int) -> tuple[_Proc, int]:
         _close(r)
 
 
-class _Reaper:
+class _PidPoller:
     """Popen-like wait for a pid without pidfd (polling; only on old kernels)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, reaper=None):
         self.pid = pid
+        self.reaper = reaper
         self.returncode = None
 
     def wait(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-                return self.returncode
+            if self.reaper is not None:
+                if self.reaper.has_exited(self.pid):
+                    status = self.reaper.exit_status(self.pid)
+                    self.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+                    return self.returncode
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                    return self.returncode
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired("sh", timeout)
             gevent.sleep(0.05)
@@ -193,14 +223,21 @@ def kill_group(proc: _Proc, grace_s: float = KILL_GRACE_S) -> None:
 
 
 def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
-        timeout_s: float | None, should_stop=None, on_start=None, poll_s: float = 0.5) -> RunResult:
+        timeout_s: float | None, should_stop=None, on_start=None, poll_s: float = 0.5,
+        tail_bytes: int = 0, keep_empty_log: bool = True,
+        exports: dict | None = None) -> RunResult:
     """Run `sh -c command` in its own session; prompt on stdin; output → log_path.
 
-    `should_stop()` is polled every `poll_s` while the CLI runs; when it returns true the process
+    `exports` are extra environment variables set by the shell line (TINYTOWN_TASK_ID), so that
+    `env` can be one unchanging dict per agent. `should_stop()` is polled every `poll_s` while
+    the CLI runs; when it returns true the process
     group is killed (result.killed). `on_start(pid)` is called right after the spawn.
+    The log stays open until the CLI exits, so its size and last `tail_bytes` (result.output) come
+    from that fd; with keep_empty_log=False a log the CLI wrote nothing to is deleted (a new file
+    that persists costs far more than one created and unlinked at once, and grows the directory).
     """
     t0 = time.monotonic()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     try:
         try:
             log_fd = os.open(log_path, flags, 0o644)
@@ -211,17 +248,33 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
     try:
         try:
-            proc, stdin_w = _spawn(command, env, cwd, log_fd)
+            proc, stdin_w = _spawn(command, env, cwd, log_fd, exports)
         except (OSError, ValueError) as e:
             return RunResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")
+        if on_start is not None:
+            try:
+                on_start(proc.pid)
+            except Exception:
+                pass
+        res = _supervise(proc, stdin_w, prompt, t0, timeout_s, should_stop, poll_s)
+        try:
+            res.output_bytes = size = os.fstat(log_fd).st_size
+            if size == 0 and not keep_empty_log:
+                os.unlink(log_path)
+                res.log_removed = True
+            elif tail_bytes > 0:
+                res.output = _tail_fd(log_fd, size, tail_bytes)
+        except OSError:
+            pass
+        return res
     finally:
         _close(log_fd)
-    if on_start is not None:
-        try:
-            on_start(proc.pid)
-        except Exception:
-            pass
+
+
+def _supervise(proc: _Proc, stdin_w: int, prompt: str, t0: float, timeout_s: float | None,
+               should_stop, poll_s: float) -> RunResult:
+    """Feed the prompt, then wait for the CLI: timeout and should_stop kill its group."""
     data = prompt.encode("utf-8")
     feeder = None
     try:

@@ -73,6 +73,7 @@ class TownRuntime(Component):
         self.workers: dict[str, Worker] = {}
         self.specs: dict[str, AgentRun] = {}
         self.spawn_hooks: list = []
+        self.end_hooks: list = []     # fn(tid, state): a worker saw its round's task end
         self._initial_done = False
         self._wake_backlog = gevent.event.Event()
         self.backlog_waiting = True    # the backlog may hold tasks (agents going idle wake claims)
@@ -116,10 +117,21 @@ class TownRuntime(Component):
         for hook in self.spawn_hooks:
             hook(worker, tid, pid)
 
-    def cli_env(self, spec: AgentRun, tid: str | None, prompt_path: str) -> dict:
-        """The CLI's environment. Everything but TINYTOWN_TASK_ID is the same round after round:
-        it is built once per agent and reused while os.environ, the spec's env, the prompt path,
-        the config path and the Redis URL stay the same (a C-level dict compare per round)."""
+    def on_task_end(self, tid: str, state: str) -> None:
+        """A round's task is terminal (`state`), as its worker learned at the end of the round.
+        In-process listeners (the embedded batch) hear it here without the notify round trip."""
+        for hook in self.end_hooks:
+            try:
+                hook(tid, state)
+            except Exception as e:  # a listener must never break a worker
+                self.log.warning("task end hook failed", error=str(e))
+
+    def cli_env(self, spec: AgentRun, prompt_path: str) -> dict:
+        """The CLI's environment minus TINYTOWN_TASK_ID (the runner exports that one in the
+        shell line). It is the same round after round, so it is built once per agent and the
+        *same dict* is returned while os.environ, the spec's env, the prompt path, the config
+        path and the Redis URL stay the same (a C-level dict compare per round); the spawner
+        keeps its encoded form by identity. Callers must not modify it."""
         src = os.environ._data   # type: ignore[attr-defined]  (bytes → bytes, no decoding)
         sig = (spec.env, prompt_path, self.cfg.path, self.ctx.clients.url, spec.aid, spec.name,
                self.keys.town)
@@ -127,10 +139,7 @@ class TownRuntime(Component):
         if c is None or c[0] != src or c[1] != sig:
             c = (dict(src), sig, self._cli_env(spec, prompt_path))
             self._env_cache[spec.aid] = c
-        env = dict(c[2])
-        if tid:
-            env["TINYTOWN_TASK_ID"] = tid
-        return env
+        return c[2]
 
     def _cli_env(self, spec: AgentRun, prompt_path: str) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}

@@ -386,14 +386,14 @@ class Worker:
         self.state = "working"
         self.current_task = tid
         prompt = self._prompt(msgs, tid, task, task_msg, attempt, max_attempts)
-        logs_dir = str(rt.cfg.logs_dir)
+        logs_dir = rt.cfg.logs_dir_str
         prompt_path = os.path.join(logs_dir, f"{spec.name}_prompt.md")
         log_path = os.path.join(logs_dir, f"{spec.name}_round_{rnd}.log")
         try:
             _write_file(prompt_path, prompt.encode("utf-8"))
         except OSError as e:
             self.log.warning("cannot write prompt file", error=str(e))
-        env = rt.cli_env(spec, tid, prompt_path)
+        env = rt.cli_env(spec, prompt_path)
         self.round_started = time.monotonic()
         self.log.debug("round started", round=rnd, attempt=attempt, task=tid)
 
@@ -402,8 +402,10 @@ class Worker:
             rt.on_spawn(self, tid, pid)
 
         result = runner.run(spec.command, prompt=prompt, env=env, cwd=spec.workdir,
+                            exports={"TINYTOWN_TASK_ID": tid} if tid else None,
                             log_path=log_path, timeout_s=timeout,
-                            should_stop=lambda: self.kill_now or self.lost, on_start=on_start)
+                            should_stop=lambda: self.kill_now or self.lost, on_start=on_start,
+                            tail_bytes=rt.cfg.runtime.result_tail_bytes, keep_empty_log=False)
         self.pid = None
         self.round_started = None
         olds = [prompt_path]
@@ -420,7 +422,7 @@ class Worker:
     def _after_round(self, msgs, task_msg, tid, attempts_key, attempt, max_attempts, result,
                      log_path, rnd, task=None) -> None:
         rt, k, a = self.rt, self.k, self.aid
-        out_tail = runner.tail(log_path, rt.cfg.runtime.result_tail_bytes)
+        out_tail = result.output
         if result.killed or self.lost:
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
             self.log.warning("round interrupted; messages requeued", round=rnd)
@@ -453,6 +455,7 @@ class Worker:
             # The CLI finished the task itself (e.g. `task fail`) and then exited non-zero.
             self._ack([(w, raw, "", "") for w, raw, _m in msgs])
             self._round_end(tid, f"⚠️ CLI error ({err})", result)
+            rt.on_task_end(tid, cur_state)
             return
         if task_msg is not None and attempt < max_attempts:
             backoff = min(rt.cfg.runtime.retry_backoff_s * (2 ** (attempt - 1)),
@@ -490,6 +493,8 @@ class Worker:
         p.execute()
         self._ack([(w, raw, "", "") for w, raw, _m in msgs])
         self._round_end(tid, f"❌ failed: {err}", result)
+        if tid:
+            rt.on_task_end(tid, "failed")
 
     def _round_ok(self, msgs, tid, result_text: str, result, rnd, task=None) -> None:
         """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
@@ -549,6 +554,10 @@ class Worker:
             except redis.RedisError as e:
                 self.log.warning("round events not recorded", error=str(e))
         self.log.info("round completed", round=rnd, duration_s=round(result.duration_s, 3))
+        if code == 1:
+            rt.on_task_end(tid, "completed")
+        elif code == 0:
+            rt.on_task_end(tid, fa)
 
     def _round_end(self, tid, activity: str, result) -> None:
         rt, k, a = self.rt, self.k, self.aid
