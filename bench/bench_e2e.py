@@ -342,8 +342,6 @@ try:
     else:
         words = [(a.name, {a.role, "role:" + a.role, a.name}) for a in cfg.expanded_agents()]
         run = batch.DispatchingBatchRun(bf, "cc", r, d.ctx.keys, agents=words)
-        if os.environ.get("TT_BENCH_PUBSUB") != "1":   # as `tinytownd batch` does
-            run.listen_locally(d.component("runtime"))
         run.wait_agents()
     t0 = time.monotonic()
     run.subscribe(); run.write_meta(resume=False); run.submit()

@@ -387,8 +387,6 @@ class BatchRun:
         self.t_submit = None
         self.submit_s = 0.0
         self._pubsub = None
-        self._local = None                    # (deque of notes, Event) when listening in-process
-        self._local_rt = None
         self._agent_names: dict[str, str] = {}
 
     # --- meta -------------------------------------------------------------------------
@@ -412,29 +410,9 @@ class BatchRun:
 
     # --- submission ---------------------------------------------------------------------
     def subscribe(self) -> None:
-        """SUBSCRIBE before submitting, so no terminal transition is missed (not when listening
-        in-process: see listen_locally)."""
-        if self._local is not None:
-            return
+        """SUBSCRIBE before submitting, so no terminal transition is missed."""
         self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(self.k.notify)
-
-    def listen_locally(self, runtime) -> None:
-        """Embedded batches: hear task ends from the runtime's workers in this process instead
-        of reading every notify message back from Redis (one PUBLISH read, JSON parse and wake-up
-        per task saved). Only the workers end tasks in an embedded town; anything else (a task
-        cancelled by hand) is still seen by the periodic re-count. Call before subscribe()."""
-        import collections
-
-        import gevent.event
-        self._local = (collections.deque(), gevent.event.Event())
-        self._local_rt = runtime
-        runtime.end_hooks.append(self._local_note)
-
-    def _local_note(self, tid: str, state: str) -> None:
-        q, ev = self._local
-        q.append({"task": tid, "state": state})
-        ev.set()
 
     def submit(self) -> tuple[int, int]:
         """Submit every file task not yet submitted; return (new, already there).
@@ -554,9 +532,6 @@ class BatchRun:
 
         A lost subscription is logged and renewed and ends the wait: the periodic re-count
         covers whatever was missed. Without a subscription this just sleeps."""
-        if self._local is not None:
-            yield from self._local_notes(timeout, done)
-            return
         ps = self._pubsub
         if ps is None:
             import gevent
@@ -579,18 +554,6 @@ class BatchRun:
                 continue
             if isinstance(note, dict):
                 yield note
-
-    def _local_notes(self, timeout: float, done):
-        q, ev = self._local
-        deadline = time.monotonic() + timeout
-        while not done():
-            if q:
-                yield q.popleft()
-                continue
-            ev.clear()
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not ev.wait(wait):
-                return
 
     def _drain_notifications(self, timeout: float) -> int:
         """Apply pending notify messages (waiting up to `timeout` for the first)."""
@@ -665,12 +628,6 @@ class BatchRun:
                 last_recount = time.monotonic()
 
     def close(self) -> None:
-        if self._local_rt is not None:
-            try:
-                self._local_rt.end_hooks.remove(self._local_note)
-            except ValueError:
-                pass
-            self._local_rt = None
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
@@ -1367,9 +1324,6 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
                             agents=agent_words if bf.kind == "tasks" else None)
             t0 = time.monotonic()
             try:
-                rt = d.component("runtime")
-                if isinstance(run, DispatchingBatchRun) and rt is not None:
-                    run.listen_locally(rt)
                 run.subscribe()
                 run.write_meta(resume=bool(args.resume))
                 new, old = run.submit()

@@ -244,10 +244,6 @@ class Daemon:
             client.close()
         self.log.info("external redis ok", url=redacted, version=self.redis_version)
 
-    def component(self, name: str):
-        """The loaded component called `name` (e.g. "runtime"), or None."""
-        return next((c for c in self.components if getattr(c, "name", None) == name), None)
-
     def _load_components(self) -> None:
         specs = COMPONENTS
         if os.environ.get("TINYTOWND_COMPONENTS") is not None:   # debugging / benchmarks

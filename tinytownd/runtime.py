@@ -73,7 +73,6 @@ class TownRuntime(Component):
         self.workers: dict[str, Worker] = {}
         self.specs: dict[str, AgentRun] = {}
         self.spawn_hooks: list = []
-        self.end_hooks: list = []     # fn(tid, state): a worker saw its round's task end
         self._initial_done = False
         self._wake_backlog = gevent.event.Event()
         self.backlog_waiting = True    # the backlog may hold tasks (agents going idle wake claims)
@@ -116,15 +115,6 @@ class TownRuntime(Component):
         """Right after a CLI started (its pid reaches agent_info with the next heartbeat)."""
         for hook in self.spawn_hooks:
             hook(worker, tid, pid)
-
-    def on_task_end(self, tid: str, state: str) -> None:
-        """A round's task is terminal (`state`), as its worker learned at the end of the round.
-        In-process listeners (the embedded batch) hear it here without the notify round trip."""
-        for hook in self.end_hooks:
-            try:
-                hook(tid, state)
-            except Exception as e:  # a listener must never break a worker
-                self.log.warning("task end hook failed", error=str(e))
 
     def cli_env(self, spec: AgentRun, prompt_path: str) -> dict:
         """The CLI's environment minus TINYTOWN_TASK_ID (the runner exports that one in the

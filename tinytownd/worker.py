@@ -455,7 +455,6 @@ class Worker:
             # The CLI finished the task itself (e.g. `task fail`) and then exited non-zero.
             self._ack([(w, raw, "", "") for w, raw, _m in msgs])
             self._round_end(tid, f"⚠️ CLI error ({err})", result)
-            rt.on_task_end(tid, cur_state)
             return
         if task_msg is not None and attempt < max_attempts:
             backoff = min(rt.cfg.runtime.retry_backoff_s * (2 ** (attempt - 1)),
@@ -493,8 +492,6 @@ class Worker:
         p.execute()
         self._ack([(w, raw, "", "") for w, raw, _m in msgs])
         self._round_end(tid, f"❌ failed: {err}", result)
-        if tid:
-            rt.on_task_end(tid, "failed")
 
     def _round_ok(self, msgs, tid, result_text: str, result, rnd, task=None) -> None:
         """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
@@ -554,10 +551,6 @@ class Worker:
             except redis.RedisError as e:
                 self.log.warning("round events not recorded", error=str(e))
         self.log.info("round completed", round=rnd, duration_s=round(result.duration_s, 3))
-        if code == 1:
-            rt.on_task_end(tid, "completed")
-        elif code == 0:
-            rt.on_task_end(tid, fa)
 
     def _round_end(self, tid, activity: str, result) -> None:
         rt, k, a = self.rt, self.k, self.aid
