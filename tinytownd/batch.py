@@ -440,9 +440,11 @@ class BatchRun:
                 if not ok:
                     del self.ids[fid]
         todo = [t for t in self.bf.tasks if t.id not in self.ids]
+        k = self.k
         for i in range(0, len(todo), SUBMIT_CHUNK):
-            p = self.r.pipeline(transaction=True)
+            cmds: list[tuple] = []
             last = None
+            new_ids = {}
             for t in todo[i:i + SUBMIT_CHUNK]:
                 # The runtime's claim: a task fits an agent when it has no tags or one of its
                 # tags is the agent's role, `role:<role>`, name or one of its tags. So the batch
@@ -450,21 +452,21 @@ class BatchRun:
                 tags = list(t.tags)
                 if t.role and f"role:{t.role}" not in tags:
                     tags.append(f"role:{t.role}")
-                tid = town.create_task(t.description, tags=tags, pipe=p)
-                meta = {"batch": self.id, "batch_task": t.id}
+                tid, hset = town.create_task_cmd(t.description, tags=tags)
+                meta = ["HSET", k.task_meta(tid), "batch", self.id, "batch_task", t.id]
                 if t.max_attempts is not None:
-                    meta["max_attempts"] = str(t.max_attempts)
+                    meta += ("max_attempts", str(t.max_attempts))
                 if t.timeout_s is not None:
-                    meta["timeout_s"] = repr(float(t.timeout_s))
+                    meta += ("timeout_s", repr(float(t.timeout_s)))
                 if t.role:
-                    meta["role"] = t.role
-                p.hset(self.k.task_meta(tid), mapping=meta)
-                p.rpush(self.k.backlog, tid)
-                p.hset(self.k.batch_ids(self.id), t.id, tid)
-                p.rpush(self.k.batch_tasks(self.id), tid)
-                self.ids[t.id] = tid
+                    meta += ("role", t.role)
+                cmds += (hset, tuple(meta), ("RPUSH", k.backlog, tid),
+                         ("HSET", k.batch_ids(self.id), t.id, tid),
+                         ("RPUSH", k.batch_tasks(self.id), tid))
+                new_ids[t.id] = tid
                 last = tid
-            p.execute()
+            town._send_raw(cmds, transaction=True)     # one MULTI/EXEC per chunk, one write
+            self.ids.update(new_ids)
             # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
             self.r.publish(self.k.notify, json.dumps({"task": last, "state": "pending",
                                                       "backlog": True, "batch": self.id}))
@@ -848,12 +850,15 @@ class DispatchingBatchRun(BatchRun):
                 picks.append((aid, tid))
         if not picks:
             return 0
-        p = self.r.pipeline(transaction=True)
+        from .wire import hash_ts
+
+        cmds = []
+        now = hash_ts()
         for aid, tid in picks:
-            p.lrem(self.k.backlog, 1, tid)
-            self._town.assign(aid, task_id=tid, tags=self.task_tags.get(tid, ()), pipe=p)
+            cmds.append(("LREM", self.k.backlog, 1, tid))
+            cmds += self._town.assign_cmds(aid, tid, self.task_tags.get(tid, ()), now)
         try:
-            p.execute()
+            self._town._send_raw(cmds, transaction=True)     # one MULTI/EXEC, one write
         except Exception as e:   # Redis blip: put them back; the next pass retries
             for aid, tid in reversed(picks):
                 self.out[aid].discard(tid)

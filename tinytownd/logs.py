@@ -69,8 +69,11 @@ def _json_default(obj: Any) -> Any:
     return repr(obj)
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(obj: Any, **kw: Any) -> str:
-    return json.dumps(obj, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 class _StdlibBridge(logging.Handler):

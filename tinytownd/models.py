@@ -55,9 +55,13 @@ class Poison(ValueError):
         super().__init__(reason)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)   # (json.dumps with
+# options builds a new encoder per call; several messages and events are encoded per round)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON as serde_json writes it (no spaces, UTF-8 kept)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
 
 
 def encode_tags(tags) -> str:

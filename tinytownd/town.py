@@ -254,13 +254,19 @@ class Town:
     def create_task(self, description: str, *, tags=(), parent_id: str | None = None,
                     pipe=None) -> str:
         """A new `pending` task hash; returns its id."""
+        tid, cmd = self.create_task_cmd(description, tags=tags, parent_id=parent_id)
+        (pipe or self.r).execute_command(*cmd)
+        return tid
+
+    def create_task_cmd(self, description: str, *, tags=(), parent_id: str | None = None
+                        ) -> tuple[str, tuple]:
+        """A new task id and the HSET that creates its `pending` hash (to send in a batch)."""
         tid = new_id()
         h = models.new_task_hash(tid, description, tags=tags, parent_id=parent_id)
-        if pipe is not None:
-            pipe.hset(self.k.task(tid), mapping=h)
-        else:
-            self.r.hset(self.k.task(tid), mapping=h)
-        return tid
+        cmd = ["HSET", self.k.task(tid)]
+        for f, v in h.items():
+            cmd += (f, v)
+        return tid, tuple(cmd)
 
     def get_task(self, tid: str) -> dict | None:
         try:
@@ -301,6 +307,11 @@ class Town:
             self._send_raw(cmds)
         return tid
 
+    def assign_cmds(self, aid: str, task_id: str, tags, now: str) -> list[tuple]:
+        """assign()'s commands for an existing task whose tags are known, for the caller to
+        send inside its own transaction."""
+        return self._assign_cmds(aid, "", tags, task_id, None, None, None, now, tags)[1]
+
     def _assign_cmds(self, aid, description, tags, task_id, max_attempts, timeout_s, meta, now,
                      mission_tags) -> tuple[str, list[tuple]]:
         k = self.k
@@ -338,15 +349,18 @@ class Town:
                          EVENT_MAXLEN_MISSION, "*", "event_type", "task_assigned", "data", data))
         return tid, cmds
 
-    def _send_raw(self, cmds: list[tuple]) -> list:
-        """Send many commands in one write and read the replies (a lean non-transactional
-        pipeline: hiredis packing, no per-command redis-py bookkeeping). Raises the first error
-        reply after reading them all."""
+    def _send_raw(self, cmds: list[tuple], *, transaction: bool = False) -> list:
+        """Send many commands in one write and read the replies (a lean pipeline: hiredis
+        packing, no per-command redis-py bookkeeping). Raises the first error reply after
+        reading them all. With `transaction`, the commands go inside MULTI/EXEC and the reply
+        is EXEC's (an error queueing any command aborts them all)."""
         if _pack is None:
-            p = self.r.pipeline(transaction=False)
+            p = self.r.pipeline(transaction=transaction)
             for c in cmds:
                 p.execute_command(*c)
             return p.execute()
+        if transaction:
+            cmds = [("MULTI",), *cmds, ("EXEC",)]
         pool = self.r.connection_pool
         conn = pool.get_connection()
         out, err = [], None
@@ -365,7 +379,7 @@ class Town:
             pool.release(conn)
         if err is not None:
             raise err
-        return out
+        return out[-1] if transaction else out
 
     def assign_many(self, items: list[dict], *, chunk: int = 200, parallel: int = 2) -> list[str]:
         """Bulk assign: each item has `aid` (or `agent`) and `description`, optionally `tags`,

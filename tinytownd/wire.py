@@ -79,7 +79,9 @@ def utcnow() -> datetime:
 
 def hash_ts(dt: datetime | None = None) -> str:
     """RFC 3339 UTC with `+00:00`, as chrono's to_rfc3339() writes hash fields."""
-    return (dt or utcnow()).astimezone(timezone.utc).isoformat()
+    if dt is None:
+        return datetime.now(timezone.utc).isoformat()
+    return dt.astimezone(timezone.utc).isoformat()
 
 
 def json_ts(dt: datetime | None = None) -> str:
