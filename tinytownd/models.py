@@ -45,6 +45,8 @@ TASK_FIELDS = ("id", "description", "state", "created_at", "updated_at", "tags",
 TASK_REQUIRED = ("id", "description", "state", "created_at", "updated_at", "tags")
 EVENT_OPTIONAL = ("agent_id", "task_id", "mission_id", "old_state", "new_state",
                   "parent_agent_id", "child_agent_id", "scope", "spawn_mode")
+_EVENT_OPTIONAL_SET = frozenset(EVENT_OPTIONAL)
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 
 
 class Poison(ValueError):
@@ -147,17 +149,16 @@ def task_assign_json(to: str, tid: str, *, sender: str = SUPERVISOR_ID, created_
 def make_event(event_type: str, message: str, *, timestamp: str | None = None,
                **fields: Any) -> dict[str, str]:
     """Stream entry fields for a TownEvent. None-valued optionals are omitted, like serde."""
-    if event_type not in EVENT_TYPES:
+    if event_type not in _EVENT_TYPE_SET:
         raise ValueError(f"unknown event type {event_type!r}")
     data: dict[str, Any] = {"event_type": event_type, "message": str(message),
                             "timestamp": timestamp or json_ts()}
-    for k in EVENT_OPTIONAL:
-        v = fields.get(k)
-        if v is not None:
-            data[k] = v
-    unknown = set(fields) - set(EVENT_OPTIONAL)
-    if unknown:
+    if not _EVENT_OPTIONAL_SET.issuperset(fields):
+        unknown = set(fields) - _EVENT_OPTIONAL_SET
         raise ValueError(f"unknown event fields: {', '.join(sorted(unknown))}")
+    for k in EVENT_OPTIONAL:          # serde's field order
+        if k in fields and fields[k] is not None:
+            data[k] = fields[k]
     return {"event_type": event_type, "data": dumps(data)}
 
 
