@@ -346,7 +346,7 @@ try:
     t0 = time.monotonic()
     run.subscribe(); run.write_meta(resume=False); run.submit()
     if variant != "claim":
-        run.start_dispatch()
+        run.start_dispatch(fresh=True)
     assert run.follow()
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)

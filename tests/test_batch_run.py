@@ -280,3 +280,35 @@ def test_submit_to_a_running_daemon(tmpdir_short):
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(5)
+
+
+def test_fresh_batch_hands_out_tasks_while_the_rest_is_still_being_submitted(redis_server,
+                                                                             monkeypatch):
+    """A new embedded batch starts dispatching after its first chunk lands: agents get work
+    before the whole file is in Redis, and every task is still handed out exactly once."""
+    from tinytownd import batch
+    from tinytownd.keys import Keys
+    from tinytownd.town import Town
+
+    monkeypatch.setattr(batch, "SUBMIT_CHUNK", 10)
+    r, k = redis_server.client(), Keys("fb")
+    names = ["w1", "w2", "w3"]
+    aids = [Town(r, k).register_agent(n) for n in names]
+    bf = batch.parse({"tasks": [{"id": f"t{i}", "description": "x"} for i in range(50)]}, "g")
+    run = batch.DispatchingBatchRun(bf, "fb1", r, k, agents=[(n, {n}) for n in names])
+    run.wait_agents()
+    run.start_dispatch(fresh=True)
+    queued_at_chunk = []
+
+    def on_chunk(pairs):
+        run.feed(pairs)
+        queued_at_chunk.append(sum(r.llen(k.inbox(a)) for a in aids))
+
+    new, old = run.submit(on_chunk=on_chunk)
+    assert (new, old) == (50, 0) and len(queued_at_chunk) == 5
+    assert queued_at_chunk[0] == 3 * batch.PREFETCH      # handed out after the first chunk
+    handed = [json.loads(m)["task_id"] for a in aids for m in r.lrange(k.inbox(a), 0, -1)]
+    assert len(handed) == len(set(handed)) == 3 * batch.PREFETCH
+    assert r.llen(k.backlog) == 50 - len(handed)         # the rest wait in the backlog, in order
+    assert r.lrange(k.backlog, 0, -1) == [run.ids[f"t{i}"] for i in range(50)
+                                          if run.ids[f"t{i}"] not in handed]

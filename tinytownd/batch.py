@@ -387,6 +387,7 @@ class BatchRun:
         self.t_submit = None
         self.submit_s = 0.0
         self._pubsub = None
+        self._states_loaded = False           # self.state holds every task's state already
         self._agent_names: dict[str, str] = {}
 
     # --- meta -------------------------------------------------------------------------
@@ -414,12 +415,14 @@ class BatchRun:
         self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(self.k.notify)
 
-    def submit(self) -> tuple[int, int]:
+    def submit(self, on_chunk=None) -> tuple[int, int]:
         """Submit every file task not yet submitted; return (new, already there).
 
         Each chunk is one MULTI/EXEC: task hash + daemon task meta + backlog entry + the
         `batch:<bid>:ids` mapping + the `batch:<bid>:tasks` list, so after a crash a file id is
-        either fully submitted or not at all.
+        either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
+        after each chunk lands (the dispatcher starts handing out the first tasks while the
+        rest are still being submitted).
         """
         from .town import Town
 
@@ -470,6 +473,8 @@ class BatchRun:
             # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
             self.r.publish(self.k.notify, json.dumps({"task": last, "state": "pending",
                                                       "backlog": True, "batch": self.id}))
+            if on_chunk is not None:
+                on_chunk(list(new_ids.items()))
         self.submit_s = time.monotonic() - t0
         return len(todo), len(self.bf.tasks) - len(todo)
 
@@ -598,7 +603,8 @@ class BatchRun:
         """Wait until every task is terminal (True) or a stop is requested (False)."""
         import gevent
 
-        self.recount(all_tasks=True)
+        if not self._states_loaded:
+            self.recount(all_tasks=True)
         last_recount = time.monotonic()
         notes = 0
         while True:
@@ -717,6 +723,7 @@ class DispatchingBatchRun(BatchRun):
         self._read_t = 0.0                    # when the state being applied was read
         self._soon = None                     # the pending _dispatch_soon greenlet
         self._recounts = 0
+        self._spec = None                     # file id -> TaskSpec (feed)
 
     def recount(self, *, all_tasks: bool = False) -> None:
         """Re-read states. Mostly just the tasks handed out (what rounds and recovery change);
@@ -748,7 +755,10 @@ class DispatchingBatchRun(BatchRun):
             raise RuntimeError("no agent of the batch registered within "
                                f"{timeout:.0f}s")
 
-    def start_dispatch(self) -> None:
+    def start_dispatch(self, *, fresh: bool = False) -> None:
+        """Load what the dispatcher needs and hand out the first tasks. `fresh`: every task was
+        just submitted by this run (nothing resumed), so all are pending and in the backlog in
+        file order, and reading 2 fields of every task back is skipped."""
         from .town import Town
         from .wire import TASK_TERMINAL
 
@@ -761,6 +771,12 @@ class DispatchingBatchRun(BatchRun):
                 if t.role:
                     tags.add(f"role:{t.role}")
                 self.task_tags[tid] = tuple(tags)
+        if fresh:
+            self.n_terminal = 0
+            self._states_loaded = True
+            self.dispatching = True
+            self.feed([(t.id, self.ids[t.id]) for t in self.bf.tasks if t.id in self.ids])
+            return
         mine = set(self.ids.values())
         tids = list(mine)
         p = self.r.pipeline(transaction=False)
@@ -775,12 +791,30 @@ class DispatchingBatchRun(BatchRun):
                 self.owner[tid] = aid
                 self.out[aid].add(tid)
         self.n_terminal = sum(1 for t in tids if self.state[t] in TASK_TERMINAL)
+        self._states_loaded = True
         seen = set()
         for tid in in_backlog:
             if tid not in seen and self.state.get(tid) == "pending":
                 self.queue.append(tid)
                 seen.add(tid)
         self.dispatching = True
+        self.dispatch()
+
+    def feed(self, pairs) -> None:
+        """Newly submitted (file id, task id) pairs of a fresh dispatch: pending, in the backlog
+        in this order. Queued behind what is there, then handed out."""
+        if self._spec is None:
+            self._spec = self.bf.by_id()
+        spec = self._spec
+        for fid, tid in pairs:
+            t = spec.get(fid)
+            if t is not None:
+                tags = set(t.tags)
+                if t.role:
+                    tags.add(f"role:{t.role}")
+                self.task_tags[tid] = tuple(tags)
+            self.state[tid] = "pending"
+            self.queue.append(tid)
         self.dispatch()
 
     def _changed(self, tid: str, old: str | None, st: str) -> None:
@@ -1331,11 +1365,19 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
             try:
                 run.subscribe()
                 run.write_meta(resume=bool(args.resume))
-                new, old = run.submit()
-                lost = run.requeue_lost() if args.resume else 0
-                if isinstance(run, DispatchingBatchRun):
+                if isinstance(run, DispatchingBatchRun) and not args.resume and \
+                        not run.r.exists(run.k.batch_ids(run.id)):
+                    # a new batch (nothing of it in Redis): dispatch from the first chunk on
                     run.wait_agents()
-                    run.start_dispatch()
+                    run.start_dispatch(fresh=True)
+                    new, old = run.submit(on_chunk=run.feed)
+                    lost = 0
+                else:
+                    new, old = run.submit()
+                    lost = run.requeue_lost() if args.resume else 0
+                    if isinstance(run, DispatchingBatchRun):
+                        run.wait_agents()
+                        run.start_dispatch()
                 log.info("batch submitted", new=new, existing=old, requeued=lost,
                          submit_s=round(run.submit_s, 3))
                 done = run.follow(stop_event=stopper.event)
