@@ -9,6 +9,12 @@ import pytest
 from tinytownd import runner, spawn
 
 
+@pytest.fixture(autouse=True)
+def always_on_the_spawn_thread(monkeypatch):
+    """runner uses the spawn thread only while other CLIs run; here, for every spawn."""
+    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 0)
+
+
 def _run(tmp, command, name="r", **kw):
     kw.setdefault("timeout_s", 20)
     kw.setdefault("env", dict(os.environ))
@@ -93,3 +99,23 @@ def test_spawn_thread_is_used_where_available(tmpdir_short, monkeypatch):
     monkeypatch.setattr(os, "posix_spawn", None)   # the loop-thread path would fail loudly
     res = _run(tmpdir_short, "exit 5", name="used")
     assert res.exit_code == 5 and len(calls) == 1 and "exit 5" in calls[0][-1]
+
+
+def test_quiet_spawns_stay_on_the_loop_busy_ones_go_to_the_thread(tmpdir_short, monkeypatch):
+    sp = spawn.Spawner.get(runner._SIGDEF)
+    if sp is None:
+        pytest.skip("no glibc posix_spawn here")
+    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 2)
+    calls = []
+    real = sp.spawn
+    monkeypatch.setattr(sp, "spawn", lambda *a: calls.append(a[1]) or real(*a))
+    assert _run(tmpdir_short, "exit 3", name="quiet").exit_code == 3
+    assert calls == []                                   # nothing else running: loop thread
+    bg = [gevent.spawn(_run, tmpdir_short, "sleep 1", name=f"bg{i}") for i in range(2)]
+    deadline = time.monotonic() + 10
+    while runner._running < 2 and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert _run(tmpdir_short, "exit 4", name="busy").exit_code == 4
+    assert len(calls) == 1                               # two rounds running: spawn thread
+    gevent.joinall(bg, raise_error=True)
+    assert runner._running == 0

@@ -11,6 +11,7 @@ def spawn_path(request, monkeypatch):
     """Every contract test runs on both spawn paths: the spawn thread (tinytownd/spawn.py) and
     os.posix_spawn on the loop thread (the fallback)."""
     monkeypatch.setattr(runner, "SPAWN_THREAD", request.param == "spawn-thread")
+    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 0)   # (not only when busy)
     return request.param
 
 

@@ -42,6 +42,7 @@ from .worker import AgentRun, Worker
 
 CLAIM_SCAN = 100            # backlog entries one claim looks at
 CRASH_BACKOFF_MAX_S = 30.0
+BEAT_CHUNK = 100           # agents per heartbeat pipeline (see TownRuntime._beat)
 _ENV_DROP = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
              "WATCHDOG_PID", "TINYTOWN_TASK_ID", "TINYTOWN_PROMPT_FILE")
 
@@ -277,9 +278,17 @@ class TownRuntime(Component):
             self.log.warning("could not wake agents", error=str(e))
 
     def _beat(self) -> None:
-        """One pipeline for every running agent: heartbeat, lease renewal, stop/state/urgent
-        probe. Parked agents that have something to notice are woken."""
+        """Heartbeat, lease renewal and a stop/state/urgent probe for every running agent, one
+        pipeline per BEAT_CHUNK agents with a yield between them: with 1,000 agents one pipeline
+        was ~40 ms of packing and parsing during which nothing else ran (the pickup p99 of the
+        1,000-agent benchmark). Parked agents that have something to notice are woken."""
         ws = self._alive()
+        for i in range(0, len(ws), BEAT_CHUNK):
+            if i:
+                gevent.sleep(0)
+            self._beat_some(ws[i:i + BEAT_CHUNK])
+
+    def _beat_some(self, ws: list[Worker]) -> None:
         if not ws:
             return
         k = self.keys

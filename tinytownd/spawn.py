@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import os
 import time
 import weakref
@@ -44,7 +43,7 @@ _SETSIGDEF, _SETSIGMASK, _SETSID = 0x04, 0x08, 0x80
 # opaque glibc types, over-allocated: posix_spawn_file_actions_t 80 B, posix_spawnattr_t 336 B,
 # sigset_t 128 B on x86-64/aarch64
 _FA_BYTES, _ATTR_BYTES, _SIGSET_BYTES = 256, 1024, 256
-STATUS_KEEP_S = 300.0
+STATUS_KEEP_S = 30.0    # statuses nobody took (children not spawned here) are dropped after this
 ENV_CACHE_MAX = 4096
 
 
@@ -54,10 +53,8 @@ class _Libc:
     every spawn: new session, default dispositions for `sigdef`, empty signal mask."""
 
     def __init__(self, sigdef: tuple[int, ...]):
-        name = ctypes.util.find_library("c")
-        if not name:
-            raise OSError("libc not found")
-        gil, nogil = ctypes.PyDLL(name, use_errno=True), ctypes.CDLL(name, use_errno=True)
+        # the process's own symbols include libc's (ctypes.util.find_library would run ldconfig)
+        gil, nogil = ctypes.PyDLL(None, use_errno=True), ctypes.CDLL(None, use_errno=True)
         for fn in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2",
                    "posix_spawn_file_actions_destroy", "posix_spawnattr_init",
                    "posix_spawnattr_setflags", "posix_spawnattr_setsigdefault",
@@ -116,7 +113,7 @@ class Reaper:
         # Called by the loop for every child libev reaps; the watcher stays active.
         now = time.monotonic()
         self.statuses[w.rpid] = (w.rstatus, now)
-        if now - self._last_prune > STATUS_KEEP_S:   # statuses nobody asked for (other children)
+        if now - self._last_prune > STATUS_KEEP_S / 4:   # statuses nobody took (other children)
             self._last_prune = now
             for pid in [p for p, (_s, t) in self.statuses.items() if now - t > STATUS_KEEP_S]:
                 del self.statuses[pid]
