@@ -763,14 +763,7 @@ class DispatchingBatchRun(BatchRun):
         from .wire import TASK_TERMINAL
 
         self._town = Town(self.r, self.k, log=self.log)
-        spec = self.bf.by_id()
-        for fid, tid in self.ids.items():
-            t = spec.get(fid)
-            if t is not None:
-                tags = set(t.tags)
-                if t.role:
-                    tags.add(f"role:{t.role}")
-                self.task_tags[tid] = tuple(tags)
+        self._learn_tags(self.ids.items())
         if fresh:
             self.n_terminal = 0
             self._states_loaded = True
@@ -800,19 +793,23 @@ class DispatchingBatchRun(BatchRun):
         self.dispatching = True
         self.dispatch()
 
-    def feed(self, pairs) -> None:
-        """Newly submitted (file id, task id) pairs of a fresh dispatch: pending, in the backlog
-        in this order. Queued behind what is there, then handed out."""
+    def _learn_tags(self, pairs) -> None:
+        """The matching words of (file id, task id) pairs: their tags plus `role:<role>`."""
         if self._spec is None:
             self._spec = self.bf.by_id()
-        spec = self._spec
         for fid, tid in pairs:
-            t = spec.get(fid)
+            t = self._spec.get(fid)
             if t is not None:
                 tags = set(t.tags)
                 if t.role:
                     tags.add(f"role:{t.role}")
                 self.task_tags[tid] = tuple(tags)
+
+    def feed(self, pairs) -> None:
+        """Newly submitted (file id, task id) pairs of a fresh dispatch: pending, in the backlog
+        in this order. Queued behind what is there, then handed out."""
+        self._learn_tags(pairs)
+        for _fid, tid in pairs:
             self.state[tid] = "pending"
             self.queue.append(tid)
         self.dispatch()
