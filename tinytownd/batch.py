@@ -468,7 +468,7 @@ class BatchRun:
                          ("RPUSH", k.batch_tasks(self.id), tid))
                 new_ids[t.id] = tid
                 last = tid
-            town._send_raw(cmds, transaction=True)     # one MULTI/EXEC per chunk, one write
+            town.send_raw(cmds, transaction=True)     # one MULTI/EXEC per chunk, one write
             self.ids.update(new_ids)
             # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
             self.r.publish(self.k.notify, json.dumps({"task": last, "state": "pending",
@@ -889,7 +889,7 @@ class DispatchingBatchRun(BatchRun):
             cmds.append(("LREM", self.k.backlog, 1, tid))
             cmds += self._town.assign_cmds(aid, tid, self.task_tags.get(tid, ()), now)
         try:
-            self._town._send_raw(cmds, transaction=True)     # one MULTI/EXEC, one write
+            self._town.send_raw(cmds, transaction=True)     # one MULTI/EXEC, one write
         except Exception as e:   # Redis blip: put them back; the next pass retries
             for aid, tid in reversed(picks):
                 self.out[aid].discard(tid)

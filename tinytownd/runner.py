@@ -121,8 +121,12 @@ class _Proc:
         return True
 
     def set_status(self, status: int | None) -> None:
-        """From a wait status; None: reaped by non-gevent code, the status is gone (255)."""
-        self.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+        self.returncode = _exitcode(status)
+
+
+def _exitcode(status: int | None) -> int:
+    """From a wait status; None: reaped by non-gevent code, the status is gone (255)."""
+    return 255 if status is None else os.waitstatus_to_exitcode(status)
 
 
 _SIGDEF = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM",
@@ -131,7 +135,7 @@ _SIGDEF = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SI
 _fast_ok = hasattr(os, "posix_spawn") and hasattr(os, "pidfd_open")
 SPAWN_THREAD = True   # spawn.Spawner where it works; False: os.posix_spawn on the loop thread
 THREAD_WHEN_RUNNING = 2   # ... and only while this many CLIs of this process already run
-_running = 0              # CLIs started by _spawn and not yet reaped
+_running = 0              # CLIs that run() is running right now
 
 
 def _spawn(command: str, env: dict, cwd: str, log_fd: int,
@@ -197,8 +201,7 @@ class _PidPoller:
         while True:
             if self.reaper is not None:
                 if self.reaper.has_exited(self.pid):
-                    status = self.reaper.exit_status(self.pid)
-                    self.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+                    self.returncode = _exitcode(self.reaper.exit_status(self.pid))
                     return self.returncode
             else:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -236,8 +239,8 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
 
     `exports` are extra environment variables set by the shell line (TINYTOWN_TASK_ID), so that
     `env` can be one unchanging dict per agent. `should_stop()` is polled every `poll_s` while
-    the CLI runs; when it returns true the process
-    group is killed (result.killed). `on_start(pid)` is called right after the spawn.
+    the CLI runs; when it returns true the process group is killed (result.killed).
+    `on_start(pid)` is called right after the spawn.
     The log stays open until the CLI exits, so its size and last `tail_bytes` (result.output) come
     from that fd; with keep_empty_log=False a log the CLI wrote nothing to is deleted (a new file
     that persists costs far more than one created and unlinked at once, and grows the directory).

@@ -304,7 +304,7 @@ class Town:
             for c in cmds:
                 pipe.execute_command(*c)
         else:
-            self._send_raw(cmds)
+            self.send_raw(cmds)
         return tid
 
     def assign_cmds(self, aid: str, task_id: str, tags, now: str) -> list[tuple]:
@@ -349,7 +349,7 @@ class Town:
                          EVENT_MAXLEN_MISSION, "*", "event_type", "task_assigned", "data", data))
         return tid, cmds
 
-    def _send_raw(self, cmds: list[tuple], *, transaction: bool = False) -> list:
+    def send_raw(self, cmds: list[tuple], *, transaction: bool = False) -> list:
         """Send many commands in one write and read the replies (a lean pipeline: hiredis
         packing, no per-command redis-py bookkeeping). Raises the first error reply after
         reading them all. With `transaction`, the commands go inside MULTI/EXEC and the reply
@@ -384,7 +384,7 @@ class Town:
     def assign_many(self, items: list[dict], *, chunk: int = 200, parallel: int = 2) -> list[str]:
         """Bulk assign: each item has `aid` (or `agent`) and `description`, optionally `tags`,
         `task_id`, `max_attempts`, `timeout_s`, `meta`. Sent in chunks of `chunk` tasks, each chunk
-        one write (see _send_raw); up to `parallel` chunks in flight at once. Existing tasks
+        one write (see send_raw); up to `parallel` chunks in flight at once. Existing tasks
         (`task_id`) are not looked up: pass their `tags` for mission events. Returns task ids in
         item order."""
         chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
@@ -400,7 +400,7 @@ class Town:
                                            it.get("timeout_s"), it.get("meta"), now, tags)
                 out.append(tid)
                 cmds.extend(c)
-            self._send_raw(cmds)
+            self.send_raw(cmds)
             return out
 
         if parallel <= 1 or len(chunks) <= 1:
