@@ -2,12 +2,14 @@
 
 Why: `os.posix_spawn` holds the GIL while the vfork'ed child runs up to its `execve`. On a small
 VM that exec takes ~0.35 ms, and the whole daemon lives on one gevent thread: every round froze
-every agent, the dispatcher and the heartbeats for that long (a quarter of the loop's time in an
-8-agent batch of `true`; BENCHMARKS.md). glibc's posix_spawn called through ctypes.CDLL drops the
+every agent, the dispatcher and the heartbeats for that long (31% of the loop's py-spy samples in
+an 8-agent batch of `true`; BENCHMARKS.md). glibc's posix_spawn called through ctypes.CDLL drops the
 GIL, so here one native thread makes that call while the loop carries on. Everything else (file
 actions, argv, envp) is prepared on the loop thread with ctypes.PyDLL calls, which keep the GIL:
 the spawn thread takes the GIL twice per spawn, not a dozen times (each handoff is a context
-switch on both sides). Results come back through one libev async watcher.
+switch on both sides). Results come back through one libev async watcher. runner.py sends a
+spawn here only while other CLIs run: a quiet daemon spawns on the loop thread, one loop
+iteration sooner.
 
 The catch: libev's SIGCHLD handler (always on in gevent's default loop) reaps *any* child with
 waitpid(-1) and keeps the status only for pids it watches, and a pid spawned off the loop thread
