@@ -312,20 +312,26 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
                     p.kill()
 
 
+def _one_item_mission_owned_by(env, eng) -> str:
+    """A started one-item mission whose lease `eng` holds (ticks run on it by hand)."""
+    from tinytownd.missions.lease import LeaseState
+    c = env.start("""
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+""")
+    mid = c.mission.id
+    assert eng.leases.acquire(mid)
+    eng.owned[mid] = LeaseState(mid)
+    return mid
+
+
 def test_concurrent_operator_stop_is_never_overwritten(env):
     """A stop landing between the tick's read and its EXEC aborts the EXEC (WATCH); the tick is
     re-run on fresh data and the mission stays stopped (B4 / W4)."""
     env.agent("w1", behave=lambda t: ("completed", "ok", 5))
     h = env.engine(run=False)
     eng = h.engine
-    c = env.start("""
-policy: {reviewer_required: false}
-work_items: [{id: x, title: X}]
-""")
-    mid = c.mission.id
-    from tinytownd.missions.lease import LeaseState
-    assert eng.leases.acquire(mid)
-    eng.owned[mid] = LeaseState(mid)
+    mid = _one_item_mission_owned_by(env, eng)
     real = eng._compute
     calls = []
 
@@ -349,14 +355,7 @@ work_items: [{id: x, title: X}]
 def test_lost_lease_stops_writes_at_once(env):
     h = env.engine(run=False)
     eng = h.engine
-    c = env.start("""
-policy: {reviewer_required: false}
-work_items: [{id: x, title: X}]
-""")
-    mid = c.mission.id
-    from tinytownd.missions.lease import LeaseState
-    assert eng.leases.acquire(mid)
-    eng.owned[mid] = LeaseState(mid)
+    mid = _one_item_mission_owned_by(env, eng)
     env.r.set(env.keys.mission_lock(mid), "someone-else")     # e.g. `tt mission dispatch`
     before = env.r.get(env.keys.mission(mid))
     eng.tick(mid)
