@@ -44,10 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers import RedisServer  # noqa: E402
 from tests.rt_harness import Harness, write_config  # noqa: E402
-from tinytownd import logs, models  # noqa: E402
-from tinytownd.keys import Keys  # noqa: E402
-from tinytownd.town import Town  # noqa: E402
-from tinytownd.wire import new_id  # noqa: E402
+from tinytownd import logs  # noqa: E402
+from tinytownd.store import records  # noqa: E402
+from tinytownd.store.keys import Keys  # noqa: E402
+from tinytownd.store.town import Town  # noqa: E402
+from tinytownd.store.wire import new_id  # noqa: E402
 
 
 def emit(d: dict) -> dict:
@@ -95,7 +96,7 @@ def bench_assign(n: int, agents: int) -> dict:
         p = r.pipeline(transaction=False)
         for i in range(n):
             aid = aids[i % agents]
-            p.lpush(f"tt:bench:inbox:{aid}", models.task_assign_json(aid, new_id()))
+            p.lpush(f"tt:bench:inbox:{aid}", records.task_assign_json(aid, new_id()))
             if (i + 1) % 100 == 0:
                 p.execute()
         p.execute()
@@ -161,7 +162,7 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
 def _assign_new(town: Town, aid: str, tid: str, desc: str) -> None:
     """Town.assign with a preset new task id (so the latency hook can match it)."""
     p = town.r.pipeline(transaction=False)
-    p.hset(town.k.task(tid), mapping=models.new_task_hash(tid, desc, state="assigned",
+    p.hset(town.k.task(tid), mapping=records.new_task_hash(tid, desc, state="assigned",
                                                           assigned_to=aid))
     town.assign(aid, task_id=tid, pipe=p)
     p.execute()

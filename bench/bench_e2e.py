@@ -249,7 +249,7 @@ import json, os, sys, time, tempfile, shutil
 from gevent import monkey; monkey.patch_all()
 import gevent
 from tinytownd import config
-from tinytownd.daemon import Daemon
+from tinytownd.daemon.lifecycle import Daemon
 n = int(sys.argv[1])
 root = tempfile.mkdtemp(prefix="ttb-mem-", dir="/tmp")
 try:
@@ -311,14 +311,15 @@ import json, os, sys, time, tempfile, shutil, resource
 from gevent import monkey; monkey.patch_all()
 import gevent
 from pathlib import Path
-from tinytownd import batch, logs
-from tinytownd.daemon import Daemon
+from tinytownd.batch import main as batch
+from tinytownd import logs
+from tinytownd.daemon.lifecycle import Daemon
 n, w = int(sys.argv[1]), int(sys.argv[2])
 variant = sys.argv[3]      # claim | dispatch | dispatch+spawn
 if variant.endswith("+spawn"):   # what the posix_spawn proposal buys (bench/peers/spawn_probe.py)
     sys.path.insert(0, sys.argv[4])
     from peers import spawn_probe
-    from tinytownd import runner
+    from tinytownd.runtime import runner
     runner.run = spawn_probe.run_compatible
 root = Path(tempfile.mkdtemp(prefix="ttb-cc-", dir="/tmp"))
 try:

@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import RedisServer  # noqa: E402
-from tinytownd import models  # noqa: E402
-from tinytownd.keys import Keys  # noqa: E402
+from tinytownd.store import records  # noqa: E402
+from tinytownd.store.keys import Keys  # noqa: E402
 from tinytownd.missions.compile import ItemSpec, build  # noqa: E402
 from tinytownd.missions.model import MissionPolicy  # noqa: E402
 from tinytownd.missions.scheduler import TickInput, run_tick  # noqa: E402
 from tinytownd.missions.storage import MissionStore  # noqa: E402
-from tinytownd.town import Town  # noqa: E402
-from tinytownd.wire import new_id, utcnow  # noqa: E402
+from tinytownd.store.town import Town  # noqa: E402
+from tinytownd.store.wire import new_id, utcnow  # noqa: E402
 
 
 def pct(xs, p):

@@ -34,8 +34,9 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tinytownd import config, control, logs  # noqa: E402
-from tinytownd.redis_server import OwnedRedis  # noqa: E402
+from tinytownd import config, logs  # noqa: E402
+from tinytownd.daemon import control  # noqa: E402
+from tinytownd.daemon.redis_server import OwnedRedis  # noqa: E402
 
 EXE = [str(Path(sys.executable).parent / "tinytownd")]
 if not Path(EXE[0]).exists():

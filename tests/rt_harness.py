@@ -10,12 +10,12 @@ import gevent.event
 import yaml
 
 from tinytownd import config
-from tinytownd.component import Context
-from tinytownd.keys import Keys
-from tinytownd.redis_conn import make_clients
-from tinytownd.runtime import TownRuntime, blocking_connections
-from tinytownd.town import Town
-from tinytownd.wire import new_id
+from tinytownd.daemon.component import Context
+from tinytownd.store.keys import Keys
+from tinytownd.daemon.redis_clients import make_clients
+from tinytownd.runtime.town_runtime import TownRuntime, blocking_connections
+from tinytownd.store.town import Town
+from tinytownd.store.wire import new_id
 from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the runtime tests)
 
 

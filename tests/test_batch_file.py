@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tinytownd import batch, progress
+from tinytownd.batch import main as batch, progress
 
 
 def _bad(data):

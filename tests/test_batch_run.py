@@ -142,7 +142,7 @@ def test_kill_9_then_resume_completes_each_task_once(tmpdir_short):
             starts[line[6:]] = starts.get(line[6:], 0) + 1
     tids = {t["task_id"] for t in s["tasks"]}
     assert set(starts) == tids                    # nothing lost, nothing foreign
-    from tinytownd.wire import parse_ts
+    from tinytownd.store.wire import parse_ts
     done_before = [t for t in s["tasks"]
                    if t["state"] == "completed" and t.get("task_id") and
                    _completed_at(run_dir, t) is not None and _completed_at(run_dir, t) < t_kill]
@@ -157,7 +157,7 @@ def test_kill_9_then_resume_completes_each_task_once(tmpdir_short):
 
 def _completed_at(run_dir: Path, t: dict):
     """completed_at of a task from the summary's task hash snapshot (kept in the result rows)."""
-    from tinytownd.wire import parse_ts
+    from tinytownd.store.wire import parse_ts
     v = t.get("completed_at")
     return parse_ts(v).timestamp() if v else None
 
@@ -286,9 +286,9 @@ def test_fresh_batch_hands_out_tasks_while_the_rest_is_still_being_submitted(red
                                                                              monkeypatch):
     """A new embedded batch starts dispatching after its first chunk lands: agents get work
     before the whole file is in Redis, and every task is still handed out exactly once."""
-    from tinytownd import batch
-    from tinytownd.keys import Keys
-    from tinytownd.town import Town
+    from tinytownd.batch import main as batch
+    from tinytownd.store.keys import Keys
+    from tinytownd.store.town import Town
 
     monkeypatch.setattr(batch, "SUBMIT_CHUNK", 10)
     r, k = redis_server.client(), Keys("fb")

@@ -7,7 +7,7 @@ import socket
 import stat
 
 from tests.test_daemon import town  # noqa: F401  (fixture)
-from tinytownd import control
+from tinytownd.daemon import control
 
 
 def _conv(path, *payloads: bytes) -> list[dict]:

@@ -18,8 +18,8 @@ import redis
 import yaml
 
 from tests.helpers import run_cli, tinytownd_cmd
-from tinytownd import control
-from tinytownd.pidfile import pid_alive
+from tinytownd.daemon import control
+from tinytownd.daemon.pidfile import pid_alive
 from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the daemon tests)
 
 

@@ -12,7 +12,7 @@ import gevent
 
 from tests.helpers import ROOT
 from tests.test_daemon import town, wait_for  # noqa: F401  (fixture)
-from tinytownd.component import Component
+from tinytownd.daemon.component import Component
 
 
 class Flaky(Component):

@@ -11,10 +11,11 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from tinytownd import config, control, logs, sdnotify
-from tinytownd.daemon import _keep_old, redact
-from tinytownd.pidfile import PidFile, PidFileHeld, read_pid
-from tinytownd.supervisor import Supervisor
+from tinytownd import config, logs
+from tinytownd.daemon import control, sdnotify
+from tinytownd.config import keep_old as _keep_old, redact_url as redact
+from tinytownd.daemon.pidfile import PidFile, PidFileHeld, read_pid
+from tinytownd.daemon.supervisor import Supervisor
 
 PY = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
 

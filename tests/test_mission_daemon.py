@@ -13,8 +13,8 @@ import yaml
 
 from tests.helpers import ROOT, run_cli, tinytownd_cmd
 from tests.test_mission_support import live_tasks_by_item, mission_state, wait_for
-from tinytownd import models
-from tinytownd.keys import Keys
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
 
 AGENT = ROOT / "examples" / "missions" / "agent.sh"
 TOWN = "md"
@@ -96,7 +96,7 @@ work_items:
     p = d.cli("start", str(mf))
     assert p.returncode == 0, p.stderr
     mid = p.stdout.strip()
-    assert models._ANY_UUID_RE.match(mid)
+    assert records._ANY_UUID_RE.match(mid)
     # mid-mission: kill -9 the daemon, start it again
     wait_for(lambda: r.hget(keys.mission_work(mid), "x") is None and any(
         json.loads(v)["status"] == "done" for v in r.hvals(keys.mission_work(mid))), timeout=30,
@@ -112,10 +112,10 @@ work_items:
     wait_for(done, timeout=45, what="mission completed after restart")
     assert dupes == []
     tasks = [r.hgetall(k) for k in r.scan_iter(match=keys.pattern("task"))]
-    bound = [t for t in tasks if f"mission:{mid}" in models.decode_tags(t["tags"])]
+    bound = [t for t in tasks if f"mission:{mid}" in records.decode_tags(t["tags"])]
     per_item = {}
     for t in bound:
-        w = next(x for x in models.decode_tags(t["tags"]) if x.startswith("work-item:"))
+        w = next(x for x in records.decode_tags(t["tags"]) if x.startswith("work-item:"))
         per_item.setdefault(w, []).append(t["state"])
     assert len(per_item) == 6
     # at most one completed task per item (a task interrupted by kill -9 may be re-run)
@@ -190,7 +190,7 @@ def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
 
 
 def test_two_daemons_ten_missions_kill9_real_agents(daemon, redis_server, tmp_path):
-    from tinytownd import control
+    from tinytownd.daemon import control
     a = daemon([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
                sub="a").start()
     b = daemon([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
@@ -239,7 +239,7 @@ work_items:
         per_item = {}
         for k_ in r.scan_iter(match=keys.pattern("task")):
             t = r.hgetall(k_)
-            tags = models.decode_tags(t.get("tags"))
+            tags = records.decode_tags(t.get("tags"))
             if f"mission:{m}" in tags:
                 w = next(x for x in tags if x.startswith("work-item:"))
                 per_item.setdefault(w, []).append(t["state"])

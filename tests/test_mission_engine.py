@@ -15,14 +15,14 @@ import pytest
 from tests.helpers import ROOT
 from tests.test_mission_support import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
                                         mission_state, wait_for)
-from tinytownd import models
-from tinytownd.keys import Keys
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
 from tinytownd.missions.compile import compile_text
 from tinytownd.missions.model import (validate_control, validate_mission, validate_watch,
                                       validate_work)
 from tinytownd.missions.storage import MissionStore
-from tinytownd.town import Town
-from tinytownd.wire import SUPERVISOR_ID
+from tinytownd.store.town import Town
+from tinytownd.store.wire import SUPERVISOR_ID
 
 TOWN = "mt"
 
@@ -79,7 +79,7 @@ def validate_all(e, mid):
         assert line.startswith("[") and line[20:22] == "] "
     assert e.r.llen(e.keys.mission_log(mid)) <= 100
     for tid in [t for t in e.r.scan_iter(match=e.keys.pattern("task"))]:
-        assert models.validate_task(e.r.hgetall(tid)) == []
+        assert records.validate_task(e.r.hgetall(tid)) == []
     return snap
 
 
@@ -97,7 +97,7 @@ def test_diamond_completes_in_order_within_parallel_limit(env):
     tid_item = {}
     for ev in log:
         t = env.town.get_task(ev[2])
-        tags = models.decode_tags(t["tags"])
+        tags = records.decode_tags(t["tags"])
         tid_item[ev[2]] = fid[next(x[10:] for x in tags if x.startswith("work-item:"))]
     running, peak, start, end = 0, 0, {}, {}
     for kind, _, tid, at in sorted(log, key=lambda x: (x[3], x[0] == "start")):
@@ -130,7 +130,7 @@ work_items:
         for ev in ag.log:
             if ev[0] == "start":
                 t = env.town.get_task(ev[2])
-                wid = next(x[10:] for x in models.decode_tags(t["tags"])
+                wid = next(x[10:] for x in records.decode_tags(t["tags"])
                            if x.startswith("work-item:"))
                 who[{v: k for k, v in c.file_ids.items()}[wid]] = ag.name
     assert who == {"impl": "backend-worker", "tests": "qa-tester", "rev": "rev"}
@@ -153,7 +153,7 @@ work_items: [{id: only, title: Flaky}]
     meta = env.r.hgetall(env.keys.mission_meta(mid))
     assert meta[f"attempts:{wid}"] == "3" and meta[f"exhausted:{wid}"] == "3"
     raws = env.r.lrange(env.keys.inbox(SUPERVISOR_ID), 0, -1)
-    assert all(models.validate_message(x) == [] for x in raws)
+    assert all(records.validate_message(x) == [] for x in raws)
     inbox = [json.loads(x) for x in raws]
     helps = [m for m in inbox if m["type"] == "query" and
              m["question"].startswith(f"[Mission Help Needed] Mission {mid}")]
@@ -256,7 +256,7 @@ def test_restart_resumes_without_duplicate_assignment(env):
     wait_for(lambda: mission_state(env.r, env.keys, mid) == "completed", what="completion")
     starts = [x for x in log if x[0] == "start"]
     assert len(starts) == 6
-    items = [models.decode_tags(env.town.get_task(x[2])["tags"]) for x in starts]
+    items = [records.decode_tags(env.town.get_task(x[2])["tags"]) for x in starts]
     assert len({next(t for t in tags if t.startswith("work-item:")) for tags in items}) == 6
 
 

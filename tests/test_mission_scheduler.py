@@ -11,7 +11,7 @@ from tinytownd.missions.model import (MissionControlMessage, MissionPolicy, vali
                                       validate_mission, validate_watch, validate_work)
 from tinytownd.missions.scheduler import (TickInput, WatchOutcome, pr_refs, run_tick,
                                           task_binding, topo_depth)
-from tinytownd.wire import utcnow
+from tinytownd.store.wire import utcnow
 from tests.test_mission_support import DIAMOND  # noqa: E402
 
 

@@ -16,13 +16,15 @@ import gevent
 import gevent.event
 import redis
 
-from tinytownd import config, models, redis_conn
-from tinytownd.component import Context
-from tinytownd.keys import Keys
+from tinytownd import config
+from tinytownd.store import records
+from tinytownd.daemon import redis_clients
+from tinytownd.daemon.component import Context
+from tinytownd.store.keys import Keys
 from tinytownd.missions.engine import MissionEngine
 from tinytownd.missions.storage import MissionStore
-from tinytownd.town import Town
-from tinytownd.wire import new_id
+from tinytownd.store.town import Town
+from tinytownd.store.wire import new_id
 from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the mission tests)
 
 # The 6-item diamond DAG several mission tests run.
@@ -52,7 +54,7 @@ def mission_config(url: str, town: str = "mt", *, ttl: float = 3, sweep: float =
 class EngineHandle:
     def __init__(self, url: str, town: str = "mt", run: bool = True, **kw):
         self.cfg = mission_config(url, town, **kw)
-        self.clients = redis_conn.make_clients(self.cfg)
+        self.clients = redis_clients.make_clients(self.cfg)
         self.ctx = Context(config=self.cfg, keys=Keys(town), clients=self.clients,
                            instance_id=new_id(), stopping=gevent.event.Event())
         self.engine = MissionEngine(self.ctx)
@@ -108,7 +110,7 @@ class FakeAgent:
             task = self.town.get_task(tid) or {}
             if task.get("state") in ("completed", "failed", "cancelled"):
                 return
-            task["tags"] = models.decode_tags(task.get("tags"))
+            task["tags"] = records.decode_tags(task.get("tags"))
             self.town.set_agent_state(self.aid, "working", event=False)
             self.town.start_task(tid, self.aid)
             self.log.append(("start", self.name, tid, time.monotonic()))
@@ -141,7 +143,7 @@ def live_tasks_by_item(r, keys: Keys) -> dict[str, list[str]]:
         h = r.hmget(key, "id", "state", "tags")
         if not h[0] or h[1] in ("completed", "failed", "cancelled"):
             continue
-        tags = models.decode_tags(h[2])
+        tags = records.decode_tags(h[2])
         if "mission-review-task" in tags:
             continue
         w = next((t[10:] for t in tags if t.startswith("work-item:")), None)

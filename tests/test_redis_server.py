@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from tests.helpers import RedisServer, run_cli
 from tests.test_daemon import Town, free_port, town, wait_for  # noqa: F401  (fixture)
-from tinytownd.pidfile import pid_alive
+from tinytownd.daemon.pidfile import pid_alive
 
 NO_RETRY = Retry(NoBackoff(), 0)
 

@@ -8,8 +8,8 @@ import pytest
 
 from tests.rt_harness import Harness, wait_for, write_config
 from tests.test_town import all_records_valid_town
-from tinytownd import models
-from tinytownd.wire import SUPERVISOR_ID, TASK_TERMINAL
+from tinytownd.store import records
+from tinytownd.store.wire import SUPERVISOR_ID, TASK_TERMINAL
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_poison_deadlettered_good_ones_run(harness):
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     h.town.interrupt(aid)
     wait_for(lambda: h.rt.workers[aid].state == "paused")
-    good = models.make_message(aid, "task", description="x")
+    good = records.make_message(aid, "task", description="x")
     bad = ["{not json", json.dumps({**good, "type": "weird"}),
            json.dumps({**good, "created_at": "2026-01-01T00:00:00"}),
            json.dumps({k: v for k, v in good.items() if k != "description"})]
@@ -341,7 +341,7 @@ def test_idle_timeout_drains_then_stops(harness):
 def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short):
     """round_ok_take ends a round and takes the next one atomically; if a stop arrives before the
     worker uses that take, the taken messages go back to the queue heads, order kept."""
-    from tinytownd.worker import MAX_INBOX_PER_ROUND, AgentRun, Worker
+    from tinytownd.runtime.worker import MAX_INBOX_PER_ROUND, AgentRun, Worker
 
     h = harness([], {"ok": "true"})
     rt, k = h.rt, h.keys

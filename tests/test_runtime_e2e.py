@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers import run_cli, tinytownd_cmd
 from tests.rt_harness import write_config
-from tinytownd.keys import Keys
-from tinytownd.town import Town
+from tinytownd.store.keys import Keys
+from tinytownd.store.town import Town
 from tests.test_town import all_records_valid_town
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from tests.rt_harness import Harness, wait_for, write_config
 from tests.test_town import all_records_valid_town
-from tinytownd import models
-from tinytownd.keys import Keys
-from tinytownd.town import Town
-from tinytownd.wire import hash_ts, new_id
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
+from tinytownd.store.town import Town
+from tinytownd.store.wire import hash_ts, new_id
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_sweeper_leaves_live_and_tt_agents_alone(harness):
     town = h.town
     # a tt agent (no tinytownd info) with an old heartbeat: not ours to recover
     tt_aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
-    town.r.hset(town.k.agent(tt_aid), mapping=models.new_agent_hash(
+    town.r.hset(town.k.agent(tt_aid), mapping=records.new_agent_hash(
         tt_aid, "ttagent", state="working", now="2020-01-01T00:00:00+00:00"))
     t = town.assign(tt_aid, "tt's work")
     h.start()
@@ -169,7 +169,7 @@ def test_adopt_runs_tt_registered_agents(harness):
     h = harness([], {"claude": "true"}, town="ad", adopt=True, start=False)
     town = h.town
     aid = "6c1d7f8e-2b3c-4d5e-9f01-1b2c3d4e5f60"
-    town.r.hset(town.k.agent(aid), mapping=models.new_agent_hash(aid, "spawned", cli="claude"))
+    town.r.hset(town.k.agent(aid), mapping=records.new_agent_hash(aid, "spawned", cli="claude"))
     h.start()
     wait_for(lambda: aid in h.rt.workers)
     tid = town.assign(aid, "adopted work")

@@ -6,7 +6,7 @@ import time
 import gevent
 import pytest
 
-from tinytownd import runner, spawn
+from tinytownd.runtime import runner, spawn
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from tinytownd import models
-from tinytownd.keys import Keys
-from tinytownd.town import Town
-from tinytownd.wire import SUPERVISOR_ID
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
+from tinytownd.store.town import Town
+from tinytownd.store.wire import SUPERVISOR_ID
 
 
 @pytest.fixture
@@ -23,15 +23,15 @@ def all_records_valid_town(town):
         if key.startswith(k.d):
             continue
         if key.startswith(k.p + "agent:"):
-            problems += models.validate_agent(r.hgetall(key))
+            problems += records.validate_agent(r.hgetall(key))
         elif key.startswith(k.p + "task:"):
-            problems += models.validate_task(r.hgetall(key))
+            problems += records.validate_task(r.hgetall(key))
         elif key.startswith((k.p + "inbox:", k.p + "urgent:")):
             for raw in r.lrange(key, 0, -1):
-                problems += models.validate_message(raw)
+                problems += records.validate_message(raw)
         elif t == "stream":
             for _id, fields in r.xrange(key):
-                problems += models.validate_event(fields)
+                problems += records.validate_event(fields)
     return problems
 
 
@@ -42,13 +42,13 @@ def test_register_is_idempotent_and_valid(town):
     assert len(town.list_agents()) == 1
     rec = town.get_agent(a)
     assert rec["state"] == "starting" and rec["role_id"] == "worker" and rec["cli"] == "sh"
-    assert models.validate_agent(rec) == []
+    assert records.validate_agent(rec) == []
     assert all_records_valid_town(town) == []
 
 
 def test_register_adopts_tt_agent(town):
     aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
-    h = models.new_agent_hash(aid, "legacy", cli="claude", nickname="Walter")
+    h = records.new_agent_hash(aid, "legacy", cli="claude", nickname="Walter")
     town.r.hset(town.k.agent(aid), mapping=h)
     assert town.register_agent("legacy", cli="claude") == aid
     assert len(town.list_agents()) == 1
@@ -145,8 +145,8 @@ def test_assign_many_and_backlog(town):
 
 
 def test_decode_message_poison():
-    ok = models.encode_message(models.make_message(SUPERVISOR_ID, "task", description="x"))
-    assert models.decode_message(ok)["description"] == "x"
+    ok = records.encode_message(records.make_message(SUPERVISOR_ID, "task", description="x"))
+    assert records.decode_message(ok)["description"] == "x"
     bad = [
         "not json",
         "[]",
@@ -157,36 +157,36 @@ def test_decode_message_poison():
         json.dumps({k: v for k, v in json.loads(ok).items() if k != "priority"}),
     ]
     for raw in bad:
-        with pytest.raises(models.Poison):
-            models.decode_message(raw)
+        with pytest.raises(records.Poison):
+            records.decode_message(raw)
     # tt-readable variants that tinytownd must accept
     plus = json.dumps({**json.loads(ok), "created_at": "2026-03-09T20:03:14.667655123+00:00",
                        "extra": 1})
-    assert models.decode_message(plus)["type"] == "task"
+    assert records.decode_message(plus)["type"] == "task"
     nocid = json.loads(ok)
     del nocid["correlation_id"]
-    assert models.decode_message(json.dumps(nocid))
+    assert records.decode_message(json.dumps(nocid))
 
 
 def test_validators_catch_mistakes():
     aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
-    h = models.new_agent_hash(aid, "x")
-    assert models.validate_agent(h) == []
-    assert models.validate_agent({**h, "state": "running"})
-    assert models.validate_agent({**h, "created_at": "2026-01-01T00:00:00Z"})
-    assert models.validate_agent({**h, "tasks_completed": "1.0"})
-    assert models.validate_agent({**h, "spawn_mode": "forked_context"})
-    t = models.new_task_hash(aid, "d", tags=["a"])
-    assert models.validate_task(t) == []
-    assert models.validate_task({**t, "tags": '["a", "b"]'})
-    assert models.validate_task({**t, "state": "done"})
-    assert models.validate_task({**t, "id": aid.upper()})
-    ev = models.make_event("agent_state_changed", "m", agent_id=aid,
-                           **models.state_change_fields("idle", "working"))
-    assert models.validate_event(ev) == []
+    h = records.new_agent_hash(aid, "x")
+    assert records.validate_agent(h) == []
+    assert records.validate_agent({**h, "state": "running"})
+    assert records.validate_agent({**h, "created_at": "2026-01-01T00:00:00Z"})
+    assert records.validate_agent({**h, "tasks_completed": "1.0"})
+    assert records.validate_agent({**h, "spawn_mode": "forked_context"})
+    t = records.new_task_hash(aid, "d", tags=["a"])
+    assert records.validate_task(t) == []
+    assert records.validate_task({**t, "tags": '["a", "b"]'})
+    assert records.validate_task({**t, "state": "done"})
+    assert records.validate_task({**t, "id": aid.upper()})
+    ev = records.make_event("agent_state_changed", "m", agent_id=aid,
+                           **records.state_change_fields("idle", "working"))
+    assert records.validate_event(ev) == []
     bad = json.loads(ev["data"])
     bad["old_state"] = "idle"
-    assert models.validate_event({**ev, "data": json.dumps(bad)})
+    assert records.validate_event({**ev, "data": json.dumps(bad)})
 
 
 def test_scripts_survive_a_script_cache_flush(town):

@@ -5,8 +5,8 @@ import pytest
 
 from tests.helpers import run_cli
 from tests.rt_harness import write_config
-from tinytownd.keys import Keys
-from tinytownd.town import Town
+from tinytownd.store.keys import Keys
+from tinytownd.store.town import Town
 
 
 @pytest.fixture

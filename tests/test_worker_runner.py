@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tinytownd import runner
+from tinytownd.runtime import runner
 
 
 @pytest.fixture(autouse=True, params=["spawn-thread", "loop-thread"])

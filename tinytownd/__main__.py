@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if getattr(args, "daemonize", False):
-        from tinytownd.daemonize import detach
+        from tinytownd.daemon.daemonize import detach
 
         detach(args)  # forks; only the detached grandchild returns
     from gevent import monkey

@@ -156,7 +156,7 @@ def main() -> None:
         assert Spawned(pid).wait() == 0
 
     def popen_round():
-        from tinytownd import runner
+        from tinytownd.runtime import runner
         res = runner.run("true", prompt=prompt, env=env, cwd=tmp, log_path=log, timeout_s=60)
         assert res.exit_code == 0, res
 
@@ -190,7 +190,7 @@ def run_compatible(command: str, *, prompt: str, env: dict, cwd: str, log_path: 
                    poll_s: float = 0.5):
     """tinytownd.runner.run's exact contract on posix_spawn (proposal; used by the benches to
     measure what the change would buy: `bench_e2e.py cmdcount --fast-spawn`)."""
-    from tinytownd.runner import RunResult
+    from tinytownd.runtime.runner import RunResult
     t0 = time.monotonic()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     data = prompt.encode("utf-8")

@@ -65,6 +65,6 @@ def register(sub) -> None:
 
 
 def cmd_batch(args) -> int:
-    from tinytownd.batch import main
+    from tinytownd.batch.main import main
 
     return main(args)

@@ -67,7 +67,7 @@ def _load(args, *, check_files: bool = True):
 def cmd_run(args) -> int:
     from tinytownd import exitcodes
     from tinytownd.config import ConfigError
-    from tinytownd.daemonize import notify_parent
+    from tinytownd.daemon.daemonize import notify_parent
 
     try:
         cfg = _load(args)
@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
         _err(str(e))
         notify_parent(exitcodes.CONFIG, str(e))
         return exitcodes.CONFIG
-    from tinytownd.daemon import Daemon, StartError
+    from tinytownd.daemon.lifecycle import Daemon, StartError
 
     pidfile = getattr(args, "pidfile_obj", None) or args.pidfile
     d = Daemon(cfg, log_file_default=getattr(args, "log_file_default", None), pidfile=pidfile)
@@ -100,7 +100,7 @@ def _ask(args, cmd: str, cargs: dict | None = None, timeout: float = 30.0):
     """(reply, exit code or None). Prints the problem when there is no reply."""
     from tinytownd import exitcodes
     from tinytownd.config import ConfigError
-    from tinytownd.control import ControlError, NotRunning, request
+    from tinytownd.daemon.control import ControlError, NotRunning, request
 
     try:
         cfg = _load(args, check_files=False)
@@ -202,7 +202,7 @@ def cmd_reload(args) -> int:
 
 
 def _gone(pid: int) -> bool:
-    from tinytownd.pidfile import pid_alive
+    from tinytownd.daemon.pidfile import pid_alive
     return not pid_alive(pid)
 
 
@@ -239,8 +239,8 @@ def cmd_check_config(args) -> int:
         _err(str(e))
         return exitcodes.CONFIG
     if cfg.owned_redis:
-        from tinytownd.redis_conn import MIN_VERSION
-        from tinytownd.redis_server import RedisStartError, server_version
+        from tinytownd.daemon.redis_clients import MIN_VERSION
+        from tinytownd.daemon.redis_server import RedisStartError, server_version
         try:
             version = server_version(cfg.redis.server)
         except RedisStartError as e:
@@ -250,7 +250,7 @@ def cmd_check_config(args) -> int:
             _err(f"{cfg.path}: redis.server: {cfg.redis.server} is version {version}, "
                  f"below {MIN_VERSION[0]}.{MIN_VERSION[1]}")
             return exitcodes.CONFIG
-    from tinytownd.daemon import redact
+    from tinytownd.daemon.lifecycle import redact
     print(f"{cfg.path}: OK (town {cfg.town.name}, root {cfg.root}, redis "
           f"{'owned' if cfg.owned_redis else 'external'} {redact(cfg.redis_url())})")
     return exitcodes.OK

@@ -79,16 +79,17 @@ def _err(msg: str) -> None:
 
 def _open(args):
     """Config → (redis client, Keys). Local helper (town_cmds had none when this was written)."""
-    from tinytownd import config, exitcodes, redis_conn
-    from tinytownd.keys import Keys
+    from tinytownd import config, exitcodes
+    from tinytownd.daemon import redis_clients
+    from tinytownd.store.keys import Keys
     try:
         cfg = config.load(args.config, check_files=False)
     except config.ConfigError as e:
         raise _Exit(exitcodes.CONFIG, str(e))
-    r = redis_conn.client_for_url(cfg.redis_url(), max_connections=4, cfg=cfg)
+    r = redis_clients.client_for_url(cfg.redis_url(), max_connections=4, cfg=cfg)
     try:
-        redis_conn.check_server(r, cfg.redis_url(redacted=True))
-    except redis_conn.RedisUnavailable as e:
+        redis_clients.check_server(r, cfg.redis_url(redacted=True))
+    except redis_clients.RedisUnavailable as e:
         raise _Exit(exitcodes.UNAVAILABLE, str(e))
     return cfg, r, Keys(cfg.town.name)
 
@@ -117,7 +118,7 @@ def _store(args):
 
 def _roles(cfg, r, keys) -> set[str]:
     from tinytownd.missions.compile import known_roles
-    from tinytownd.town import Town
+    from tinytownd.store.town import Town
     extra = [a.role for a in cfg.agents]
     try:
         extra += [a.get("role_id") for a in Town(r, keys).list_agents()]
@@ -238,7 +239,7 @@ def _status(args) -> int:
                    [{"id": w.id, "kind": "command", "target": w.command, "status": w.status,
                      "item": w.work_item_id} for w in snap.cmd_watches.values()]
     if args.work:
-        from tinytownd.town import Town
+        from tinytownd.store.town import Town
         names = {a["id"]: a.get("name") for a in Town(r, keys).list_agents()}
         items = sorted(snap.items.values(), key=lambda it: (it.created_at, it.id))
         fid = {v: snap.meta.get(f"file_id:{v}") for v in snap.items}

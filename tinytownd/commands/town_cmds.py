@@ -99,9 +99,10 @@ class _Fail(Exception):
 
 def _open(args):
     """(Town, config-or-None). Raises _Fail(78 / 69)."""
-    from tinytownd import config, redis_conn
-    from tinytownd.keys import Keys
-    from tinytownd.town import Town
+    from tinytownd import config
+    from tinytownd.daemon import redis_clients
+    from tinytownd.store.keys import Keys
+    from tinytownd.store.town import Town
 
     path = config.discover(args.config)
     cfg = None
@@ -117,10 +118,10 @@ def _open(args):
         if not url or not town:
             raise _Fail(exitcodes.CONFIG, f"{path}: file not found (and REDIS_URL and "
                                           "TINYTOWN_TOWN are not both set)")
-    r = redis_conn.client_for_url(url, max_connections=4, cfg=cfg)
+    r = redis_clients.client_for_url(url, max_connections=4, cfg=cfg)
     try:
-        redis_conn.check_server(r, config.redact_url(url))
-    except redis_conn.RedisUnavailable as e:
+        redis_clients.check_server(r, config.redact_url(url))
+    except redis_clients.RedisUnavailable as e:
         raise _Fail(exitcodes.UNAVAILABLE, str(e))
     from tinytownd import logs
     return Town(r, Keys(town), log=logs.get_logger("cli", town=town)), cfg
@@ -156,7 +157,7 @@ def _tags(text: str) -> list[str]:
 
 
 def _task_id(town, ref: str) -> str:
-    from tinytownd.wire import canonical_id, is_uuid
+    from tinytownd.store.wire import canonical_id, is_uuid
 
     ref = (ref or "").strip()
     if is_uuid(ref):
@@ -247,7 +248,7 @@ def cmd_backlog(args) -> int:
 
 def cmd_send(args) -> int:
     def fn(town, cfg):
-        from tinytownd.wire import SUPERVISOR_ID
+        from tinytownd.store.wire import SUPERVISOR_ID
 
         aid = town.resolve_agent(args.agent)
         sender = town.resolve_agent(args.sender) if args.sender else \
@@ -266,7 +267,7 @@ def cmd_send(args) -> int:
 
 def cmd_inbox(args) -> int:
     def fn(town, cfg):
-        from tinytownd import models
+        from tinytownd.store import records
 
         aid = town.resolve_agent(args.agent)
         k = town.k
@@ -275,12 +276,12 @@ def cmd_inbox(args) -> int:
                          ("inflight", k.inflight(aid)), ("inbox", k.inbox(aid))):
             for raw in town.r.lrange(key, 0, -1):
                 try:
-                    m = models.decode_message(raw)
+                    m = records.decode_message(raw)
                     out.append({"list": src, **m})
-                except models.Poison as e:
+                except records.Poison as e:
                     out.append({"list": src, "unreadable": e.reason, "raw": raw})
         rows = [[m["list"], m.get("type", "?"), (m.get("id") or "-")[:8],
-                 models.message_text(m)[:70] if "type" in m else m.get("raw", "")[:70]]
+                 records.message_text(m)[:70] if "type" in m else m.get("raw", "")[:70]]
                 for m in out]
         _out(args, out, _table(rows, ["LIST", "TYPE", "ID", "TEXT"]))
     return _run(args, fn)
@@ -323,7 +324,7 @@ def cmd_control(args) -> int:
 
 def cmd_deadletter(args) -> int:
     def fn(town, cfg):
-        from tinytownd import models
+        from tinytownd.store import records
 
         k = town.k
         raws = town.r.lrange(k.deadletter, 0, -1)
@@ -347,8 +348,8 @@ def cmd_deadletter(args) -> int:
             if want and not any(eid.startswith(w) for w in want):
                 continue
             try:
-                msg = models.decode_message(e.get("raw"))
-            except models.Poison as p:
+                msg = records.decode_message(e.get("raw"))
+            except records.Poison as p:
                 skipped.append({"id": eid, "reason": f"still unreadable: {p.reason}"})
                 continue
             src = e.get("source") or k.inbox(msg["to"])

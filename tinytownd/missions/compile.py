@@ -26,9 +26,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..wire import new_id, utcnow
+from tinytownd.store.wire import new_id, utcnow
 from . import scoring
-from .model import (WORK_KINDS, CommandWatch, MissionPolicy, MissionRun, WorkItem,
+from tinytownd.missions.model import (WORK_KINDS, CommandWatch, MissionPolicy, MissionRun, WorkItem,
                     objective_doc)
 
 TOP_KEYS = {"objective", "policy", "work_items"}

@@ -36,14 +36,15 @@ import gevent.pool
 import redis
 import structlog
 
-from .. import logs, models
-from ..component import Component, Context
-from ..config import Config
-from ..wire import TASK_TERMINAL, new_id, utcnow
-from .lease import Leases, LeaseState
-from .scheduler import SchedConfig, TickInput, run_tick, task_binding
-from .storage import MissionStore
-from .watches import GhClient, check_command_watch, check_pr_watches
+from tinytownd import logs
+from tinytownd.store import records
+from tinytownd.daemon.component import Component, Context
+from tinytownd.config import Config
+from tinytownd.store.wire import TASK_TERMINAL, new_id, utcnow
+from tinytownd.missions.lease import Leases, LeaseState
+from tinytownd.missions.scheduler import SchedConfig, TickInput, run_tick, task_binding
+from tinytownd.missions.storage import MissionStore
+from tinytownd.missions.watches import GhClient, check_command_watch, check_pr_watches
 
 MAX_TX_RETRIES = 8
 AGENT_WAIT_MIN_S = 0.02
@@ -68,7 +69,7 @@ class MissionEngine(Component):
         self.store = MissionStore(self.r, self.k)
         town = ctx.extra.get("town")
         if town is None:
-            from ..town import Town
+            from tinytownd.store.town import Town
             town = Town(self.r, self.k)
         self.town = town
         self.token = new_id()
@@ -248,7 +249,7 @@ class MissionEngine(Component):
             for vals in p.execute(raise_on_error=False):
                 if not isinstance(vals, list) or not vals[0] or vals[1] in TASK_TERMINAL:
                     continue
-                for t in models.decode_tags(vals[2]):
+                for t in records.decode_tags(vals[2]):
                     if t in want:
                         found.setdefault(want[t], []).append(vals[0])
                         break
@@ -297,7 +298,7 @@ class MissionEngine(Component):
         mid = j.get("mission")
         if not mid and j.get("task"):
             try:
-                tags = models.decode_tags(self.r.hget(self.k.task(j["task"]), "tags"))
+                tags = records.decode_tags(self.r.hget(self.k.task(j["task"]), "tags"))
             except redis.RedisError:
                 tags = []
             mid = next((t[8:] for t in tags if t.startswith("mission:")), None)
@@ -516,7 +517,7 @@ class MissionEngine(Component):
         if out.tasks_processed:
             p.srem(k.mission_tasks(mid), *out.tasks_processed)
         for nt in out.new_tasks:
-            p.hset(k.task(nt.task_id), mapping=models.new_task_hash(
+            p.hset(k.task(nt.task_id), mapping=records.new_task_hash(
                 nt.task_id, nt.description, tags=nt.tags, state="assigned",
                 assigned_to=nt.agent))
             self.town.assign(nt.agent, nt.description, tags=nt.tags, task_id=nt.task_id,

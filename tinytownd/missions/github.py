@@ -16,9 +16,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from .compile import Compiled, ItemSpec, MissionFileError, build, find_cycle
-from .model import MissionPolicy, objective_issue
-from .watches import CommandError, run_command
+from tinytownd.missions.compile import Compiled, ItemSpec, MissionFileError, build, find_cycle
+from tinytownd.missions.model import MissionPolicy, objective_issue
+from tinytownd.missions.watches import CommandError, run_command
 
 DEP_RE = re.compile(r"\b(?:depends?\s+on|after|blocked\s+by|requires?)\s*:?\s*"
                     r"((?:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?#\d+"

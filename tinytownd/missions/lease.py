@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from ..keys import Keys
+from tinytownd.store.keys import Keys
 
 REFRESH_LUA = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                "return redis.call('EXPIRE', KEYS[1], ARGV[2]) else return 0 end")

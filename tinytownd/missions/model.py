@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..wire import json_ts, new_id, parse_ts, utcnow
+from tinytownd.store.wire import json_ts, new_id, parse_ts, utcnow
 
 MISSION_STATES = ("planning", "running", "blocked", "completed", "failed")
 MISSION_TERMINAL = frozenset({"completed", "failed"})

@@ -14,10 +14,10 @@ from typing import Callable
 
 import redis
 
-from .. import models
-from ..keys import Keys
-from ..wire import SUPERVISOR_ID, hash_ts, utcnow
-from .model import (CommandWatch, MissionControlMessage, MissionRun, WatchItem, WorkItem,
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
+from tinytownd.store.wire import SUPERVISOR_ID, hash_ts, utcnow
+from tinytownd.missions.model import (CommandWatch, MissionControlMessage, MissionRun, WatchItem, WorkItem,
                     dumps)
 
 EVENTS_MAX = 100
@@ -85,7 +85,7 @@ def parse_task_fields(vals: list, tid: str) -> dict | None:
     if vals is None or vals[0] is None:
         return None
     d = {k: v for k, v in zip(TASK_FIELDS, vals) if v is not None}
-    d["tags"] = models.decode_tags(d.get("tags"))
+    d["tags"] = records.decode_tags(d.get("tags"))
     st = d.get("state")
     d["state"] = "running" if st == "in_flight" else (st if st in (
         "pending", "assigned", "running", "completed", "failed", "cancelled") else "pending")
@@ -203,7 +203,7 @@ class MissionStore:
         k = self.k
         p.lpush(k.mission_log(mid), event_line(text, now))
         p.ltrim(k.mission_log(mid), 0, EVENTS_MAX - 1)
-        entry = models.make_event("mission_event", text, mission_id=mid,
+        entry = records.make_event("mission_event", text, mission_id=mid,
                                   timestamp=(now or utcnow()).isoformat().replace("+00:00", "Z"))
         p.xadd(k.events, entry, maxlen=STREAM_MAXLEN_TOWN, approximate=True)
         p.xadd(k.mission_events_stream(mid), entry, maxlen=STREAM_MAXLEN_MISSION,
@@ -233,8 +233,8 @@ class MissionStore:
         p.publish(self.k.notify, dumps(note))
 
     def q_help(self, p, question: str) -> None:
-        msg = models.make_message(SUPERVISOR_ID, "query", question=question)
-        p.rpush(self.k.inbox(SUPERVISOR_ID), models.encode_message(msg))
+        msg = records.make_message(SUPERVISOR_ID, "query", question=question)
+        p.rpush(self.k.inbox(SUPERVISOR_ID), records.encode_message(msg))
 
     def q_wake(self, p, mid: str, why: str) -> None:
         p.publish(self.k.notify, dumps({"mission": mid, "event": why}))

@@ -19,9 +19,9 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..wire import parse_ts
-from .model import CommandWatch, WatchItem
-from .scheduler import WatchOutcome
+from tinytownd.store.wire import parse_ts
+from tinytownd.missions.model import CommandWatch, WatchItem
+from tinytownd.missions.scheduler import WatchOutcome
 
 PR_FIELDS = "statusCheckRollup,mergeable,reviewDecision,latestReviews,comments,commits"
 _SUCCESS = {"success", "neutral", "skipped"}

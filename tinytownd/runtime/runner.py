@@ -18,7 +18,7 @@ import gevent.os
 from gevent import subprocess
 from gevent.socket import wait_read
 
-from . import spawn as _spawner
+from tinytownd.runtime import spawn as _spawner
 
 KILL_GRACE_S = 3.0
 

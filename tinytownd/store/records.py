@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from .wire import (AGENT_STATES, AGENT_TYPES, CONFIRMATION_TYPES, EVENT_TYPES, MESSAGE_FIELDS,
+from tinytownd.store.wire import (AGENT_STATES, AGENT_TYPES, CONFIRMATION_TYPES, EVENT_TYPES, MESSAGE_FIELDS,
                    PRIORITIES, SPAWN_MODES, SUPERVISOR_ID, TASK_STATES, TASK_TERMINAL, debug_state,
                    hash_ts, json_ts, new_id, parse_ts)
 

@@ -18,8 +18,8 @@ from datetime import timedelta
 
 import redis
 
-from . import models
-from .wire import hash_ts, parse_ts, utcnow
+from tinytownd.store import records
+from tinytownd.store.wire import hash_ts, parse_ts, utcnow
 
 SWEEPABLE = ("working", "starting", "idle", "draining")
 
@@ -109,7 +109,7 @@ class Sweeper:
                        backlogged=backlogged, kept=kept, destination=dest or None)
         p = rt.r.pipeline(transaction=False)
         rt.town._emit_into(p, "agent_state_changed", f"Agent {a.get('name')} recovered: {where}",
-                           {"agent_id": aid, **models.state_change_fields(old, "stopped")})
+                           {"agent_id": aid, **records.state_change_fields(old, "stopped")})
         rt.town._emit_into(p, "agent_stopped",
                            f"Agent {a.get('name')} recovered (stale heartbeat and lease): {where}",
                            {"agent_id": aid})
@@ -119,7 +119,7 @@ class Sweeper:
                                    {"agent_id": dest, "task_id": tid, "parent_agent_id": aid})
         rt.town.log_activity(aid, "🔄 Recovered (orphaned)", pipe=p)
         if backlogged:
-            p.publish(k.notify, models.dumps({"task": tasks[0], "state": "pending",
+            p.publish(k.notify, records.dumps({"task": tasks[0], "state": "pending",
                                               "backlog": True}))
         p.execute()
         return {"agent": aid, "name": a.get("name"), "destination": dest or None,

@@ -27,17 +27,18 @@ import gevent.lock
 import gevent.queue
 from gevent.event import Event
 
-from . import __version__, config, logs, sdnotify
-from .component import Component, Context
-from .config import Config, ConfigError, redact_url
-from .control import ControlServer
-from .keys import Keys
-from .pidfile import PidFile
-from .redis_conn import RedisUnavailable, check_server, make_clients
-from .redis_server import OwnedRedis, RedisApplyError
-from .supervisor import Supervisor
+from tinytownd import __version__, config, logs
+from tinytownd.daemon import sdnotify
+from tinytownd.daemon.component import Component, Context
+from tinytownd.config import Config, ConfigError, redact_url
+from tinytownd.daemon.control import ControlServer
+from tinytownd.store.keys import Keys
+from tinytownd.daemon.pidfile import PidFile
+from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_clients
+from tinytownd.daemon.redis_server import OwnedRedis, RedisApplyError
+from tinytownd.daemon.supervisor import Supervisor
 
-COMPONENTS = ["tinytownd.runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine"]
+COMPONENTS = ["tinytownd.runtime.town_runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine"]
 
 CONTROL_DOCS = {
     "ping": "liveness: {pong, pid}",
@@ -70,23 +71,6 @@ def raise_fd_limit() -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     return soft, hard
-
-
-def _keep_old(new: Config, old: Config, key: str) -> Config:
-    """`new` with the value at dotted `key` taken from `old` (restart-only keys stay as running)."""
-    if key == "REDIS_URL":
-        return dataclasses.replace(new, redis=old.redis, env_redis_url=old.env_redis_url)
-
-    def go(n: Any, o: Any, parts: list[str]) -> Any:
-        if not dataclasses.is_dataclass(n) or not parts:
-            return o
-        name = parts[0]
-        if not hasattr(n, name):
-            return n
-        sub_n, sub_o = getattr(n, name), getattr(o, name)
-        return dataclasses.replace(n, **{name: go(sub_n, sub_o, parts[1:])})
-
-    return go(new, old, key.split("."))
 
 
 class Daemon:
@@ -155,7 +139,7 @@ class Daemon:
             self.stopped.set()
 
     def _start(self) -> None:
-        from . import exitcodes
+        from tinytownd import exitcodes
         cfg = self.cfg
         from gevent import monkey
         if not monkey.is_module_patched("socket"):
@@ -173,7 +157,7 @@ class Daemon:
                 raise StartError(str(e), exitcodes.CANTCREAT) from None
         # The control socket first: a live one means another daemon runs this town, and we must
         # not touch its redis-server.
-        from .control import SocketInUse
+        from tinytownd.daemon.control import SocketInUse
         self.control = ControlServer(cfg.control_socket_path, self._control_handlers(),
                                      self.log.bind(logger="tinytownd.control"), docs=CONTROL_DOCS)
         try:
@@ -212,8 +196,8 @@ class Daemon:
         sdnotify.ready(f"running town {cfg.town.name}")
 
     def _start_redis(self) -> None:
-        from . import exitcodes
-        from .redis_server import RedisStartError
+        from tinytownd import exitcodes
+        from tinytownd.daemon.redis_server import RedisStartError
         cfg = self.cfg
         if cfg.owned_redis:
             self.redis = OwnedRedis(cfg, self.log.bind(logger="tinytownd.redis"))
@@ -228,7 +212,7 @@ class Daemon:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        from .redis_conn import _tls_kwargs
+        from tinytownd.daemon.redis_clients import _tls_kwargs
         try:   # no retries: a wrong password or a dead host is reported at once
             client = redis.Redis.from_url(cfg.redis.url, decode_responses=True,
                                           socket_connect_timeout=5.0, socket_timeout=5.0,
@@ -420,7 +404,7 @@ class Daemon:
             for ch in changes:
                 if not ch.live:
                     restart_required.append(_describe(ch))
-                    effective = _keep_old(effective, old, ch.key)
+                    effective = config.keep_old(effective, old, ch.key)
                 else:
                     applied.append(_describe(ch))
             # logging

@@ -34,9 +34,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import Config, _is_loopback
-from .pidfile import pid_alive, read_pid
-from .redis_conn import MIN_VERSION, _tls_kwargs
+from tinytownd.config import Config, is_loopback
+from tinytownd.daemon.pidfile import pid_alive, read_pid
+from tinytownd.daemon.redis_clients import MIN_VERSION, _tls_kwargs
 
 STRIP_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
              "LISTEN_FDNAMES", "REDIS_URL", "TINYTOWN_REDIS_PASSWORD", "TINYTOWND_READY_FD")
@@ -182,7 +182,7 @@ class OwnedRedis:
     def _check_config(self) -> None:
         r = self.cfg.redis
         tcp = self.socket_path is None or r.port != 0 or r.tls.enabled
-        if tcp and not _is_loopback(r.bind) and not r.password:
+        if tcp and not is_loopback(r.bind) and not r.password:
             raise RedisStartError(f"redis.bind {r.bind!r} is not a loopback address and there is "
                                   "no redis.password: refusing to expose an open Redis")
         version = server_version(r.server)

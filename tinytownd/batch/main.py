@@ -270,7 +270,7 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
     Every agent gets TINYTOWND_BATCH_DIR = the batch file's directory, so a command can name
     scripts next to the file (`python3 "$TINYTOWND_BATCH_DIR/agents/x.py"`) from any cwd.
     """
-    from .config import BUILTIN_CLIS
+    from tinytownd.config import BUILTIN_CLIS
 
     clis_raw = dict(bf.agent_clis) if isinstance(bf.agent_clis, dict) else bf.agent_clis
     if not isinstance(clis_raw, dict):
@@ -316,7 +316,7 @@ def agent_section(bf: BatchFile, *, agents: int | None, cli: str | None) -> tupl
 
 def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/tmp") -> None:
     """Validate the agent sections through the daemon's config schema; roles must be served."""
-    from . import config as cfgmod
+    from tinytownd import config as cfgmod
 
     try:
         cfg = cfgmod.from_dict({"agent_clis": clis, "agents": agents,
@@ -424,7 +424,7 @@ class BatchRun:
         after each chunk lands (the dispatcher starts handing out the first tasks while the
         rest are still being submitted).
         """
-        from .town import Town
+        from tinytownd.store.town import Town
 
         town = Town(self.r, self.k, log=self.log)
         t0 = time.monotonic()
@@ -510,7 +510,7 @@ class BatchRun:
         return out
 
     def recount(self, *, all_tasks: bool = False) -> None:
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.wire import TASK_TERMINAL
 
         tids = list(self.ids.values()) if all_tasks else \
             [t for t in self.ids.values() if self.state.get(t) not in TASK_TERMINAL]
@@ -518,7 +518,7 @@ class BatchRun:
             self._set(tid, st)
 
     def counts(self):
-        from .progress import Counts
+        from tinytownd.batch.progress import Counts
 
         c = Counts(total=len(self.bf.tasks))
         for tid in self.ids.values():
@@ -564,7 +564,7 @@ class BatchRun:
 
     def _drain_notifications(self, timeout: float) -> int:
         """Apply pending notify messages (waiting up to `timeout` for the first)."""
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.wire import TASK_TERMINAL
 
         n = 0
         for note in self._notes(timeout, done=lambda: self.n_terminal >= len(self.ids)):
@@ -575,7 +575,7 @@ class BatchRun:
         return n
 
     def _set(self, tid: str, st: str) -> None:
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.wire import TASK_TERMINAL
         old = self.state.get(tid)
         if old == st:
             return
@@ -652,7 +652,7 @@ class BatchRun:
         return self._agent_names[aid]
 
     def rows(self) -> list[dict]:
-        from .wire import parse_ts
+        from tinytownd.store.wire import parse_ts
 
         out = []
         specs = self.bf.tasks
@@ -759,8 +759,8 @@ class DispatchingBatchRun(BatchRun):
         """Load what the dispatcher needs and hand out the first tasks. `fresh`: every task was
         just submitted by this run (nothing resumed), so all are pending and in the backlog in
         file order, and reading 2 fields of every task back is skipped."""
-        from .town import Town
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.town import Town
+        from tinytownd.store.wire import TASK_TERMINAL
 
         self._town = Town(self.r, self.k, log=self.log)
         self._learn_tags(self.ids.items())
@@ -815,7 +815,7 @@ class DispatchingBatchRun(BatchRun):
         self.dispatch()
 
     def _changed(self, tid: str, old: str | None, st: str) -> None:
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.wire import TASK_TERMINAL
         aid = self.owner.get(tid)
         if aid is None:
             return
@@ -881,7 +881,7 @@ class DispatchingBatchRun(BatchRun):
                 picks.append((aid, tid))
         if not picks:
             return 0
-        from .wire import hash_ts
+        from tinytownd.store.wire import hash_ts
 
         cmds = []
         now = hash_ts()
@@ -927,11 +927,11 @@ class MissionBatch(BatchRun):
         self.total = 0
 
     def _store(self):
-        from .missions.storage import MissionStore
+        from tinytownd.missions.storage import MissionStore
         return MissionStore(self.r, self.k)
 
     def submit(self) -> tuple[int, int]:
-        from .missions import compile as mc
+        from tinytownd.missions import compile as mc
 
         t0 = time.monotonic()
         store = self._store()
@@ -977,7 +977,7 @@ class MissionBatch(BatchRun):
     def _drain_notifications(self, timeout: float) -> int:
         """Collect the mission's task ids from terminal notifications (the engine drops processed
         tasks from the mission's task set, and the summary wants every attempt)."""
-        from .wire import TASK_TERMINAL
+        from tinytownd.store.wire import TASK_TERMINAL
 
         n = 0
         for note in self._notes(timeout):
@@ -1020,7 +1020,7 @@ class MissionBatch(BatchRun):
             self._drain_notifications(0.5)
 
     def rows(self) -> list[dict]:
-        from .wire import parse_ts
+        from tinytownd.store.wire import parse_ts
 
         self.recount()
         by_wid: dict[str, dict] = {}
@@ -1097,7 +1097,7 @@ def _sock_path(root: Path, name: str) -> str:
 def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
                     appendfsync: str | None = None, log_level: str = "info"):
     """The daemon config of an embedded batch: town root = the batch dir, everything under it."""
-    from . import config as cfgmod
+    from tinytownd import config as cfgmod
 
     fsync = appendfsync or "everysec"
     data = {
@@ -1187,7 +1187,7 @@ class _Stopper:
 def _make_reporter(mode: str, batch_id: str):
     import sys
 
-    from .progress import JsonProgress, TtyBar
+    from tinytownd.batch.progress import JsonProgress, TtyBar
 
     out = sys.stdout
     if mode == "auto":
@@ -1203,7 +1203,7 @@ def _make_reporter(mode: str, batch_id: str):
 
 
 def _write_summary(path: str, doc: dict) -> None:
-    from .progress import dumps
+    from tinytownd.batch.progress import dumps
     tmp = f"{path}.tmp{os.getpid()}"
     Path(tmp).parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "w") as f:
@@ -1215,7 +1215,7 @@ def _finish(run: BatchRun, reporter, args, *, wall_s: float, completed_run: bool
             interrupted: bool, mode: str, extra: dict | None = None) -> int:
     import sys
 
-    from .progress import render_table, summarize
+    from tinytownd.batch.progress import render_table, summarize
 
     rows = run.rows()
     doc = summarize(run.id, rows, wall_s=wall_s,
@@ -1237,7 +1237,7 @@ def _finish(run: BatchRun, reporter, args, *, wall_s: float, completed_run: bool
         table += (f"\ninterrupted ({'drained' if not completed_run else 'stopped'}): continue with"
                   f"  tinytownd batch {run.bf.path} --resume {run.id}"
                   + (f" --dir {args.dir}" if getattr(args, "dir", None) else ""))
-    from .progress import JsonProgress
+    from tinytownd.batch.progress import JsonProgress
     if isinstance(reporter, JsonProgress):
         reporter.note("batch.summary", batch_id=run.id, totals=t, exit_code=code,
                       wall_time_s=doc["wall_time_s"], duration_p50_s=doc["duration_p50_s"],
@@ -1250,7 +1250,7 @@ def _finish(run: BatchRun, reporter, args, *, wall_s: float, completed_run: bool
 
 def _announce(reporter, text: str, **fields) -> None:
     import sys
-    from .progress import JsonProgress
+    from tinytownd.batch.progress import JsonProgress
     if isinstance(reporter, JsonProgress):
         reporter.note("batch.start", **fields)
     elif reporter is not None:
@@ -1283,7 +1283,7 @@ def main(args) -> int:
 
 def check_mission(bf: BatchFile) -> None:
     """Validate a mission file up front (graph, ids, policy) with the missions compiler."""
-    from .missions import compile as mc
+    from tinytownd.missions import compile as mc
     try:
         mc.compile_text(yaml.safe_dump(bf.mission, sort_keys=False), bf.path, roles=None)
     except mc.MissionFileError as e:
@@ -1293,7 +1293,7 @@ def check_mission(bf: BatchFile) -> None:
 def _make_run(bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None, roles=None,
               agents=None):
     if bf.kind == "mission":
-        from .missions.compile import known_roles
+        from tinytownd.missions.compile import known_roles
         return MissionBatch(bf, batch_id, r, keys, reporter=reporter, log=log,
                             roles=known_roles(roles or ()))
     if agents is not None:
@@ -1305,8 +1305,8 @@ def _make_run(bf: BatchFile, batch_id: str, r, keys, *, reporter=None, log=None,
 def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
     import gevent
 
-    from . import logs
-    from .daemon import Daemon, StartError
+    from tinytownd import logs
+    from tinytownd.daemon.lifecycle import Daemon, StartError
 
     clis, agents = agent_section(bf, agents=args.agents, cli=args.cli)
     check_agents(bf, clis, agents)
@@ -1429,10 +1429,10 @@ def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
     """-c CONFIG: submit to the town of a running daemon and follow its progress."""
     import sys
 
-    from . import config as cfgmod
-    from . import logs
-    from .keys import Keys
-    from .redis_conn import RedisUnavailable, check_server, make_clients
+    from tinytownd import config as cfgmod
+    from tinytownd import logs
+    from tinytownd.store.keys import Keys
+    from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_clients
 
     try:
         cfg = cfgmod.load(args.config, check_files=False)
@@ -1463,7 +1463,7 @@ def _main_submit(bf: BatchFile, batch_id: str, args) -> int:
             _err(f"no tinytownd daemon is running town {cfg.town.name!r} at {clients.redacted}; "
                  f"start it (tinytownd run -c {args.config}) or run the batch embedded (no -c)")
             return EXIT_UNAVAILABLE
-        from .town import Town
+        from tinytownd.store.town import Town
         roles = {a.get("role_id") or "default" for a in Town(r, keys).list_agents()
                  if a.get("state") not in ("stopped", "error", "cold")}
         for t in bf.tasks:

@@ -22,9 +22,9 @@ def _fail(code: int, msg: str) -> None:
 
 def detach(args) -> None:
     """Returns only in the detached daemon process; the invoking process exits with its status."""
-    from . import exitcodes
-    from .config import ConfigError, load
-    from .pidfile import PidFile, PidFileHeld
+    from tinytownd import exitcodes
+    from tinytownd.config import ConfigError, load
+    from tinytownd.daemon.pidfile import PidFile, PidFileHeld
 
     try:
         cfg = load(args.config)
@@ -38,7 +38,7 @@ def detach(args) -> None:
     holder = pf.held_by()
     if holder:
         _fail(exitcodes.CANTCREAT, f"{args.pidfile} is locked: tinytownd already runs (pid {holder})")
-    from .control import SocketInUse, check_free
+    from tinytownd.daemon.control import SocketInUse, check_free
     try:
         check_free(cfg.control_socket_path)
     except SocketInUse as e:
@@ -73,7 +73,7 @@ def detach(args) -> None:
 
 
 def _wait_for_daemon(r: int, pidfile: str) -> None:
-    from . import exitcodes
+    from tinytownd import exitcodes
 
     data = b""
     while True:

@@ -13,8 +13,8 @@ import socket
 
 import redis
 
-from .keys import Keys
-from .scripts import Scripts
+from tinytownd.store.keys import Keys
+from tinytownd.store.scripts import Scripts
 
 HOST = socket.gethostname()
 

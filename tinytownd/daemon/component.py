@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import Config
-from .keys import Keys
+from tinytownd.config import Config
+from tinytownd.store.keys import Keys
 
 
 @dataclass

@@ -28,17 +28,17 @@ import gevent.event
 import redis
 from gevent.pool import Pool
 
-from . import models
-from .component import Component, Context
-from .config import AgentSpec, Config
-from .leases import Leases, owner_token
-from .logs import get_logger
-from .recovery import Sweeper
-from .redis_conn import make_pool
-from .scripts import KEEP, Scripts
-from .town import Town
-from .wire import AGENT_TERMINAL, hash_ts, new_id
-from .worker import AgentRun, Worker
+from tinytownd.store import records
+from tinytownd.daemon.component import Component, Context
+from tinytownd.config import AgentSpec, Config
+from tinytownd.store.leases import Leases, owner_token
+from tinytownd.logs import get_logger
+from tinytownd.runtime.recovery import Sweeper
+from tinytownd.daemon.redis_clients import make_pool
+from tinytownd.store.scripts import KEEP, Scripts
+from tinytownd.store.town import Town
+from tinytownd.store.wire import AGENT_TERMINAL, hash_ts, new_id
+from tinytownd.runtime.worker import AgentRun, Worker
 
 CLAIM_SCAN = 100            # backlog entries one claim looks at
 CRASH_BACKOFF_MAX_S = 30.0
@@ -270,7 +270,7 @@ class TownRuntime(Component):
         p = self.r.pipeline(transaction=False)
         for w in ws:
             w.woken = True
-            p.lpush(self.keys.inbox(w.aid), models.encode_message(models.make_message(
+            p.lpush(self.keys.inbox(w.aid), records.encode_message(records.make_message(
                 w.aid, "ping")))
         try:
             p.execute()

@@ -28,10 +28,11 @@ import gevent
 import redis
 import structlog
 
-from . import models, runner
-from .models import TASK_BEARING, Poison
-from .town import EVENT_MAXLEN_AGENT, EVENT_MAXLEN_MISSION, EVENT_MAXLEN_TOWN, mission_of
-from .wire import TASK_TERMINAL, debug_state, hash_ts, json_ts
+from tinytownd.store import records
+from tinytownd.runtime import runner
+from tinytownd.store.records import TASK_BEARING, Poison
+from tinytownd.store.town import EVENT_MAXLEN_AGENT, EVENT_MAXLEN_MISSION, EVENT_MAXLEN_TOWN, mission_of
+from tinytownd.store.wire import TASK_TERMINAL, debug_state, hash_ts, json_ts
 
 MAX_INBOX_PER_ROUND = 100
 ROUND_LOGS_KEPT = 50        # per agent: older <name>_round_<n>.log files are deleted
@@ -267,13 +268,13 @@ class Worker:
         poison: list[tuple[str, str, str]] = []
         for which, raw in taken:
             try:
-                good.append((which, raw, models.decode_message(raw)))
+                good.append((which, raw, records.decode_message(raw)))
             except Poison as e:
                 poison.append((which, raw, e.reason))
         if poison:
             self._deadletter_poison(poison)
         task_msgs = [g for g in good if g[2]["type"] in TASK_BEARING]
-        actionable = [g for g in good if models.is_actionable(g[2])]
+        actionable = [g for g in good if records.is_actionable(g[2])]
         # One task per round: further task-bearing messages (several urgent ones) stay in flight
         # and the ack puts them back at the head of their queue for the next round.
         deferred = task_msgs[1:]
@@ -298,7 +299,7 @@ class Worker:
                 this_round = [g for g in this_round if g is not task_msg]
                 actionable = [g for g in actionable if g is not task_msg]
                 task_msg, tid, task = None, None, None
-            elif models.parse_task(task)["state"] in TASK_TERMINAL:
+            elif records.parse_task(task)["state"] in TASK_TERMINAL:
                 self.log.info("task already finished; skipping", task=tid,
                               state=task.get("state"))
                 task_msg, tid, task = None, None, None
@@ -321,7 +322,7 @@ class Worker:
         now = json_ts()
         for which, raw, reason in poison:
             src = k.urgent(a) if which == "u" else k.inbox(a)
-            p.rpush(k.deadletter, models.dumps({"id": models.new_id(), "reason": reason,
+            p.rpush(k.deadletter, records.dumps({"id": records.new_id(), "reason": reason,
                                                 "source": src, "raw": raw, "at": now,
                                                 "agent": a}))
             p.lrem(k.inflight_urgent(a) if which == "u" else k.inflight(a), 1, raw)
@@ -373,10 +374,10 @@ class Worker:
         self.rounds += 1
         rnd = self.rounds
         old_state = self.state if self.state in ("idle", "paused", "starting") else "idle"
-        data = models.make_event("agent_state_changed",
+        data = records.make_event("agent_state_changed",
                                  f"Agent state {debug_state(old_state)} -> Working",
                                  agent_id=a,
-                                 **models.state_change_fields(old_state, "working"))["data"]
+                                 **records.state_change_fields(old_state, "working"))["data"]
         # One call: agent working + current_task, task running, attempts += 1, agent info, event.
         attempt = int(rt.scripts.round_start(
             keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
@@ -466,8 +467,8 @@ class Worker:
                 p.hset(attempts_key, "last_error", err)
                 p.execute()
             for w, raw, m in msgs:
-                if models.is_actionable(m):
-                    env = models.dumps({"key": k.urgent(a) if w == "u" else k.inbox(a),
+                if records.is_actionable(m):
+                    env = records.dumps({"key": k.urgent(a) if w == "u" else k.inbox(a),
                                         "raw": raw, "id": m["id"], "head": w == "u"})
                     entries.append((w, raw, str(due), env))
                 else:
@@ -484,7 +485,7 @@ class Worker:
             rt.town.fail_task(tid, detail)
         p = self.r.pipeline(transaction=False)
         for w, raw, m in msgs:
-            if models.is_actionable(m):
+            if records.is_actionable(m):
                 rt.town.deadletter(reason, k.urgent(a) if w == "u" else k.inbox(a), raw, pipe=p,
                                    task=tid, agent=a, attempts=attempt, error=err)
         if attempts_key:
@@ -503,17 +504,17 @@ class Worker:
         if tid:
             task = task or {}
             exp_aid, exp_tags = task.get("assigned_to") or "", task.get("tags") or ""
-            mission = mission_of(models.decode_tags(exp_tags)) or ""
-            task_data = models.make_event("task_completed", f"Task {tid} completed", timestamp=ts,
+            mission = mission_of(records.decode_tags(exp_tags)) or ""
+            task_data = records.make_event("task_completed", f"Task {tid} completed", timestamp=ts,
                                           agent_id=exp_aid or None, task_id=tid,
                                           mission_id=mission or None)["data"]
             n = {"task": tid, "state": "completed"}
             if mission:
                 n["mission"] = mission
-            note = models.dumps(n)
-        idle_data = models.make_event("agent_state_changed", "Agent state Working -> Idle",
+            note = records.dumps(n)
+        idle_data = records.make_event("agent_state_changed", "Agent state Working -> Idle",
                                       timestamp=ts, agent_id=a,
-                                      **models.state_change_fields("working", "idle"))["data"]
+                                      **records.state_change_fields("working", "idle"))["data"]
         args = [k.p, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
                 k.notify, note, idle_data, f"Round {self.rounds}: ✅ completed", rt.owner,
                 EVENT_MAXLEN_TOWN, EVENT_MAXLEN_AGENT, EVENT_MAXLEN_MISSION]
@@ -545,7 +546,7 @@ class Worker:
             if old == "working":
                 rt.town._emit_into(p2, "agent_state_changed", "Agent state Working -> Idle",
                                    {"agent_id": a,
-                                    **models.state_change_fields("working", "idle")})
+                                    **records.state_change_fields("working", "idle")})
             try:
                 p2.execute()
             except redis.RedisError as e:
@@ -565,7 +566,7 @@ class Worker:
         self.state = "idle" if old in ("working", "idle", "starting", None) else old
         if old == "working":
             rt.town.emit("agent_state_changed", "Agent state Working -> Idle", agent_id=a,
-                         **models.state_change_fields("working", "idle"))
+                         **records.state_change_fields("working", "idle"))
 
     # ------------------------------------------------------------------ prompt
     def _prompt(self, msgs, tid, task, task_msg, attempt, max_attempts) -> str:
@@ -586,7 +587,7 @@ class Worker:
         if others:
             lines += ["## Messages", ""]
             for m in others:
-                sender = "supervisor" if m["from"] == models.SUPERVISOR_ID else m["from"]
-                lines.append(f"- [{m['type']}] from {sender}: {models.message_text(m)}")
+                sender = "supervisor" if m["from"] == records.SUPERVISOR_ID else m["from"]
+                lines.append(f"- [{m['type']}] from {sender}: {records.message_text(m)}")
             lines.append("")
         return "\n".join(lines)

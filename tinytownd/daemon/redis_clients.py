@@ -18,7 +18,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .config import Config, redact_url
+from tinytownd.config import Config, redact_url
 
 MIN_VERSION = (7, 0)
 

@@ -2,7 +2,7 @@
 
 `Town(r, keys)` is what the runtime, the operator CLI, the mission scheduler and batch runs use to
 register agents, create/assign/complete tasks, send messages and emit events. Every record written
-here parses under tt's rules (see models.py); updates are single-field HSET/HDEL/HINCRBY, never
+here parses under tt's rules (see records.py); updates are single-field HSET/HDEL/HINCRBY, never
 whole-record rewrites, so concurrent writers (tt, townhall, other daemons) are not undone.
 
 Hot paths (assign, assign_many) queue all their commands in one non-transactional pipeline: the
@@ -20,10 +20,10 @@ try:
 except ImportError:  # pragma: no cover
     _pack = None
 
-from . import models
-from .keys import Keys
-from .scripts import Scripts
-from .wire import (AGENT_TERMINAL, RESERVED_AGENT_NAMES, SUPERVISOR_ID, TASK_TERMINAL,
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
+from tinytownd.store.scripts import Scripts
+from tinytownd.store.wire import (AGENT_TERMINAL, RESERVED_AGENT_NAMES, SUPERVISOR_ID, TASK_TERMINAL,
                    canonical_id, debug_state, hash_ts, is_uuid, new_id)
 
 
@@ -60,7 +60,7 @@ class Town:
         self.keys = keys
         self.k = keys
         if log is None:
-            from .logs import get_logger
+            from tinytownd.logs import get_logger
             log = get_logger("town", town=keys.town)
         self.log = log
         self.scripts = Scripts(r)
@@ -94,7 +94,7 @@ class Town:
             aid, pairs = live[0]["id"], []
         else:
             aid = new_id()
-            h = models.new_agent_hash(aid, name, role=role, cli=cli, nickname=nickname)
+            h = records.new_agent_hash(aid, name, role=role, cli=cli, nickname=nickname)
             pairs = [x for kv in h.items() for x in kv]
         got, created = self.scripts.register_agent(keys=[k.agent_names],
                                                    args=[k.p, name, aid, *pairs])
@@ -144,7 +144,7 @@ class Town:
                 aid, pairs = sorted(live, key=lambda a: a.get("created_at", ""))[0]["id"], []
             else:
                 aid = new_id()
-                h = models.new_agent_hash(aid, name, role=s.get("role"), cli=s.get("cli", ""))
+                h = records.new_agent_hash(aid, name, role=s.get("role"), cli=s.get("cli", ""))
                 pairs = [x for kv in h.items() for x in kv]
             self.scripts.register_agent(keys=[k.agent_names], args=[k.p, name, aid, *pairs],
                                         client=p)
@@ -246,7 +246,7 @@ class Town:
         if event and old != new:
             self._emit_into(p, "agent_state_changed",
                             f"Agent state {debug_state(old or 'starting')} -> {debug_state(new)}",
-                            {"agent_id": aid, **models.state_change_fields(old or "starting", new)})
+                            {"agent_id": aid, **records.state_change_fields(old or "starting", new)})
         if pipe is None:
             p.execute()
 
@@ -262,7 +262,7 @@ class Town:
                         ) -> tuple[str, tuple]:
         """A new task id and the HSET that creates its `pending` hash (to send in a batch)."""
         tid = new_id()
-        h = models.new_task_hash(tid, description, tags=tags, parent_id=parent_id)
+        h = records.new_task_hash(tid, description, tags=tags, parent_id=parent_id)
         cmd = ["HSET", self.k.task(tid)]
         for f, v in h.items():
             cmd += (f, v)
@@ -297,7 +297,7 @@ class Town:
             cur = self.get_task(task_id)
             if cur is None:
                 raise LookupError(f"unknown task {task_id!r}")
-            known_tags = models.decode_tags(cur.get("tags"))
+            known_tags = records.decode_tags(cur.get("tags"))
         tid, cmds = self._assign_cmds(aid, description, tags, task_id, max_attempts, timeout_s,
                                       meta, _now or hash_ts(), known_tags)
         if pipe is not None:
@@ -319,7 +319,7 @@ class Town:
         if task_id is None:
             tid = new_id()
             hcmd = ("HSET", k.task(tid), "id", tid, "description", description, "state",
-                    "assigned", "created_at", now, "updated_at", now, "tags", models.encode_tags(tags),
+                    "assigned", "created_at", now, "updated_at", now, "tags", records.encode_tags(tags),
                     "assigned_to", aid)
         else:
             tid = task_id
@@ -336,10 +336,10 @@ class Town:
         fields = {"agent_id": aid, "task_id": tid}
         if mission:
             fields["mission_id"] = mission
-        data = models.make_event("task_assigned", f"Task {tid} assigned", timestamp=nz,
+        data = records.make_event("task_assigned", f"Task {tid} assigned", timestamp=nz,
                                  **fields)["data"]
         cmds = [hcmd, tuple(m),
-                ("RPUSH", k.inbox(aid), models.task_assign_json(aid, tid, created_at=nz)),
+                ("RPUSH", k.inbox(aid), records.task_assign_json(aid, tid, created_at=nz)),
                 ("XADD", k.events, "MAXLEN", "~", EVENT_MAXLEN_TOWN, "*", "event_type",
                  "task_assigned", "data", data),
                 ("XADD", k.agent_events(aid), "MAXLEN", "~", EVENT_MAXLEN_AGENT, "*",
@@ -454,7 +454,7 @@ class Town:
             raise LookupError(f"unknown task {tid!r}")
         if code == 0:
             return False
-        aid, tags = res[1] or None, models.decode_tags(res[2])
+        aid, tags = res[1] or None, records.decode_tags(res[2])
         mission = mission_of(tags)
         if state in ("completed", "failed"):
             self._emit_into(p, f"task_{state}",
@@ -463,7 +463,7 @@ class Town:
         note = {"task": tid, "state": state}
         if mission:
             note["mission"] = mission
-        p.publish(self.k.notify, models.dumps(note))
+        p.publish(self.k.notify, records.dumps(note))
         return True
 
     def requeue_task(self, tid: str, *, pipe=None) -> None:
@@ -481,8 +481,8 @@ class Town:
 
         urgent → LPUSH urgent list; priority high/urgent → LPUSH inbox; else RPUSH inbox (FIFO).
         """
-        msg = models.make_message(aid, mtype, sender=sender, priority=priority, **fields)
-        raw = models.encode_message(msg)
+        msg = records.make_message(aid, mtype, sender=sender, priority=priority, **fields)
+        raw = records.encode_message(msg)
         p = pipe if pipe is not None else self.r
         if urgent:
             p.lpush(self.k.urgent(aid), raw)
@@ -509,7 +509,7 @@ class Town:
         if m:
             p.hset(k.task_meta(tid), mapping=m)
         p.rpush(k.backlog, tid)
-        p.publish(k.notify, models.dumps({"task": tid, "state": "pending", "backlog": True}))
+        p.publish(k.notify, records.dumps({"task": tid, "state": "pending", "backlog": True}))
         p.execute()
         return tid
 
@@ -528,7 +528,7 @@ class Town:
 
     def _emit_into(self, p, event_type: str, message: str, fields: dict,
                    timestamp: str | None = None) -> None:
-        entry = models.make_event(event_type, message, timestamp=timestamp, **fields)
+        entry = records.make_event(event_type, message, timestamp=timestamp, **fields)
         k = self.k
         p.xadd(k.events, entry, maxlen=EVENT_MAXLEN_TOWN, approximate=True)
         seen = set()
@@ -546,7 +546,7 @@ class Town:
         st = self.r.hget(self.k.agent(aid), "state")
         if st is None and not self.r.exists(self.k.agent(aid)):
             raise LookupError(f"unknown agent {aid!r}")
-        return models.parse_agent({"id": aid, "state": st})["state"]
+        return records.parse_agent({"id": aid, "state": st})["state"]
 
     def interrupt(self, aid: str) -> str:
         """paused (refused for terminal agents). Returns the old state."""
@@ -557,7 +557,7 @@ class Town:
         p.hset(self.k.agent(aid), "state", "paused")
         self.log_activity(aid, "⏸️ Interrupted (paused)", pipe=p)
         self._emit_into(p, "agent_interrupted", "Agent interrupted (paused)",
-                        {"agent_id": aid, **models.state_change_fields(old, "paused")})
+                        {"agent_id": aid, **records.state_change_fields(old, "paused")})
         p.execute()
         return old
 
@@ -573,7 +573,7 @@ class Town:
         p.delete(self.k.stop(aid))
         self.log_activity(aid, "▶️ Resumed", pipe=p)
         self._emit_into(p, "agent_resumed", "Agent resumed",
-                        {"agent_id": aid, **models.state_change_fields(old, "idle")})
+                        {"agent_id": aid, **records.state_change_fields(old, "idle")})
         p.execute()
         return old
 
@@ -587,7 +587,7 @@ class Town:
         p.set(self.k.stop(aid), "1", ex=3600)
         self.log_activity(aid, "🔻 Closing (draining then stop)", pipe=p)
         self._emit_into(p, "agent_stopped", "Agent closing (draining then stop)",
-                        {"agent_id": aid, **models.state_change_fields(old, "draining")})
+                        {"agent_id": aid, **records.state_change_fields(old, "draining")})
         p.execute()
         return old
 
@@ -600,7 +600,7 @@ class Town:
         p.hset(self.k.agent(aid), mapping={"state": "stopped", "last_heartbeat": hash_ts()})
         self.log_activity(aid, "🛑 Stop requested", pipe=p)
         self._emit_into(p, "agent_state_changed", "Agent killed",
-                        {"agent_id": aid, **models.state_change_fields(old, "stopped")})
+                        {"agent_id": aid, **records.state_change_fields(old, "stopped")})
         p.execute()
         return old
 

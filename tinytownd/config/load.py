@@ -1,0 +1,265 @@
+"""Loading a config: YAML → the schema, collecting every problem as `FILE: KEY: problem`, then
+the checks that involve more than one key or the file system, then environment overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinytownd.store.wire import RESERVED_AGENT_NAMES
+
+from .checks import ConfigError, Invalid, redis_url_value, is_loopback
+from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
+                     AgentCli, AgentSpec, Config, ControlSection, DaemonSection, LoggingSection,
+                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection)
+
+def discover(path: str | None) -> str:
+    """-c, else $TINYTOWND_CONFIG, else /etc/tinytownd/tinytownd.yaml."""
+    return path or os.environ.get(ENV_CONFIG) or DEFAULT_PATH
+
+
+def _coerce(value: Any, hint: str, key: str) -> Any:
+    """Check a scalar against the dataclass annotation (given as a string)."""
+    optional = "None" in hint
+    if value is None:
+        if optional:
+            return None
+        raise Invalid("must not be null")
+    base = hint.replace(" | None", "").replace("None | ", "").strip()
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise Invalid(f"must be true or false, not {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if key in ("maxmemory",):  # sizes accept strings; the check converts
+                return value
+            raise Invalid(f"must be an integer, not {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"must be a number, not {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise Invalid(f"must be a string, not {value!r}")
+        return value
+    if base == "dict":
+        if not isinstance(value, dict):
+            raise Invalid(f"must be a mapping, not {type(value).__name__}")
+        return value
+    if base == "list":
+        if not isinstance(value, list):
+            raise Invalid(f"must be a list, not {type(value).__name__}")
+        return value
+    return value
+
+
+def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
+    """Build dataclass `cls` from a YAML mapping, collecting problems instead of raising."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append((prefix.rstrip("."), f"must be a mapping, not {type(data).__name__}"))
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "env_redis_url")}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else \
+                f" (known: {', '.join(sorted(fields))})"
+            problems.append((key, f"unknown key{hint}"))
+            continue
+        f = fields[k]
+        hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        try:
+            sub = next((c for c in (TownSection, RedisSection, TlsSection, ControlSection,
+                                    LoggingSection, DaemonSection, RuntimeSection,
+                                    MissionsSection) if c.__name__ == hint), None)
+            if sub is not None:
+                kwargs[k] = _build(sub, v, f"{key}.", problems)
+                continue
+            if k in _SECTION_OF_DICT and cls is Config:
+                kwargs[k] = _build_cli_map(v, key, problems)
+                continue
+            if k in _SECTION_OF_LIST and cls is Config:
+                kwargs[k] = _build_agents(v, key, problems)
+                continue
+            v = _coerce(v, hint, k)
+            check = f.metadata.get("check")
+            if check is not None and v is not None:
+                v = check(v)
+            kwargs[k] = v
+        except Invalid as e:
+            problems.append((key, e.msg))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - schema bug
+        problems.append((prefix.rstrip("."), str(e)))
+        return cls()
+
+
+def _build_cli_map(data, key, problems) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append((key, "must be a mapping of CLI name → {command: …}"))
+        return {}
+    out = {}
+    for name, spec in data.items():
+        k = f"{key}.{name}"
+        if isinstance(spec, str):  # shorthand: name: "command"
+            spec = {"command": spec}
+        cli = _build(AgentCli, spec, f"{k}.", problems)
+        if not cli.command.strip():
+            problems.append((f"{k}.command", "is required and must not be empty"))
+        if cli.timeout_s is not None and cli.timeout_s <= 0:
+            problems.append((f"{k}.timeout_s", "must be > 0, or null for no limit"))
+        for ek, ev in cli.env.items():
+            if not isinstance(ev, (str, int, float)) or isinstance(ev, bool):
+                problems.append((f"{k}.env.{ek}", "must be a string"))
+        out[str(name)] = cli
+    return out
+
+
+def _build_agents(data, key, problems) -> list:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        problems.append((key, "must be a list of {name, role, cli, count?, workdir?, env?}"))
+        return []
+    out = []
+    for i, spec in enumerate(data):
+        k = f"{key}[{i}]"
+        a = _build(AgentSpec, spec, f"{k}.", problems)
+        if not a.name:
+            problems.append((f"{k}.name", "is required"))
+        elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", a.name):
+            problems.append((f"{k}.name", f"{a.name!r}: use letters, digits, '.', '_' or '-'"))
+        elif a.name.strip().lower() in RESERVED_AGENT_NAMES:
+            problems.append((f"{k}.name", f"{a.name!r} is reserved by Tinytown"))
+        if not a.cli:
+            problems.append((f"{k}.cli", "is required (a name from agent_clis)"))
+        out.append(a)
+    return out
+
+
+def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
+    """Checks that involve more than one key, or the file system."""
+    clis = cfg.clis()
+    names: dict[str, int] = {}
+    for i, a in enumerate(cfg.agents):
+        if a.cli and a.cli not in clis:
+            close = difflib.get_close_matches(a.cli, clis, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append((f"agents[{i}].cli", f"unknown CLI {a.cli!r}{hint}; define it under "
+                                                 "agent_clis"))
+    for a in cfg.expanded_agents():
+        if a.name in names:
+            problems.append(("agents", f"agent name {a.name!r} is defined twice"))
+        names[a.name] = 1
+    r = cfg.redis
+    if r.url is None:
+        if r.socket is None and r.port == 0 and not r.tls.enabled:
+            problems.append(("redis.port", "must be set (1-65535) when redis.socket is null"))
+        if r.tls.enabled:
+            if r.port == 0:
+                problems.append(("redis.port", "must be set when redis.tls.enabled (the TLS port)"))
+            for name in ("cert", "key"):
+                val = getattr(r.tls, name)
+                if not val:
+                    problems.append((f"redis.tls.{name}", "is required when tls.enabled"))
+                elif not cfg.resolve(val).is_file():
+                    problems.append((f"redis.tls.{name}", f"file not found: {cfg.resolve(val)}"))
+            if r.tls.ca_cert and not cfg.resolve(r.tls.ca_cert).is_file():
+                problems.append(("redis.tls.ca_cert", f"file not found: {cfg.resolve(r.tls.ca_cert)}"))
+        if (r.socket is None or r.port) and not is_loopback(r.bind) and not r.password:
+            problems.append(("redis.bind", f"{r.bind!r} is not a loopback address: set "
+                                           "redis.password (or TINYTOWN_REDIS_PASSWORD)"))
+        if shutil.which(r.server) is None and not Path(r.server).is_file():
+            problems.append(("redis.server", f"{r.server!r} not found on PATH"))
+        sock = cfg.redis_socket_path
+        if sock and len(str(sock)) > UNIX_PATH_MAX:
+            problems.append(("redis.socket", f"path is {len(str(sock))} bytes, over the "
+                                             f"{UNIX_PATH_MAX}-byte unix socket limit: {sock}"))
+    if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
+        problems.append(("control.socket", f"path over the {UNIX_PATH_MAX}-byte unix socket limit"))
+    rt = cfg.runtime
+    if rt.stale_after_s < 2 * rt.heartbeat_interval_s:
+        problems.append(("runtime.stale_after_s", "must be at least twice "
+                                                  "runtime.heartbeat_interval_s"))
+    if rt.lease_ttl_s < 2 * rt.heartbeat_interval_s:
+        problems.append(("runtime.lease_ttl_s", "must be at least twice "
+                                                "runtime.heartbeat_interval_s"))
+
+
+def _default_root(config_path: str) -> str:
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or \
+        str(Path(config_path).resolve().parent)
+
+
+def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
+              check_files: bool = True) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [("", "the top level must be a mapping")])
+    cfg = _build(Config, data, "", problems)
+    if problems:
+        raise ConfigError(path, problems)
+    # Resolve the town root (absolute) and apply environment overrides.
+    root = cfg.town.root or _default_root(path)
+    root_p = Path(os.path.expanduser(root))
+    if not root_p.is_absolute():
+        base = Path(path).resolve().parent if not path.startswith("<") else Path.cwd()
+        root_p = base / root_p
+    cfg = dataclasses.replace(cfg, town=dataclasses.replace(cfg.town, root=str(root_p)),
+                              path=path)
+    redis = cfg.redis
+    env_url = (env.get("REDIS_URL") or "").strip()
+    if env_url:
+        try:
+            redis_url_value(env_url)
+        except Invalid as e:
+            raise ConfigError(path, [("REDIS_URL", e.msg)])
+        cfg = dataclasses.replace(cfg, redis=dataclasses.replace(RedisSection(), url=env_url),
+                                  env_redis_url=True)
+    elif env.get("TINYTOWN_REDIS_PASSWORD"):
+        cfg = dataclasses.replace(cfg, redis=dataclasses.replace(
+            redis, password=env["TINYTOWN_REDIS_PASSWORD"]))
+    if check_files:
+        _validate_whole(cfg, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def load(path: str | None = None, *, env: dict | None = None, check_files: bool = True) -> Config:
+    """Read and validate a config file. Raises ConfigError (exit 78 territory)."""
+    path = discover(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(path, [("", "file not found")])
+    except OSError as e:
+        raise ConfigError(path, [("", f"cannot read: {e.strerror}")])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, [("", f"invalid YAML: {where}{problem}")])
+    return from_dict(data, str(path), env=env, check_files=check_files)
+
