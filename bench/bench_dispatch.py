@@ -107,7 +107,7 @@ def bench_assign(n: int, agents: int) -> dict:
         t0 = time.perf_counter()
         tids = town.assign_many(items)
         tt_s = time.perf_counter() - t0
-        assert len(tids) == n and sum(r.llen(town.k.inbox(a)) for a in aids) == n
+        assert len(tids) == n and sum(r.llen(town.keys.inbox(a)) for a in aids) == n
         return emit({"test": "assign", "n": n, "agents": agents,
                      "raw_lpush_pipe100_per_s": round(n / raw_s),
                      "town_assign_many_per_s": round(n / tt_s),
@@ -162,7 +162,7 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
 def _assign_new(town: Town, aid: str, tid: str, desc: str) -> None:
     """Town.assign with a preset new task id (so the latency hook can match it)."""
     p = town.r.pipeline(transaction=False)
-    p.hset(town.k.task(tid), mapping=records.new_task_hash(tid, desc, state="assigned",
+    p.hset(town.keys.task(tid), mapping=records.new_task_hash(tid, desc, state="assigned",
                                                           assigned_to=aid))
     town.assign(aid, task_id=tid, pipe=p)
     p.execute()

@@ -125,7 +125,7 @@ def bench_full(url: str, n: int, rounds: int = 10) -> dict:
     h = EngineHandle(url, "bench", run=False, ttl=60, sweep=3600)   # ticks driven by hand
     eng = h.engine
     assert eng.leases.acquire(mid)
-    from tinytownd.missions.lease import LeaseState
+    from tinytownd.missions.engine import LeaseState
     eng.owned[mid] = LeaseState(mid)
     times = []
     for _ in range(rounds):

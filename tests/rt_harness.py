@@ -13,7 +13,7 @@ from tinytownd import config
 from tinytownd.daemon.component import Context
 from tinytownd.store.keys import Keys
 from tinytownd.daemon.redis_clients import make_clients
-from tinytownd.runtime.town_runtime import TownRuntime, blocking_connections
+from tinytownd.runtime.town_runtime import TownRuntime
 from tinytownd.store.town import Town
 from tinytownd.store.wire import new_id
 from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the runtime tests)
@@ -35,7 +35,7 @@ class Harness:
     def __init__(self, cfg_path: Path):
         self.cfg = config.load(str(cfg_path), env={}, check_files=False)
         self.keys = Keys(self.cfg.town.name)
-        self.clients = make_clients(self.cfg, blocking_connections=blocking_connections(self.cfg))
+        self.clients = make_clients(self.cfg, blocking_connections=self.cfg.blocking_connections)
         self.ctx = Context(config=self.cfg, keys=self.keys, clients=self.clients,
                            instance_id=new_id(), stopping=gevent.event.Event())
         self.rt = TownRuntime(self.ctx)

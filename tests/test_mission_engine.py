@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import ROOT
 from tests.test_mission_support import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
                                         mission_state, wait_for)
+from tinytownd.store import validate
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.missions.compile import compile_text
@@ -79,7 +80,7 @@ def validate_all(e, mid):
         assert line.startswith("[") and line[20:22] == "] "
     assert e.r.llen(e.keys.mission_log(mid)) <= 100
     for tid in [t for t in e.r.scan_iter(match=e.keys.pattern("task"))]:
-        assert records.validate_task(e.r.hgetall(tid)) == []
+        assert validate.validate_task(e.r.hgetall(tid)) == []
     return snap
 
 
@@ -153,7 +154,7 @@ work_items: [{id: only, title: Flaky}]
     meta = env.r.hgetall(env.keys.mission_meta(mid))
     assert meta[f"attempts:{wid}"] == "3" and meta[f"exhausted:{wid}"] == "3"
     raws = env.r.lrange(env.keys.inbox(SUPERVISOR_ID), 0, -1)
-    assert all(records.validate_message(x) == [] for x in raws)
+    assert all(validate.validate_message(x) == [] for x in raws)
     inbox = [json.loads(x) for x in raws]
     helps = [m for m in inbox if m["type"] == "query" and
              m["question"].startswith(f"[Mission Help Needed] Mission {mid}")]
@@ -314,7 +315,7 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
 
 def _one_item_mission_owned_by(env, eng) -> str:
     """A started one-item mission whose lease `eng` holds (ticks run on it by hand)."""
-    from tinytownd.missions.lease import LeaseState
+    from tinytownd.missions.engine import LeaseState
     c = env.start("""
 policy: {reviewer_required: false}
 work_items: [{id: x, title: X}]
@@ -362,7 +363,7 @@ def test_lost_lease_stops_writes_at_once(env):
     assert env.r.get(env.keys.mission(mid)) == before
     assert mid not in eng.owned and eng.stats["lease_lost"] == 1
     assert env.r.get(env.keys.mission_lock(mid)) == "someone-else"   # not released by us
-    assert not eng.leases.refresh(mid) and not eng.leases.release(mid)
+    assert not eng.leases.renew(mid) and not eng.leases.release(mid)
 
 
 def test_task_bound_by_tt_is_adopted_not_duplicated(env):

@@ -90,7 +90,7 @@ class FakeAgent:
         self.g = gevent.spawn(self.loop)
 
     def loop(self):
-        r, k = self.town.r, self.town.k
+        r, k = self.town.r, self.town.keys
         while self.running:
             try:
                 self.step(r, k)

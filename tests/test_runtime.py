@@ -8,6 +8,7 @@ import pytest
 
 from tests.rt_harness import Harness, wait_for, write_config
 from tests.test_town import all_records_valid_town
+from tinytownd.store import agent_control
 from tinytownd.store import records
 from tinytownd.store.wire import SUPERVISOR_ID, TASK_TERMINAL
 
@@ -95,7 +96,7 @@ def test_urgent_before_normal_and_fifo(harness, tmpdir_short):
                 runtime={"heartbeat_interval_s": 0.2})
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
-    h.town.interrupt(aid)                    # queue everything while paused
+    agent_control.interrupt(h.town, aid)                    # queue everything while paused
     wait_for(lambda: h.rt.workers[aid].state == "paused")
     normal = [h.town.assign(aid, f"n{i}") for i in range(4)]
     urgent = []
@@ -105,7 +106,7 @@ def test_urgent_before_normal_and_fifo(harness, tmpdir_short):
         h.town.r.hset(h.keys.task(tid), mapping={"state": "assigned", "assigned_to": aid})
         h.town.send(aid, "task_assign", urgent=True, task_id=tid)
         urgent.append(tid)
-    h.town.resume(aid)
+    agent_control.resume(h.town, aid)
     wait_for(lambda: out.exists() and len(out.read_text().split()) == 6)
     order = out.read_text().split()
     # the urgent list is a stack (newest first), then the inbox in FIFO order
@@ -165,7 +166,7 @@ def test_timeout_kills_process_group(harness, tmpdir_short):
 def test_poison_deadlettered_good_ones_run(harness):
     h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null"})
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
-    h.town.interrupt(aid)
+    agent_control.interrupt(h.town, aid)
     wait_for(lambda: h.rt.workers[aid].state == "paused")
     good = records.make_message(aid, "task", description="x")
     bad = ["{not json", json.dumps({**good, "type": "weird"}),
@@ -176,7 +177,7 @@ def test_poison_deadlettered_good_ones_run(harness):
         h.town.r.rpush(h.keys.inbox(aid), raw)
         tids.append(h.town.assign(aid, f"good{i}"))
     h.town.r.lpush(h.keys.urgent(aid), "urgent garbage")
-    h.town.resume(aid)
+    agent_control.resume(h.town, aid)
     wait_for(lambda: all(task_state(h, t) == "completed" for t in tids))
     dl = [json.loads(x) for x in h.town.r.lrange(h.keys.deadletter, 0, -1)]
     assert sorted(d["raw"] for d in dl) == sorted(bad + ["urgent garbage"])
@@ -208,17 +209,17 @@ def test_interrupt_resume_close_kill(harness, tmpdir_short):
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
     # interrupt: paused, no new work taken
-    h.town.interrupt(aid)
+    agent_control.interrupt(h.town, aid)
     tid = h.town.assign(aid, "while paused")
     time.sleep(0.5)
     assert task_state(h, tid) == "assigned" and h.town.get_agent(aid)["state"] == "paused"
     # resume: idle, work runs
-    h.town.resume(aid)
+    agent_control.resume(h.town, aid)
     wait_for(lambda: task_state(h, tid) == "completed")
     # close during a round: the round finishes, then stopped
     tid2 = h.town.assign(aid, "finish me")
     wait_for(lambda: h.town.get_agent(aid)["state"] == "working")
-    h.town.close(aid)
+    agent_control.close(h.town, aid)
     wait_for(lambda: task_state(h, tid2) == "completed")
     wait_for(lambda: h.town.get_agent(aid)["state"] == "stopped")
     wait_for(lambda: h.rt.workers[aid].greenlet.dead)
@@ -228,7 +229,7 @@ def test_interrupt_resume_close_kill(harness, tmpdir_short):
     tid3 = h.town.assign(aid, "after close")
     time.sleep(0.6)
     assert task_state(h, tid3) == "assigned"
-    h.town.resume(aid)
+    agent_control.resume(h.town, aid)
     wait_for(lambda: task_state(h, tid3) == "completed")
 
 
@@ -238,7 +239,7 @@ def test_kill_stops_running_cli_and_requeues(harness, tmpdir_short):
     tid = h.town.assign(aid, "long")
     wait_for(lambda: h.rt.workers[aid].pid)
     pid = h.rt.workers[aid].pid
-    h.town.kill(aid)
+    agent_control.kill(h.town, aid)
     wait_for(lambda: h.rt.workers[aid].greenlet.dead, timeout=10)
     assert h.town.get_agent(aid)["state"] == "stopped"
     with pytest.raises(ProcessLookupError):
@@ -278,7 +279,8 @@ def test_parked_agents_are_woken(harness, tmpdir_short):
                 runtime={"heartbeat_interval_s": 2.0, "lease_ttl_s": 10.0, "stale_after_s": 10.0,
                          "block_timeout_s": 0.05})
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
-    assert h.rt.idle_block_s == 2.0
+    from tinytownd.runtime.worker import idle_park_s
+    assert idle_park_s(h.rt.cfg) == 2.0
     wait_for(lambda: h.rt.workers[aid].idle)
     # normal mail wakes the BLMOVE itself
     t0 = time.monotonic()
@@ -293,11 +295,11 @@ def test_parked_agents_are_woken(harness, tmpdir_short):
     wait_for(lambda: task_state(h, utid) == "completed", timeout=6)
     # close while parked: stopped within about one interval
     wait_for(lambda: h.rt.workers[aid].idle)
-    h.town.close(aid)
+    agent_control.close(h.town, aid)
     wait_for(lambda: h.town.get_agent(aid)["state"] == "stopped", timeout=6)
     inbox = [json.loads(x)["type"] for x in h.town.r.lrange(h.keys.inbox(aid), 0, -1)]
     assert inbox in ([], ["ping"])      # a ping pushed for the stop may stay for the next start
-    h.town.resume(aid)
+    agent_control.resume(h.town, aid)
     wait_for(lambda: not h.rt.workers[aid].greenlet.dead and h.rt.workers[aid].idle, timeout=6)
     wait_for(lambda: h.town.r.llen(h.keys.inbox(aid)) == 0, timeout=6)
 
@@ -311,7 +313,7 @@ def test_paused_agent_stays_paused_across_restart(redis_server, tmpdir_short):
     try:
         aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
         wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
-        h.town.interrupt(aid)
+        agent_control.interrupt(h.town, aid)
         wait_for(lambda: h.rt.workers[aid].state == "paused")
     finally:
         h.crash()
@@ -321,7 +323,7 @@ def test_paused_agent_stays_paused_across_restart(redis_server, tmpdir_short):
         tid = h2.town.assign(aid, "waits")
         time.sleep(0.4)
         assert task_state(h2, tid) == "assigned"
-        h2.town.resume(aid)
+        agent_control.resume(h2.town, aid)
         wait_for(lambda: task_state(h2, tid) == "completed")
     finally:
         h2.stop()
@@ -341,15 +343,19 @@ def test_idle_timeout_drains_then_stops(harness):
 def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short):
     """round_ok_take ends a round and takes the next one atomically; if a stop arrives before the
     worker uses that take, the taken messages go back to the queue heads, order kept."""
-    from tinytownd.runtime.worker import MAX_INBOX_PER_ROUND, AgentRun, Worker
+    from tinytownd.runtime.round import MAX_INBOX_PER_ROUND
+    from tinytownd.runtime.settings import AgentSettings
+    from tinytownd.runtime.worker import Worker
 
     h = harness([], {"ok": "true"})
     rt, k = h.rt, h.keys
     aid = h.town.register_agent("x", cli="ok")
     assert rt.leases.acquire(aid)
-    w = Worker(rt, AgentRun(name="x", aid=aid, role="worker", cli="ok", command="true",
-                            timeout_s=None, max_attempts=3, workdir=str(tmpdir_short)))
-    w._take_keys = w._qkeys() + [k.stop(aid), k.agent(aid), k.agent_lease(aid)]
+    w = Worker(rt.links, AgentSettings(name="x", aid=aid, role="worker", cli="ok",
+                                       command="true", timeout_s=None, max_attempts=3,
+                                       workdir=str(tmpdir_short)))
+    w.take_keys = [k.urgent(aid), k.inbox(aid), k.inflight_urgent(aid), k.inflight(aid),
+                   k.stop(aid), k.agent(aid), k.agent_lease(aid)]
     t1 = h.town.assign(aid, "first")
     t2 = h.town.assign(aid, "second")
     note = h.town.send(aid, "informational", urgent=True, summary="hello")
@@ -359,21 +365,22 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
     ok_keys = [k.agent(aid), k.inflight_urgent(aid), k.inflight(aid), k.urgent(aid), k.inbox(aid),
                k.agent_lease(aid), k.delayed, k.agent(aid), k.agent_info(aid), k.activity(aid),
                k.events, k.agent_events(aid)]
-    ok_args = [k.p, "2026-01-01T00:00:00+00:00", "done", "", "", "", "", "", k.notify, "",
+    ok_args = [k.prefix, "2026-01-01T00:00:00+00:00", "done", "", "", "", "", "", k.notify, "",
                "{}", "Round 1: ok", rt.owner, 1000, 100, 500]
     fin, pre = rt.scripts.round_ok_take(
-        keys=ok_keys + w._take_keys,
-        args=[len(ok_keys), len(ok_args), *ok_args, rt.owner, MAX_INBOX_PER_ROUND, k.p])
+        keys=ok_keys + w.take_keys,
+        args=[len(ok_keys), len(ok_args), *ok_args, rt.owner, MAX_INBOX_PER_ROUND, k.prefix])
     assert int(fin[0]) == -2 and int(fin[4]) == 1          # no task; acked under our lease
     assert pre[0] == "ok" and int(pre[1]) == 1             # the urgent note...
     assert len(pre[2]) == 2 and json.loads(pre[2][1])["task_id"] == t1   # ...and the first task
     assert pre[3][0] == "task_assign" and pre[3][1] == t1  # with its task hash
     assert json.loads(pre[2][0])["id"] == note
     assert h.town.r.llen(k.inbox(aid)) == 1               # t2 still queued
-    w._pre = pre
+    w.next_take = pre
     w.stop_requested = True
-    w._drop_pre()
-    assert w._pre is None
+    w.log = rt.log
+    w._drop_next_take()
+    assert w.next_take is None
     assert h.town.r.llen(k.inflight(aid)) == 0 and h.town.r.llen(k.inflight_urgent(aid)) == 0
     assert h.town.r.lrange(k.inbox(aid), 0, -1) == before_inbox
     assert h.town.r.lrange(k.urgent(aid), 0, -1) == before_urgent

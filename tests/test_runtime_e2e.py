@@ -68,7 +68,7 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
         assert before < 200, "too fast to test a crash in the middle"
         d2 = _daemon(cfg, log)
         _wait(lambda: done() == 200, 120, "all 200 tasks completed after restart")
-        k = town.k
+        k = town.keys
         for aid in aids:
             assert town.r.llen(k.inbox(aid)) == 0
             assert town.r.llen(k.inflight(aid)) == 0
@@ -88,7 +88,7 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
     # after a graceful stop the agents are recorded as stopped and the leases released
     for a in town.list_agents():
         assert a["state"] == "stopped"
-        assert not town.r.exists(town.k.agent_lease(a["id"]))
+        assert not town.r.exists(town.keys.agent_lease(a["id"]))
 
 
 def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_short):
@@ -114,7 +114,7 @@ def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_shor
               30, "3 idle agents")
         assert len(town.list_agents()) == 3          # registered once, not per daemon
         aids = [a["id"] for a in town.list_agents()]
-        owners = {aid: town.r.get(town.k.agent_lease(aid)).split()[2] for aid in aids}
+        owners = {aid: town.r.get(town.keys.agent_lease(aid)).split()[2] for aid in aids}
         assert set(owners.values()) <= {str(p.pid) for p in procs}
         tids = town.assign_many([{"aid": aids[i % 3], "description": str(i)} for i in range(60)])
         _wait(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
@@ -129,7 +129,7 @@ def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_shor
               "30 tasks after the kill")
         survivor = next(p for p in procs if p is not victim)
         for aid in aids:
-            assert town.r.get(town.k.agent_lease(aid)).split()[2] == str(survivor.pid)
+            assert town.r.get(town.keys.agent_lease(aid)).split()[2] == str(survivor.pid)
         assert not viol.exists()
     finally:
         for p in procs:

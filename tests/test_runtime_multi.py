@@ -37,14 +37,15 @@ def test_backlog_claim_contention_never_double_claims(redis_server):
     town = Town(redis_server.client(max_connections=200), Keys("c"))
     aids = [town.register_agent(f"a{i}") for i in range(40)]
     tids = [town.backlog_add(f"t{i}") for i in range(300)]
-    k = town.k
+    k = town.keys
     claimed = []
 
     def claimer(aid):
         while True:
             now = hash_ts()
+            head, tail = records.task_assign_parts(aid, created_at=now.replace("+00:00", "Z"))
             tid = town.scripts.claim_backlog(keys=[k.backlog], args=[
-                k.p, aid, now, new_id(), now.replace("+00:00", "Z"), 20, "worker"])
+                k.prefix, aid, now, head, tail, 20, "worker"])
             if not tid:
                 if not town.r.llen(k.backlog):
                     return
@@ -97,8 +98,8 @@ def _dead_agent(town, name, role="worker"):
     """An agent a crashed daemon ran: info hash, stale heartbeat, no lease."""
     aid = town.register_agent(name, role=role)
     old = "2020-01-01T00:00:00+00:00"
-    town.r.hset(town.k.agent(aid), mapping={"state": "working", "last_heartbeat": old})
-    town.r.hset(town.k.agent_info(aid), mapping={"owner": "gone host 1"})
+    town.r.hset(town.keys.agent(aid), mapping={"state": "working", "last_heartbeat": old})
+    town.r.hset(town.keys.agent_info(aid), mapping={"owner": "gone host 1"})
     return aid
 
 
@@ -108,8 +109,8 @@ def test_sweeper_moves_dead_agents_work_to_live_agent(harness):
     town = h.town
     dead = _dead_agent(town, "dead")
     t_inflight = town.assign(dead, "was running")
-    town.r.lmove(town.k.inbox(dead), town.k.inflight(dead), "LEFT", "RIGHT")
-    town.r.hset(town.k.task(t_inflight), "state", "running")
+    town.r.lmove(town.keys.inbox(dead), town.keys.inflight(dead), "LEFT", "RIGHT")
+    town.r.hset(town.keys.task(t_inflight), "state", "running")
     t_queued = town.assign(dead, "queued")
     q = town.send(dead, "query", question="still there?")
     u = town.send(dead, "task", urgent=True, description="urgent one")
@@ -120,7 +121,7 @@ def test_sweeper_moves_dead_agents_work_to_live_agent(harness):
                          for t in (t_inflight, t_queued)))
     for t in (t_inflight, t_queued):
         assert town.get_task(t)["assigned_to"] == live
-    k = town.k
+    k = town.keys
     for key in (k.inbox(dead), k.urgent(dead), k.inflight(dead), k.inflight_urgent(dead)):
         assert town.r.llen(key) == 0
     ev = [json.loads(f["data"]) for _i, f in town.r.xrange(k.agent_events(dead))]
@@ -136,7 +137,7 @@ def test_sweeper_without_live_agent_uses_backlog(harness):
     town = h.town
     dead = _dead_agent(town, "dead", role="worker")
     t1 = town.assign(dead, "one")
-    town.r.lmove(town.k.inbox(dead), town.k.inflight(dead), "LEFT", "RIGHT")
+    town.r.lmove(town.keys.inbox(dead), town.keys.inflight(dead), "LEFT", "RIGHT")
     t2 = town.assign(dead, "two")
     q = town.send(dead, "query", question="kept")
     h.start()
@@ -145,7 +146,7 @@ def test_sweeper_without_live_agent_uses_backlog(harness):
     for t in (t1, t2):
         rec = town.get_task(t)
         assert rec["state"] == "pending" and "assigned_to" not in rec
-    kept = [json.loads(x)["id"] for x in town.r.lrange(town.k.inbox(dead), 0, -1)]
+    kept = [json.loads(x)["id"] for x in town.r.lrange(town.keys.inbox(dead), 0, -1)]
     assert kept == [q]
     assert all_records_valid_town(town) == []
 
@@ -155,7 +156,7 @@ def test_sweeper_leaves_live_and_tt_agents_alone(harness):
     town = h.town
     # a tt agent (no tinytownd info) with an old heartbeat: not ours to recover
     tt_aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
-    town.r.hset(town.k.agent(tt_aid), mapping=records.new_agent_hash(
+    town.r.hset(town.keys.agent(tt_aid), mapping=records.new_agent_hash(
         tt_aid, "ttagent", state="working", now="2020-01-01T00:00:00+00:00"))
     t = town.assign(tt_aid, "tt's work")
     h.start()
@@ -169,7 +170,7 @@ def test_adopt_runs_tt_registered_agents(harness):
     h = harness([], {"claude": "true"}, town="ad", adopt=True, start=False)
     town = h.town
     aid = "6c1d7f8e-2b3c-4d5e-9f01-1b2c3d4e5f60"
-    town.r.hset(town.k.agent(aid), mapping=records.new_agent_hash(aid, "spawned", cli="claude"))
+    town.r.hset(town.keys.agent(aid), mapping=records.new_agent_hash(aid, "spawned", cli="claude"))
     h.start()
     wait_for(lambda: aid in h.rt.workers)
     tid = town.assign(aid, "adopted work")

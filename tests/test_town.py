@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from tinytownd.store import validate, events
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
@@ -16,22 +17,22 @@ def town(redis_server):
 
 def all_records_valid_town(town):
     """Validate every agent/task/message/event record under tt's rules."""
-    r, k = town.r, town.k
+    r, k = town.r, town.keys
     problems = []
-    for key in r.scan_iter(match=k.p + "*"):
+    for key in r.scan_iter(match=k.prefix + "*"):
         t = r.type(key)
-        if key.startswith(k.d):
+        if key.startswith(k.daemon_prefix):
             continue
-        if key.startswith(k.p + "agent:"):
-            problems += records.validate_agent(r.hgetall(key))
-        elif key.startswith(k.p + "task:"):
-            problems += records.validate_task(r.hgetall(key))
-        elif key.startswith((k.p + "inbox:", k.p + "urgent:")):
+        if key.startswith(k.prefix + "agent:"):
+            problems += validate.validate_agent(r.hgetall(key))
+        elif key.startswith(k.prefix + "task:"):
+            problems += validate.validate_task(r.hgetall(key))
+        elif key.startswith((k.prefix + "inbox:", k.prefix + "urgent:")):
             for raw in r.lrange(key, 0, -1):
-                problems += records.validate_message(raw)
+                problems += validate.validate_message(raw)
         elif t == "stream":
             for _id, fields in r.xrange(key):
-                problems += records.validate_event(fields)
+                problems += validate.validate_event(fields)
     return problems
 
 
@@ -42,14 +43,14 @@ def test_register_is_idempotent_and_valid(town):
     assert len(town.list_agents()) == 1
     rec = town.get_agent(a)
     assert rec["state"] == "starting" and rec["role_id"] == "worker" and rec["cli"] == "sh"
-    assert records.validate_agent(rec) == []
+    assert validate.validate_agent(rec) == []
     assert all_records_valid_town(town) == []
 
 
 def test_register_adopts_tt_agent(town):
     aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
     h = records.new_agent_hash(aid, "legacy", cli="claude", nickname="Walter")
-    town.r.hset(town.k.agent(aid), mapping=h)
+    town.r.hset(town.keys.agent(aid), mapping=h)
     assert town.register_agent("legacy", cli="claude") == aid
     assert len(town.list_agents()) == 1
 
@@ -67,8 +68,8 @@ def test_resolve(town):
     with pytest.raises(LookupError, match="unknown agent"):
         town.resolve_agent("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")
     # a twin spawned by tt with the same nickname makes the nickname ambiguous
-    town.r.hset(town.k.agent(a), "nickname", "Zed")
-    town.r.hset(town.k.agent(b), "nickname", "Zed")
+    town.r.hset(town.keys.agent(a), "nickname", "Zed")
+    town.r.hset(town.keys.agent(b), "nickname", "Zed")
     with pytest.raises(LookupError, match="ambiguous"):
         town.resolve_agent("zed")
 
@@ -79,12 +80,12 @@ def test_assign_complete_records(town):
                       max_attempts=2)
     t = town.get_task(tid)
     assert t["state"] == "assigned" and t["assigned_to"] == aid
-    msg = json.loads(town.r.lindex(town.k.inbox(aid), 0))
+    msg = json.loads(town.r.lindex(town.keys.inbox(aid), 0))
     assert msg["type"] == "task_assign" and msg["task_id"] == tid
     assert town.get_task_meta(tid)["max_attempts"] == "2"
-    town.r.hset(town.k.agent(aid), "current_task", tid)
+    town.r.hset(town.keys.agent(aid), "current_task", tid)
     sub = town.r.pubsub()
-    sub.subscribe(town.k.notify)
+    sub.subscribe(town.keys.notify)
     sub.get_message(timeout=1)
     assert town.complete_task(tid, "ok") is True
     assert town.complete_task(tid, "again") is False
@@ -96,9 +97,9 @@ def test_assign_complete_records(town):
     assert note == {"task": tid, "state": "completed",
                     "mission": "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"}
     sub.close()
-    types = [f["event_type"] for _i, f in town.r.xrange(town.k.events)]
+    types = [f["event_type"] for _i, f in town.r.xrange(town.keys.events)]
     assert types == ["agent_spawned", "task_assigned", "task_completed"]
-    assert town.r.xlen(town.k.mission_events_stream("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")) == 2
+    assert town.r.xlen(town.keys.mission_events_stream("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")) == 2
     with pytest.raises(LookupError):
         town.complete_task("5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f")
     assert all_records_valid_town(town) == []
@@ -124,9 +125,9 @@ def test_send_queue_semantics(town):
     m3 = town.send(aid, "query", question="q?", priority="high")
     u1 = town.send(aid, "task", urgent=True, description="u1")
     u2 = town.send(aid, "informational", urgent=True, summary="u2")
-    inbox = [json.loads(x)["id"] for x in town.r.lrange(town.k.inbox(aid), 0, -1)]
+    inbox = [json.loads(x)["id"] for x in town.r.lrange(town.keys.inbox(aid), 0, -1)]
     assert inbox == [m3, m1, m2]
-    assert [json.loads(x)["id"] for x in town.r.lrange(town.k.urgent(aid), 0, -1)] == [u2, u1]
+    assert [json.loads(x)["id"] for x in town.r.lrange(town.keys.urgent(aid), 0, -1)] == [u2, u1]
     with pytest.raises(ValueError):
         town.send(aid, "bogus")
     assert all_records_valid_town(town) == []
@@ -136,7 +137,7 @@ def test_assign_many_and_backlog(town):
     aids = [town.register_agent(f"w{i}") for i in range(3)]
     tids = town.assign_many([{"aid": aids[i % 3], "description": f"t{i}"} for i in range(1000)])
     assert len(set(tids)) == 1000
-    assert sum(town.r.llen(town.k.inbox(a)) for a in aids) == 1000
+    assert sum(town.r.llen(town.keys.inbox(a)) for a in aids) == 1000
     b = town.backlog_add("claim me", tags=["review"], max_attempts=5)
     assert town.backlog_list() == [b]
     assert town.get_task(b)["tags"] == '["review"]'
@@ -171,22 +172,21 @@ def test_decode_message_poison():
 def test_validators_catch_mistakes():
     aid = "5b0c6f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
     h = records.new_agent_hash(aid, "x")
-    assert records.validate_agent(h) == []
-    assert records.validate_agent({**h, "state": "running"})
-    assert records.validate_agent({**h, "created_at": "2026-01-01T00:00:00Z"})
-    assert records.validate_agent({**h, "tasks_completed": "1.0"})
-    assert records.validate_agent({**h, "spawn_mode": "forked_context"})
+    assert validate.validate_agent(h) == []
+    assert validate.validate_agent({**h, "state": "running"})
+    assert validate.validate_agent({**h, "created_at": "2026-01-01T00:00:00Z"})
+    assert validate.validate_agent({**h, "tasks_completed": "1.0"})
+    assert validate.validate_agent({**h, "spawn_mode": "forked_context"})
     t = records.new_task_hash(aid, "d", tags=["a"])
-    assert records.validate_task(t) == []
-    assert records.validate_task({**t, "tags": '["a", "b"]'})
-    assert records.validate_task({**t, "state": "done"})
-    assert records.validate_task({**t, "id": aid.upper()})
-    ev = records.make_event("agent_state_changed", "m", agent_id=aid,
-                           **records.state_change_fields("idle", "working"))
-    assert records.validate_event(ev) == []
+    assert validate.validate_task(t) == []
+    assert validate.validate_task({**t, "tags": '["a", "b"]'})
+    assert validate.validate_task({**t, "state": "done"})
+    assert validate.validate_task({**t, "id": aid.upper()})
+    ev = events.agent_state_changed(aid, "idle", "working", "m").fields()
+    assert validate.validate_event(ev) == []
     bad = json.loads(ev["data"])
     bad["old_state"] = "idle"
-    assert records.validate_event({**ev, "data": json.dumps(bad)})
+    assert validate.validate_event({**ev, "data": json.dumps(bad)})
 
 
 def test_scripts_survive_a_script_cache_flush(town):

@@ -55,7 +55,7 @@ def test_send_urgent_and_query(env):
     inbox = jcli(env, "inbox", "w")
     assert [(m["list"], m["type"]) for m in inbox] == [("urgent", "task"), ("inbox", "task"),
                                                        ("inbox", "query")]
-    assert town.r.llen(town.k.urgent(aid)) == 1
+    assert town.r.llen(town.keys.urgent(aid)) == 1
 
 
 def test_task_show_complete_fail(env):
@@ -91,15 +91,15 @@ def test_backlog_add_list(env):
 def test_control_commands(env):
     town = env["town"]
     aid = town.register_agent("w")
-    town.r.hset(town.k.agent(aid), "state", "idle")
+    town.r.hset(town.keys.agent(aid), "state", "idle")
     assert jcli(env, "interrupt", "w")["state"] == "paused"
     assert jcli(env, "resume", "w")["state"] == "idle"
     assert jcli(env, "close", "w")["state"] == "draining"
-    assert town.r.get(town.k.stop(aid)) == "1"
+    assert town.r.get(town.keys.stop(aid)) == "1"
     assert jcli(env, "kill", "w")["state"] == "stopped"
     r = cli(env, "interrupt", "w")
     assert r.returncode == 65 and "cannot interrupt" in r.stderr
-    types = [f["event_type"] for _i, f in town.r.xrange(town.k.events)]
+    types = [f["event_type"] for _i, f in town.r.xrange(town.keys.events)]
     assert "agent_interrupted" in types and "agent_resumed" in types
     assert "agent_stopped" in types
 
@@ -108,15 +108,15 @@ def test_deadletter_list_requeue(env):
     town = env["town"]
     aid = town.register_agent("w")
     tid = town.assign(aid, "x")
-    raw = town.r.lpop(town.k.inbox(aid))
+    raw = town.r.lpop(town.keys.inbox(aid))
     town.fail_task(tid, "gave up")
-    town.deadletter("max attempts", town.k.inbox(aid), raw, task=tid)
-    town.deadletter("bad JSON", town.k.inbox(aid), "{nope")
+    town.deadletter("max attempts", town.keys.inbox(aid), raw, task=tid)
+    town.deadletter("bad JSON", town.keys.inbox(aid), "{nope")
     dl = jcli(env, "deadletter", "list")
     assert [d["reason"] for d in dl] == ["max attempts", "bad JSON"]
     out = jcli(env, "deadletter", "requeue")
     assert len(out["requeued"]) == 1 and len(out["skipped"]) == 1
-    assert town.r.lrange(town.k.inbox(aid), 0, -1) == [raw]
+    assert town.r.lrange(town.keys.inbox(aid), 0, -1) == [raw]
     assert town.get_task(tid)["state"] == "assigned"
     assert town.get_task_meta(tid)["attempts"] == "0"
     assert len(jcli(env, "deadletter", "list")) == 1
@@ -126,8 +126,8 @@ def test_errors_unknown_ambiguous_unavailable(env, tmpdir_short):
     town = env["town"]
     a = town.register_agent("same1")
     b = town.register_agent("same2")
-    town.r.hset(town.k.agent(a), "nickname", "Twin")
-    town.r.hset(town.k.agent(b), "nickname", "Twin")
+    town.r.hset(town.keys.agent(a), "nickname", "Twin")
+    town.r.hset(town.keys.agent(b), "nickname", "Twin")
     r = cli(env, "assign", "nobody", "x")
     assert r.returncode == 65 and "unknown agent 'nobody'" in r.stderr
     r = cli(env, "send", "twin", "x")

@@ -190,14 +190,14 @@ def run_compatible(command: str, *, prompt: str, env: dict, cwd: str, log_path: 
                    poll_s: float = 0.5):
     """tinytownd.runner.run's exact contract on posix_spawn (proposal; used by the benches to
     measure what the change would buy: `bench_e2e.py cmdcount --fast-spawn`)."""
-    from tinytownd.runtime.runner import RunResult
+    from tinytownd.runtime.runner import CliResult
     t0 = time.monotonic()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     data = prompt.encode("utf-8")
     try:
         logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
+        return CliResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
     r, w = os.pipe()
     script = f"cd -- {shlex.quote(cwd)} || exit 126\n{command}" if cwd else command
     try:
@@ -207,7 +207,7 @@ def run_compatible(command: str, *, prompt: str, env: dict, cwd: str, log_path: 
                 (os.POSIX_SPAWN_DUP2, logfd, 2)])
         except OSError as e:
             os.close(w)
-            return RunResult(None, False, False, time.monotonic() - t0, None,
+            return CliResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")
         child = Spawned(pid)
     finally:
@@ -250,4 +250,4 @@ def run_compatible(command: str, *, prompt: str, env: dict, cwd: str, log_path: 
     finally:
         if feeder is not None:
             feeder.kill(block=False)
-    return RunResult(child.returncode, timed_out, killed, time.monotonic() - t0, pid)
+    return CliResult(child.returncode, timed_out, killed, time.monotonic() - t0, pid)

@@ -45,6 +45,8 @@ from typing import Any
 
 import yaml
 
+from tinytownd.store import fit
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -337,12 +339,12 @@ def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/
             raise BatchFileError(bf.path, "agents", f"agent name {a.name!r} is defined twice")
         names.add(a.name)
     roles = {a.role for a in expanded}
-    words = [{a.role, f"role:{a.role}", a.name, *map(str, a.tags)} for a in expanded]
+    words = [fit.agent_words(a.role, a.name, a.tags) for a in expanded]
     for t in bf.tasks:
         if t.role and t.role not in roles:
             raise BatchFileError(bf.path, t.entry(), f"role {t.role!r} has no agent "
                                                      f"(agents have: {', '.join(sorted(roles))})")
-        if t.tags and not t.role and not any(w & set(t.tags) for w in words):
+        if t.tags and not t.role and not any(fit.task_fits(t.tags, w) for w in words):
             raise BatchFileError(bf.path, t.entry(),
                                  f"tags {list(t.tags)} fit no agent (an agent takes a tagged task "
                                  "when one tag is its role, its name or one of its tags)")
@@ -452,9 +454,7 @@ class BatchRun:
                 # The runtime's claim: a task fits an agent when it has no tags or one of its
                 # tags is the agent's role, `role:<role>`, name or one of its tags. So the batch
                 # link lives in the task meta (and batch:<bid>:tasks), never in the tags.
-                tags = list(t.tags)
-                if t.role and f"role:{t.role}" not in tags:
-                    tags.append(f"role:{t.role}")
+                tags = fit.role_tags(t.tags, t.role)
                 tid, hset = town.create_task_cmd(t.description, tags=tags)
                 meta = ["HSET", k.task_meta(tid), "batch", self.id, "batch_task", t.id]
                 if t.max_attempts is not None:
@@ -471,8 +471,7 @@ class BatchRun:
             town.send_raw(cmds, transaction=True)     # one MULTI/EXEC per chunk, one write
             self.ids.update(new_ids)
             # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
-            self.r.publish(self.k.notify, json.dumps({"task": last, "state": "pending",
-                                                      "backlog": True, "batch": self.id}))
+            self.r.publish(self.k.notify, town.backlog_note(last, batch=self.id))
             if on_chunk is not None:
                 on_chunk(list(new_ids.items()))
         self.submit_s = time.monotonic() - t0
@@ -800,10 +799,7 @@ class DispatchingBatchRun(BatchRun):
         for fid, tid in pairs:
             t = self._spec.get(fid)
             if t is not None:
-                tags = set(t.tags)
-                if t.role:
-                    tags.add(f"role:{t.role}")
-                self.task_tags[tid] = tuple(tags)
+                self.task_tags[tid] = tuple(fit.role_tags(t.tags, t.role))
 
     def feed(self, pairs) -> None:
         """Newly submitted (file id, task id) pairs of a fresh dispatch: pending, in the backlog
@@ -848,8 +844,7 @@ class DispatchingBatchRun(BatchRun):
         self._soon = gevent.spawn(run)
 
     def _fits(self, tid: str, aid: str) -> bool:
-        tags = self.task_tags.get(tid)
-        return not tags or bool(self.words[aid].intersection(tags))
+        return fit.task_fits(self.task_tags.get(tid), self.words[aid])
 
     def dispatch(self) -> int:
         """Top every agent's inbox up to PREFETCH tasks (fair: one each per pass)."""
@@ -1353,7 +1348,7 @@ def _main_embedded(bf: BatchFile, batch_id: str, args) -> int:
                 return EXIT_UNAVAILABLE if e.exit_code == 69 else EXIT_USAGE
             log = logs.get_logger("tinytownd.batch", batch=batch_id)
             runner = gevent.spawn(d.run)
-            agent_words = [(a.name, {a.role, f"role:{a.role}", a.name, *map(str, a.tags)})
+            agent_words = [(a.name, fit.agent_words(a.role, a.name, a.tags))
                            for a in cfg.expanded_agents()]
             run = _make_run(bf, batch_id, d.ctx.clients.cmd, d.ctx.keys, reporter=reporter,
                             log=log, roles={a.role for a in cfg.expanded_agents()},

@@ -187,7 +187,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_agents(args) -> int:
     def fn(town, cfg):
         agents = town.list_agents()
-        k = town.k
+        k = town.keys
         p = town.r.pipeline(transaction=False)
         for a in agents:
             p.llen(k.inbox(a["id"]))
@@ -270,7 +270,7 @@ def cmd_inbox(args) -> int:
         from tinytownd.store import records
 
         aid = town.resolve_agent(args.agent)
-        k = town.k
+        k = town.keys
         out = []
         for src, key in (("urgent", k.urgent(aid)), ("inflight", k.inflight_urgent(aid)),
                          ("inflight", k.inflight(aid)), ("inbox", k.inbox(aid))):
@@ -314,8 +314,10 @@ def cmd_task(args) -> int:
 
 def cmd_control(args) -> int:
     def fn(town, cfg):
+        from tinytownd.store import agent_control
+
         aid = town.resolve_agent(args.agent)
-        old = getattr(town, args.op)(aid)
+        old = agent_control.ACTIONS[args.op](town, aid)
         new = town.get_agent(aid)["state"]
         _out(args, {"agent": aid, "op": args.op, "old_state": old, "state": new},
              f"{args.agent}: {old} -> {new}")
@@ -326,7 +328,7 @@ def cmd_deadletter(args) -> int:
     def fn(town, cfg):
         from tinytownd.store import records
 
-        k = town.k
+        k = town.keys
         raws = town.r.lrange(k.deadletter, 0, -1)
         entries = []
         for raw in raws:
@@ -352,20 +354,7 @@ def cmd_deadletter(args) -> int:
             except records.Poison as p:
                 skipped.append({"id": eid, "reason": f"still unreadable: {p.reason}"})
                 continue
-            src = e.get("source") or k.inbox(msg["to"])
-            p = town.r.pipeline(transaction=True)
-            if msg["type"] == "task_assign":
-                tid = msg["task_id"]
-                if town.get_task(tid):
-                    p.hset(k.task(tid), mapping={"state": "assigned", "assigned_to": msg["to"]})
-                    p.hdel(k.task(tid), "completed_at", "result")
-                    p.hset(k.task_meta(tid), "attempts", 0)
-            if src.startswith(k.p + "urgent:"):
-                p.lpush(src, e["raw"])
-            else:
-                p.rpush(src, e["raw"])
-            p.lrem(k.deadletter, 1, raw)
-            p.execute()
+            src = town.requeue_deadletter(raw, e, msg)
             done.append({"id": eid, "to": src})
         _out(args, {"requeued": done, "skipped": skipped},
              f"requeued {len(done)}" + (f", skipped {len(skipped)}: " +

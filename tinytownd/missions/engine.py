@@ -40,8 +40,9 @@ from tinytownd import logs
 from tinytownd.store import records
 from tinytownd.daemon.component import Component, Context
 from tinytownd.config import Config
+from tinytownd.store.leases import Leases
+from tinytownd.store.scripts import Scripts
 from tinytownd.store.wire import TASK_TERMINAL, new_id, utcnow
-from tinytownd.missions.lease import Leases, LeaseState
 from tinytownd.missions.scheduler import SchedConfig, TickInput, run_tick, task_binding
 from tinytownd.missions.storage import MissionStore
 from tinytownd.missions.watches import GhClient, check_command_watch, check_pr_watches
@@ -51,6 +52,17 @@ AGENT_WAIT_MIN_S = 0.02
 AGENT_WAIT_MAX_S = 5.0
 AGENT_SCAN_S = 5.0
 MIN_RECHECK_S = 1.0
+
+
+class LeaseState:
+    """What the engine remembers about a mission lease it holds."""
+
+    __slots__ = ("mid", "acquired", "refreshed", "lost")
+
+    def __init__(self, mid: str):
+        self.mid = mid
+        self.acquired = self.refreshed = time.monotonic()
+        self.lost = False
 
 
 def _rendezvous(token: str, mid: str) -> int:
@@ -74,7 +86,8 @@ class MissionEngine(Component):
         self.town = town
         self.token = new_id()
         cfg = ctx.config.missions
-        self.leases = Leases(self.r, self.k, self.token, cfg.lease_ttl_s)
+        self.leases = Leases(self.r, self.k.mission_lock, self.token, cfg.lease_ttl_s,
+                             Scripts(self.r))
         self.owned: dict[str, LeaseState] = {}
         self.ticking: set[str] = set()
         self.dirty: set[str] = set()
@@ -157,6 +170,13 @@ class MissionEngine(Component):
         heapq.heappush(self.timers, (time.monotonic() + max(0.0, delay_s), self._seq, mid))
         self.wake_evt.set()
 
+    def _fence(self, mid: str) -> None:
+        """A new holder of the mission's lease bumps its fence counter."""
+        try:
+            self.r.hincrby(self.k.mission_meta(mid), "fence", 1)
+        except redis.RedisError:
+            pass
+
     def drop(self, mid: str, why: str, release: bool = True) -> None:
         st = self.owned.pop(mid, None)
         if st is None:
@@ -204,7 +224,7 @@ class MissionEngine(Component):
                 self.drop(mid, "no longer active")
                 continue
             if now - st.refreshed >= self.ttl / 3:
-                if self.leases.refresh(mid):
+                if self.leases.renew(mid):
                     st.refreshed = now
                 else:
                     self.stats["lease_lost"] += 1
@@ -225,6 +245,7 @@ class MissionEngine(Component):
             if len(self.owned) >= quota:
                 break
             if self.leases.acquire(mid):
+                self._fence(mid)
                 self.owned[mid] = LeaseState(mid)
                 self.log.info("mission acquired", mission=mid)
                 got.append(mid)
@@ -517,10 +538,7 @@ class MissionEngine(Component):
         if out.tasks_processed:
             p.srem(k.mission_tasks(mid), *out.tasks_processed)
         for nt in out.new_tasks:
-            p.hset(k.task(nt.task_id), mapping=records.new_task_hash(
-                nt.task_id, nt.description, tags=nt.tags, state="assigned",
-                assigned_to=nt.agent))
-            self.town.assign(nt.agent, nt.description, tags=nt.tags, task_id=nt.task_id,
+            self.town.assign(nt.agent, nt.description, tags=nt.tags, new_task_id=nt.task_id,
                              meta={"mission": mid, "work_item": nt.work_item_id}, pipe=p)
             p.sadd(k.mission_tasks(mid), nt.task_id)
         if out.meta_set:

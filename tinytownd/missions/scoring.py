@@ -1,6 +1,11 @@
-"""tt's role-fit scoring (tinytown-missions.md §3.4): lanes, role aliases, the kind and mismatch
-tables, the same-tick load penalty. Pure."""
+"""tt's ranking of agents for a mission work item: the agent's lane (from its role, else its
+name), a score per work-item kind and lane, the owner-role match (store/fit.py role_matches) and
+the mismatch table, and a penalty per item the agent already got in this tick. An agent with a
+score of 0 or less does not take the item. Pure.
+"""
 from __future__ import annotations
+
+from tinytownd.store.fit import normalize_role, role_matches
 
 LOAD_PENALTY = 30
 
@@ -16,11 +21,6 @@ _NAME_LANES = ((("review", "audit"), REVIEWER), (("test", "qa"), TESTER),
                (("frontend", "ui", "web", "client"), FRONTEND),
                (("devops", "infra", "deploy"), DEVOPS), (("runner", "ci"), RUNNER),
                (("research", "explore"), RESEARCHER))
-_ROLE_NAME_SUBSTR = {"backend": ("backend", "api", "server"),
-                     "frontend": ("frontend", "ui", "web", "client"),
-                     "tester": ("test", "qa"), "reviewer": ("review", "audit"),
-                     "devops": ("devops", "infra", "deploy")}
-
 # kind table: kind -> lane -> score (no owner_role)
 _SPECIALIST = (BACKEND, FRONTEND, DEVOPS)
 KIND_TABLE = {
@@ -37,11 +37,6 @@ _SPECIALIST_KIND = {"implement": 60, "test": 45, "review": 5, "design": 55, "mer
 KNOWN_ROLES = frozenset(set(_ROLE_LANES) | {"qa"})
 
 
-def normalize_role(role: str) -> str:
-    r = role.strip().lower()
-    return {"test": "tester", "review": "reviewer", "audit": "reviewer", "infra": "devops"}.get(r, r)
-
-
 def lane(agent: dict) -> str:
     rid = (agent.get("role_id") or "").strip().lower()
     if rid and rid in _ROLE_LANES:
@@ -51,18 +46,6 @@ def lane(agent: dict) -> str:
         if any(s in name for s in subs):
             return ln
     return GENERALIST
-
-
-def agent_matches_role(agent: dict, role: str) -> bool:
-    norm = normalize_role(role)
-    rid = agent.get("role_id")
-    if rid:
-        return normalize_role(rid) == norm
-    name = (agent.get("name") or "").lower()
-    subs = _ROLE_NAME_SUBSTR.get(norm)
-    if subs:
-        return any(s in name for s in subs)
-    return norm in name
 
 
 def kind_score(kind: str, ln: str) -> int:
@@ -77,7 +60,7 @@ def base_score(kind: str, owner_role: str | None, agent: dict) -> int:
         return 120
     if owner_role:
         role = owner_role.strip().lower()
-        if agent_matches_role(agent, role):
+        if role_matches(agent, role):
             return 100
         norm = normalize_role(role)
         if norm in ("backend", "frontend", "devops"):

@@ -14,56 +14,17 @@ from typing import Callable
 
 import redis
 
-from tinytownd.store import records
+from tinytownd.store import events, records
+from tinytownd.store.town import Town
 from tinytownd.store.keys import Keys
 from tinytownd.store.wire import SUPERVISOR_ID, hash_ts, utcnow
 from tinytownd.missions.model import (CommandWatch, MissionControlMessage, MissionRun, WatchItem, WorkItem,
                     dumps)
 
 EVENTS_MAX = 100
-STREAM_MAXLEN_TOWN = 1000
-STREAM_MAXLEN_MISSION = 500
 SUFFIXES = (":work", ":watch", ":events", ":control", ":dispatch_lock", ":active")
 TASK_FIELDS = ("id", "state", "assigned_to", "tags", "updated_at", "result", "completed_at",
                "created_at")
-
-# Atomic help retirement (B15 / W23): drop the conductor-inbox queries carrying the marker.
-RETIRE_HELP_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local keep, dropped = {}, 0
-for _, raw in ipairs(items) do
-  local ok, msg = pcall(cjson.decode, raw)
-  if ok and type(msg) == 'table' and msg['type'] == 'query' and type(msg['question']) == 'string'
-     and string.find(msg['question'], ARGV[1], 1, true) then
-    dropped = dropped + 1
-  else
-    table.insert(keep, raw)
-  end
-end
-if dropped > 0 then
-  redis.call('DEL', KEYS[1])
-  for i = 1, #keep, 1000 do
-    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
-  end
-end
-return dropped
-"""
-
-# Cancel a task once (single-field writes, as tt's Task::cancel); usable inside MULTI.
-CANCEL_LUA = """
-local st = redis.call('HGET', KEYS[1], 'state')
-if not st then return 0 end
-if st == 'completed' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'result', ARGV[1], 'completed_at', ARGV[2],
-           'updated_at', ARGV[2])
-local aid = redis.call('HGET', KEYS[1], 'assigned_to')
-if aid then
-  local akey = ARGV[3] .. 'agent:' .. aid
-  if redis.call('HGET', akey, 'current_task') == ARGV[4] then redis.call('HDEL', akey, 'current_task') end
-end
-return 1
-"""
-
 
 def event_line(text: str, now: datetime | None = None) -> str:
     return f"[{(now or utcnow()).strftime('%Y-%m-%d %H:%M:%S')}] {text}"
@@ -93,9 +54,10 @@ def parse_task_fields(vals: list, tid: str) -> dict | None:
 
 
 class MissionStore:
-    def __init__(self, r: redis.Redis, keys: Keys):
+    def __init__(self, r: redis.Redis, keys: Keys, town: Town | None = None):
         self.r = r
         self.k = keys
+        self.town = town or Town(r, keys)
 
     # ------------------------------------------------------------------ reads
     def get_mission(self, mid: str) -> MissionRun | None:
@@ -203,11 +165,8 @@ class MissionStore:
         k = self.k
         p.lpush(k.mission_log(mid), event_line(text, now))
         p.ltrim(k.mission_log(mid), 0, EVENTS_MAX - 1)
-        entry = records.make_event("mission_event", text, mission_id=mid,
-                                  timestamp=(now or utcnow()).isoformat().replace("+00:00", "Z"))
-        p.xadd(k.events, entry, maxlen=STREAM_MAXLEN_TOWN, approximate=True)
-        p.xadd(k.mission_events_stream(mid), entry, maxlen=STREAM_MAXLEN_MISSION,
-               approximate=True)
+        self.town.emit(events.mission_event(
+            mid, text, timestamp=(now or utcnow()).isoformat().replace("+00:00", "Z")), pipe=p)
 
     def q_mission(self, p, m: MissionRun) -> None:
         p.set(self.k.mission(m.id), m.to_json())
@@ -225,16 +184,10 @@ class MissionStore:
         p.hset(self.k.mission_control(c.mission_id), c.id, c.to_json())
 
     def q_cancel(self, p, tid: str, reason: str, mid: str | None = None) -> None:
-        now = hash_ts()
-        p.eval(CANCEL_LUA, 1, self.k.task(tid), reason, now, self.k.p, tid)
-        note = {"task": tid, "state": "cancelled"}
-        if mid:
-            note["mission"] = mid
-        p.publish(self.k.notify, dumps(note))
+        self.town.cancel_task(tid, reason, pipe=p, mission=mid)
 
     def q_help(self, p, question: str) -> None:
-        msg = records.make_message(SUPERVISOR_ID, "query", question=question)
-        p.rpush(self.k.inbox(SUPERVISOR_ID), records.encode_message(msg))
+        self.town.send(SUPERVISOR_ID, "query", question=question, pipe=p)
 
     def q_wake(self, p, mid: str, why: str) -> None:
         p.publish(self.k.notify, dumps({"mission": mid, "event": why}))
@@ -282,8 +235,8 @@ class MissionStore:
         raise RuntimeError(f"mission {mid}: too many concurrent updates")
 
     def retire_help(self, mid: str) -> int:
-        return int(self.r.eval(RETIRE_HELP_LUA, 1, self.k.inbox(SUPERVISOR_ID),
-                               f"[Mission Help Needed] Mission {mid}"))
+        return int(self.town.scripts.retire_help(keys=[self.k.inbox(SUPERVISOR_ID)],
+                                                 args=[f"[Mission Help Needed] Mission {mid}"]))
 
     def add_note(self, mid: str, body: str, sender: str = "conductor") -> MissionControlMessage:
         c = MissionControlMessage.new(mid, sender, body)
@@ -310,6 +263,3 @@ class MissionStore:
                                   f"({', '.join(h[:8] for h in hits)})")
         raise LookupError(f"unknown mission {ref!r}")
 
-
-def json_line(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=False)

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import redis
 
-from tinytownd.store import records
+from tinytownd.store import events
 from tinytownd.store.wire import hash_ts, parse_ts, utcnow
 
 SWEEPABLE = ("working", "starting", "idle", "draining")
@@ -31,7 +31,7 @@ class Sweeper:
     def run(self) -> None:
         rt = self.rt
         # Let this daemon's own agents start (and go idle) first, so they can receive work.
-        while not rt._initial_done and not rt.stopping.is_set():
+        while not rt.initial_done and not rt.stopping.is_set():
             rt.stopping.wait(0.1)
         rt.stopping.wait(min(rt.cfg.runtime.sweep_interval_s, 1.0))
         while not rt.stopping.is_set():
@@ -97,7 +97,7 @@ class Sweeper:
             keys=[k.agent(aid), k.inbox(aid), k.urgent(aid), k.inflight(aid),
                   k.inflight_urgent(aid), k.agent_lease(aid), k.backlog, k.inbox(dk),
                   k.urgent(dk)],
-            args=[k.p, a.get("last_heartbeat", ""), hash_ts(), dest, aid])
+            args=[k.prefix, a.get("last_heartbeat", ""), hash_ts(), dest, aid])
         if int(res[0]) != 1:
             return None
         old, moved, backlogged, kept, touched = res[1], int(res[2]), int(res[3]), int(res[4]), \
@@ -108,19 +108,18 @@ class Sweeper:
         rt.log.warning("recovered dead agent", agent=a.get("name"), agent_id=aid, moved=moved,
                        backlogged=backlogged, kept=kept, destination=dest or None)
         p = rt.r.pipeline(transaction=False)
-        rt.town._emit_into(p, "agent_state_changed", f"Agent {a.get('name')} recovered: {where}",
-                           {"agent_id": aid, **records.state_change_fields(old, "stopped")})
-        rt.town._emit_into(p, "agent_stopped",
-                           f"Agent {a.get('name')} recovered (stale heartbeat and lease): {where}",
-                           {"agent_id": aid})
-        for tid in tasks:
-            if dest:
-                rt.town._emit_into(p, "task_assigned", f"Task {tid} reassigned from a dead agent",
-                                   {"agent_id": dest, "task_id": tid, "parent_agent_id": aid})
+        evs = [events.agent_state_changed(aid, old, "stopped",
+                                          f"Agent {a.get('name')} recovered: {where}"),
+               events.agent_stopped(aid, f"Agent {a.get('name')} recovered (stale heartbeat and "
+                                         f"lease): {where}")]
+        if dest:
+            evs += [events.task_assigned(tid, dest, from_agent=aid,
+                                         message=f"Task {tid} reassigned from a dead agent")
+                    for tid in tasks]
+        rt.town.emit(*evs, pipe=p)
         rt.town.log_activity(aid, "🔄 Recovered (orphaned)", pipe=p)
         if backlogged:
-            p.publish(k.notify, records.dumps({"task": tasks[0], "state": "pending",
-                                              "backlog": True}))
+            p.publish(k.notify, rt.town.backlog_note(tasks[0]))
         p.execute()
         return {"agent": aid, "name": a.get("name"), "destination": dest or None,
                 "moved": moved, "backlogged": backlogged, "kept": kept, "tasks": tasks,

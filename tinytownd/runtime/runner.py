@@ -24,13 +24,13 @@ KILL_GRACE_S = 3.0
 
 try:   # gevent's os.close also looks for watchers of the fd: not needed for fds never watched
     from gevent.monkey import get_original as _get_original
-    _close = _get_original("os", "close")
+    close_fd = _get_original("os", "close")
 except ImportError:  # pragma: no cover
-    _close = os.close
+    close_fd = os.close
 
 
 @dataclass
-class RunResult:
+class CliResult:
     exit_code: int | None      # None: could not start
     timed_out: bool
     killed: bool               # stopped on request (kill / lease lost / shutdown)
@@ -59,7 +59,7 @@ def tail(path: str, nbytes: int) -> str:
     except OSError:
         return ""
     finally:
-        _close(fd)
+        close_fd(fd)
 
 
 def _tail_fd(fd: int, size: int, nbytes: int) -> str:
@@ -185,7 +185,7 @@ def _spawn(command: str, env: dict, cwd: str, log_fd: int,
         os.close(w)
         raise
     finally:
-        _close(r)
+        close_fd(r)
 
 
 class _PidPoller:
@@ -234,7 +234,7 @@ def kill_group(proc: _Proc, grace_s: float = KILL_GRACE_S) -> None:
 def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         timeout_s: float | None, should_stop=None, on_start=None, poll_s: float = 0.5,
         tail_bytes: int = 0, keep_empty_log: bool = True,
-        exports: dict | None = None) -> RunResult:
+        exports: dict | None = None) -> CliResult:
     """Run `sh -c command` in its own session; prompt on stdin; output → log_path.
 
     `exports` are extra environment variables set by the shell line (TINYTOWN_TASK_ID), so that
@@ -255,12 +255,12 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
             os.makedirs(os.path.dirname(log_path), exist_ok=True)
             log_fd = os.open(log_path, flags, 0o644)
     except (OSError, ValueError) as e:
-        return RunResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
+        return CliResult(None, False, False, 0.0, None, error=f"cannot open log {log_path}: {e}")
     try:
         try:
             proc, stdin_w = _spawn(command, env, cwd, log_fd, exports)
         except (OSError, ValueError) as e:
-            return RunResult(None, False, False, time.monotonic() - t0, None,
+            return CliResult(None, False, False, time.monotonic() - t0, None,
                              error=f"cannot start CLI: {e}")
         if on_start is not None:
             try:
@@ -283,11 +283,11 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
             pass
         return res
     finally:
-        _close(log_fd)
+        close_fd(log_fd)
 
 
 def _supervise(proc: _Proc, stdin_w: int, prompt: str, t0: float, timeout_s: float | None,
-               should_stop, poll_s: float) -> RunResult:
+               should_stop, poll_s: float) -> CliResult:
     """Feed the prompt, then wait for the CLI: timeout and should_stop kill its group."""
     data = prompt.encode("utf-8")
     feeder = None
@@ -299,7 +299,7 @@ def _supervise(proc: _Proc, stdin_w: int, prompt: str, t0: float, timeout_s: flo
     except OSError:                                  # EPIPE: the CLI does not read stdin
         n = len(data)
     if n >= len(data):
-        _close(stdin_w)                              # never watched (the feeder's fd is)
+        close_fd(stdin_w)                              # never watched (the feeder's fd is)
     else:
         feeder = gevent.spawn(_feed, stdin_w, data[n:])
     deadline = None if timeout_s is None else t0 + timeout_s
@@ -326,7 +326,7 @@ def _supervise(proc: _Proc, stdin_w: int, prompt: str, t0: float, timeout_s: flo
     finally:
         if feeder is not None:
             feeder.kill(block=False)
-    return RunResult(proc.returncode, timed_out, killed, time.monotonic() - t0, proc.pid)
+    return CliResult(proc.returncode, timed_out, killed, time.monotonic() - t0, proc.pid)
 
 
 def _feed(fd: int, data: bytes) -> None:

@@ -60,7 +60,6 @@ batch:<bid>:ids                    hash    batch-file task id → task uuid (ide
 mission:<mid>                      hash    daemon bookkeeping of a mission: fence (token counter),
                                            file ids, per-item attempts ("attempts:<wid>") and
                                            implementer ("implementer:<wid>").
-mission:index                      hash    mission-file path/issue ref → mission id (optional dedupe).
 mission:<mid>:tasks                set     ids of tasks bound to the mission that the engine has not
                                            processed yet (live, or terminal and not yet reconciled).
 mission:<mid>:cmdwatch             hash    command-watch id → JSON CommandWatch (tt has no such
@@ -83,67 +82,67 @@ def glob_escape(text: str) -> str:
 class Keys:
     """Builds the keys of one town. Cheap; make one per town and keep it."""
 
-    __slots__ = ("town", "p", "d")
+    __slots__ = ("town", "prefix", "daemon_prefix")
 
     def __init__(self, town: str):
         self.town = town
-        self.p = f"tt:{town}:"
-        self.d = f"tt:{town}:tinytownd:"
+        self.prefix = f"tt:{town}:"              # every key of the town
+        self.daemon_prefix = f"tt:{town}:tinytownd:"   # the daemon's own keys
 
     # --- town keys shared with tt ---
     def agent(self, aid: str) -> str:
-        return f"{self.p}agent:{aid}"
+        return f"{self.prefix}agent:{aid}"
 
     def inbox(self, aid: str) -> str:
-        return f"{self.p}inbox:{aid}"
+        return f"{self.prefix}inbox:{aid}"
 
     def urgent(self, aid: str) -> str:
-        return f"{self.p}urgent:{aid}"
+        return f"{self.prefix}urgent:{aid}"
 
     def activity(self, aid: str) -> str:
-        return f"{self.p}activity:{aid}"
+        return f"{self.prefix}activity:{aid}"
 
     def stop(self, aid: str) -> str:
-        return f"{self.p}stop:{aid}"
+        return f"{self.prefix}stop:{aid}"
 
     def task(self, tid: str) -> str:
-        return f"{self.p}task:{tid}"
+        return f"{self.prefix}task:{tid}"
 
     @property
     def backlog(self) -> str:
-        return f"{self.p}backlog"
+        return f"{self.prefix}backlog"
 
     @property
     def events(self) -> str:
-        return f"{self.p}events"
+        return f"{self.prefix}events"
 
     def agent_events(self, aid: str) -> str:
-        return f"{self.p}events:agent:{aid}"
+        return f"{self.prefix}events:agent:{aid}"
 
     def mission_events_stream(self, mid: str) -> str:
-        return f"{self.p}events:mission:{mid}"
+        return f"{self.prefix}events:mission:{mid}"
 
     def mission(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}"
+        return f"{self.prefix}mission:{mid}"
 
     def mission_work(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}:work"
+        return f"{self.prefix}mission:{mid}:work"
 
     def mission_watch(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}:watch"
+        return f"{self.prefix}mission:{mid}:watch"
 
     def mission_log(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}:events"
+        return f"{self.prefix}mission:{mid}:events"
 
     def mission_control(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}:control"
+        return f"{self.prefix}mission:{mid}:control"
 
     def mission_lock(self, mid: str) -> str:
-        return f"{self.p}mission:{mid}:dispatch_lock"
+        return f"{self.prefix}mission:{mid}:dispatch_lock"
 
     @property
     def missions_active(self) -> str:
-        return f"{self.p}mission:active"
+        return f"{self.prefix}mission:active"
 
     # --- scan patterns (town name escaped, tinytown-core.md §9.13) ---
     def pattern(self, kind: str) -> str:
@@ -151,64 +150,60 @@ class Keys:
 
     # --- daemon keys ---
     def daemon(self, instance: str) -> str:
-        return f"{self.d}daemon:{instance}"
+        return f"{self.daemon_prefix}daemon:{instance}"
 
     def daemon_pattern(self) -> str:
         return f"tt:{glob_escape(self.town)}:tinytownd:daemon:*"
 
     def agent_lease(self, aid: str) -> str:
-        return f"{self.d}lease:agent:{aid}"
+        return f"{self.daemon_prefix}lease:agent:{aid}"
 
     @property
     def agent_names(self) -> str:
-        return f"{self.d}agent_names"
+        return f"{self.daemon_prefix}agent_names"
 
     def agent_info(self, aid: str) -> str:
-        return f"{self.d}agent:{aid}"
+        return f"{self.daemon_prefix}agent:{aid}"
 
     def inflight(self, aid: str) -> str:
-        return f"{self.d}inflight:{aid}"
+        return f"{self.daemon_prefix}inflight:{aid}"
 
     def inflight_urgent(self, aid: str) -> str:
-        return f"{self.d}inflight_urgent:{aid}"
+        return f"{self.daemon_prefix}inflight_urgent:{aid}"
 
     @property
     def delayed(self) -> str:
-        return f"{self.d}delayed"
+        return f"{self.daemon_prefix}delayed"
 
     def task_meta(self, tid: str) -> str:
-        return f"{self.d}task:{tid}"
+        return f"{self.daemon_prefix}task:{tid}"
 
     @property
     def deadletter(self) -> str:
-        return f"{self.d}deadletter"
+        return f"{self.daemon_prefix}deadletter"
 
     @property
     def notify(self) -> str:
-        return f"{self.d}notify"
+        return f"{self.daemon_prefix}notify"
 
     def batch(self, bid: str) -> str:
-        return f"{self.d}batch:{bid}"
+        return f"{self.daemon_prefix}batch:{bid}"
 
     def batch_tasks(self, bid: str) -> str:
-        return f"{self.d}batch:{bid}:tasks"
+        return f"{self.daemon_prefix}batch:{bid}:tasks"
 
     def batch_ids(self, bid: str) -> str:
-        return f"{self.d}batch:{bid}:ids"
+        return f"{self.daemon_prefix}batch:{bid}:ids"
 
     def mission_meta(self, mid: str) -> str:
-        return f"{self.d}mission:{mid}"
-
-    @property
-    def mission_index(self) -> str:
-        return f"{self.d}mission:index"
+        return f"{self.daemon_prefix}mission:{mid}"
 
     def mission_tasks(self, mid: str) -> str:
-        return f"{self.d}mission:{mid}:tasks"
+        return f"{self.daemon_prefix}mission:{mid}:tasks"
 
     def mission_cmd_watches(self, mid: str) -> str:
-        return f"{self.d}mission:{mid}:cmdwatch"
+        return f"{self.daemon_prefix}mission:{mid}:cmdwatch"
 
     @property
     def mission_engines(self) -> str:
-        return f"{self.d}mission:engines"
+        return f"{self.daemon_prefix}mission:engines"

@@ -1,20 +1,24 @@
-"""Per-agent ownership leases: two daemons never run the same agent.
+"""Ownership leases: one owner at a time for an agent (runtime) or a mission (mission engine).
 
-The lease `keys.agent_lease(aid)` holds the owner token "<instance id> <host> <pid>" with a PX
-expiry. Acquire is SET NX PX (or re-arming our own), renewal is compare-and-PEXPIRE, release is
-compare-and-DEL (lua/lease.lua). A lease that lapses lets another daemon take the agent over. A
-daemon restarted on the same host after a crash need not wait for the expiry: `acquire` takes over
-a lease whose token names this host and a pid that no longer exists (compare-and-SET).
+A lease is a string key holding the owner token, with an expiry (lua/lease.lua): acquire is
+SET NX PX (or re-arming our own), renewal is compare-and-PEXPIRE, release is compare-and-DEL. A
+lease that lapses lets another daemon take over. The agent lease (`keys.agent_lease`) and the
+mission lease (tt's `dispatch_lock`, which `tt mission dispatch` takes with SET NX EX: the same
+protocol) are both `Leases` over a different key.
+
+Owner tokens made by `owner_token` are "<instance id> <host> <pid>": a daemon restarted on the
+same host after a crash need not wait for the expiry, because `acquire` takes over (compare-and-
+SET) a lease whose token names this host and a pid that no longer exists.
 """
 from __future__ import annotations
 
 import os
 import socket
+from typing import Callable, Iterable
 
 import redis
 
-from tinytownd.store.keys import Keys
-from tinytownd.store.scripts import Scripts
+from .scripts import Scripts
 
 HOST = socket.gethostname()
 
@@ -44,36 +48,49 @@ def _dead_local(token: str) -> bool:
 
 
 class Leases:
-    def __init__(self, r: redis.Redis, keys: Keys, owner: str, ttl_s: float,
+    """Leases of one kind: `key_of(name)` is the lease key of an agent id or a mission id."""
+
+    def __init__(self, r: redis.Redis, key_of: Callable[[str], str], owner: str, ttl_s: float,
                  scripts: Scripts | None = None):
         self.r = r
-        self.k = keys
+        self.key_of = key_of
         self.owner = owner
-        self.ttl_ms = max(100, int(ttl_s * 1000))
-        self.s = scripts or Scripts(r)
+        self.ttl_s = ttl_s
+        self.scripts = scripts or Scripts(r)
 
-    def acquire(self, aid: str) -> bool:
-        key = self.k.agent_lease(aid)
-        if int(self.s.lease(keys=[key], args=["acquire", self.owner, self.ttl_ms])):
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_ms / 1000
+
+    @ttl_s.setter
+    def ttl_s(self, value: float) -> None:
+        self._ttl_ms = max(100, int(value * 1000))
+
+    def _op(self, op: str, name: str, *extra, client=None):
+        return self.scripts.lease(keys=[self.key_of(name)],
+                                  args=[op, self.owner, self._ttl_ms, *extra], client=client)
+
+    def acquire(self, name: str) -> bool:
+        if int(self._op("acquire", name)):
             return True
-        cur = self.r.get(key)
+        cur = self.r.get(self.key_of(name))
         if cur and _dead_local(cur):
-            return bool(int(self.s.lease(keys=[key], args=["steal", self.owner, self.ttl_ms, cur])))
+            return bool(int(self._op("steal", name, cur)))
         return False
 
-    def renew_many(self, aids: list[str], pipe=None) -> None:
-        """Queue compare-and-PEXPIRE for each aid on `pipe` (results: 1 kept, 0 lost)."""
-        for aid in aids:
-            self.s.lease(keys=[self.k.agent_lease(aid)], args=["renew", self.owner, self.ttl_ms],
-                         client=pipe)
+    def renew(self, name: str) -> bool:
+        return bool(int(self._op("renew", name)))
 
-    def renew(self, aid: str) -> bool:
-        return bool(int(self.s.lease(keys=[self.k.agent_lease(aid)],
-                                     args=["renew", self.owner, self.ttl_ms])))
+    def renew_many(self, names: Iterable[str], pipe) -> None:
+        """Queue a renewal per name on `pipe` (replies: 1 kept, 0 lost)."""
+        for name in names:
+            self._op("renew", name, client=pipe)
 
-    def release(self, aid: str) -> bool:
-        return bool(int(self.s.lease(keys=[self.k.agent_lease(aid)],
-                                     args=["release", self.owner, self.ttl_ms])))
+    def release(self, name: str) -> bool:
+        return bool(int(self._op("release", name)))
 
-    def holder(self, aid: str) -> str | None:
-        return self.r.get(self.k.agent_lease(aid))
+    def holder(self, name: str) -> str | None:
+        return self.r.get(self.key_of(name))
+
+    def holds(self, name: str) -> bool:
+        return self.holder(name) == self.owner

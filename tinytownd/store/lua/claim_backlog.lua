@@ -2,10 +2,12 @@
 -- BEFORE the claim; `LREM backlog 1 tid` is the arbitration point, so no task is claimed twice.
 -- KEYS[1] = tt:<town>:backlog
 -- ARGV[1] = key prefix "tt:<town>:"   ARGV[2] = aid   ARGV[3] = now (RFC 3339 +00:00)
--- ARGV[4] = message id   ARGV[5] = now (RFC 3339 Z)   ARGV[6] = how many backlog entries to look at
--- ARGV[7..] = words that match a task's tags (role, "role:<role>", agent name, agent tags)
--- A task fits when it has no tags, or one of its tags is one of the words. Ids without a task hash
--- and terminal tasks are skipped (left in place, as tt leaves them).
+-- ARGV[4], ARGV[5] = the task_assign message before and after its task id (records.task_assign_parts)
+-- ARGV[6] = how many backlog entries to look at
+-- ARGV[7..] = the agent's words (store/fit.py agent_words: role, "role:<role>", name, agent tags)
+-- The tag rule of store/fit.py task_fits: a task fits when it has no tags, or one of its tags is
+-- one of the words (tags that are not a JSON list count as none). Ids without a task hash and
+-- terminal tasks are skipped (left in place, as tt leaves them).
 -- On a claim: task → assigned (state, assigned_to, updated_at), daemon task meta agent = aid, and the
 -- task_assign message exactly as `tt backlog claim` sends it is RPUSHed to the agent's inbox.
 -- Returns the task id, or false.
@@ -29,10 +31,7 @@ for _, tid in ipairs(ids) do
     if fits and redis.call('LREM', KEYS[1], 1, tid) == 1 then
       redis.call('HSET', tkey, 'state', 'assigned', 'assigned_to', ARGV[2], 'updated_at', ARGV[3])
       redis.call('HSET', ARGV[1] .. 'tinytownd:task:' .. tid, 'agent', ARGV[2])
-      local msg = '{"id":"' .. ARGV[4] .. '","from":"00000000-0000-0000-0000-000000000001","to":"'
-        .. ARGV[2] .. '","type":"task_assign","task_id":' .. cjson.encode(tid)
-        .. ',"priority":"normal","created_at":"' .. ARGV[5] .. '","correlation_id":null}'
-      redis.call('RPUSH', ARGV[1] .. 'inbox:' .. ARGV[2], msg)
+      redis.call('RPUSH', ARGV[1] .. 'inbox:' .. ARGV[2], ARGV[4] .. cjson.encode(tid) .. ARGV[5])
       return tid
     end
   end

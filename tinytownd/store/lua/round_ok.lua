@@ -1,6 +1,5 @@
--- round_ok: the end of a CLI round that exited 0, in one call (what were finish_task + ack_round
--- + agent_round_end + agent info + activity, then the events and the notify: ~20 commands in two
--- round trips). Same steps, same order, same single-field writes:
+-- round_ok: the end of a CLI round that exited 0, in one call (~20 commands that would otherwise
+-- take two round trips). The steps, in order:
 --  1. (with a task) finish_task.lua's transition to `completed` unless the task is already
 --     terminal (the CLI finished it itself); the assignee's current_task/tasks_completed/heartbeat;
 --  2. ack_round.lua, fenced by the agent lease (not ours → nothing acked, reply 0);
@@ -27,35 +26,19 @@
 local prefix, now = ARGV[1], ARGV[2]
 local code, fa, fb, evd = -2, '', '', 0
 local tid = ARGV[4]
+--#include finish_task
 if tid ~= '' then
-  local st = redis.pcall('HGET', KEYS[1], 'state')
-  if type(st) == 'table' and st['err'] then
+  local st = redis.pcall('TYPE', KEYS[1])
+  if st['ok'] ~= 'hash' and st['ok'] ~= 'none' then
     code = -3
   else
-    if not st then
-      if redis.call('EXISTS', KEYS[1]) == 0 then code = -1 else st = 'pending' end
-    end
-    if code ~= -1 then
-      if st == 'completed' or st == 'failed' or st == 'cancelled' then
-        code, fa = 0, st
-      else
-        redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[3], 'completed_at', now,
-                   'updated_at', now)
-        local aid = redis.call('HGET', KEYS[1], 'assigned_to')
-        if aid then
-          local akey = prefix .. 'agent:' .. aid
-          if redis.call('EXISTS', akey) == 1 then
-            if redis.call('HGET', akey, 'current_task') == tid then
-              redis.call('HDEL', akey, 'current_task')
-            end
-            redis.call('HINCRBY', akey, 'tasks_completed', 1)
-            redis.call('HSET', akey, 'last_heartbeat', now)
-          end
-        end
-        local rawtags = redis.call('HGET', KEYS[1], 'tags')
-        code, fa, fb = 1, aid or '', rawtags or '[]'
-        if (aid or '') == ARGV[5] and (rawtags or '') == ARGV[6] then evd = 1 end
-      end
+    local res = finish_task({KEYS[1]}, {prefix, 'completed', ARGV[3], now, tid})
+    code = res[1]
+    if code == 0 then
+      fa = res[2]
+    elseif code == 1 then
+      fa, fb = res[2], res[3]
+      if fa == ARGV[5] and fb == ARGV[6] then evd = 1 end
     end
   end
 end
@@ -65,20 +48,8 @@ local ack_args = {ARGV[13]}
 for i = 17, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
 local acked = ack_round({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, ack_args)
 -- 3. agent round end
-local old = redis.call('HGET', KEYS[8], 'state')
-local ret_old = false
-if redis.call('EXISTS', KEYS[8]) == 1 then
-  redis.call('HINCRBY', KEYS[8], 'rounds_completed', 1)
-  if old == 'working' or old == 'idle' or old == 'starting' or not old then
-    redis.call('HSET', KEYS[8], 'state', 'idle', 'last_active_at', now, 'last_heartbeat', now)
-  else
-    redis.call('HSET', KEYS[8], 'last_heartbeat', now)
-  end
-  if tid ~= '' and redis.call('HGET', KEYS[8], 'current_task') == tid then
-    redis.call('HDEL', KEYS[8], 'current_task')
-  end
-  ret_old = old or 'starting'
-end
+--#include agent_round_end
+local ret_old = agent_round_end({KEYS[8]}, {now, tid})
 -- 4., 5.
 redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '')
 redis.call('LPUSH', KEYS[10], ARGV[12])

@@ -1,0 +1,100 @@
+"""The `backlog` service: idle agents claim fitting backlog tasks.
+
+A claim is one Lua call per agent (lua/claim_backlog.lua): the tag rule of store/fit.py decides
+what fits, and `LREM backlog 1 tid` is the arbitration point, so no task is claimed twice, by
+this daemon or another one. Claims run when a task is put on the backlog (PUBLISH on keys.notify
+from Town.backlog_add and batch submissions), when an agent goes idle while the backlog may hold
+work, and on a cheap LLEN poll (tt's `backlog add` does not notify).
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import gevent
+import gevent.event
+import redis
+
+from tinytownd.store import events, fit
+from tinytownd.store.records import task_assign_parts
+from tinytownd.store.wire import hash_ts
+
+CLAIM_SCAN = 100            # backlog entries one claim looks at
+SLOW_RETRY_S = 5.0          # a non-empty backlog nobody could take is tried again this often
+
+
+class BacklogClaims:
+    def __init__(self, rt):
+        self.rt = rt
+        self._wake = gevent.event.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        rt = self.rt
+        if not rt.cfg.runtime.backlog_claim:
+            rt.stopping.wait()
+            return
+        k = rt.keys
+        ps = rt.block.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(k.notify)
+
+        def listen():
+            while not rt.stopping.is_set():
+                try:
+                    m = ps.get_message(timeout=1.0)
+                except (redis.RedisError, OSError, ValueError):
+                    rt.stopping.wait(1.0)
+                    continue
+                if m and m.get("type") == "message" and '"backlog"' in (m.get("data") or ""):
+                    rt.links.backlog.waiting = True
+                    self._wake.set()
+
+        listener = gevent.spawn(listen)
+        last_len = -1
+        last_try = 0.0
+        try:
+            while not rt.stopping.is_set():
+                self._wake.wait(timeout=max(0.2, rt.cfg.runtime.block_timeout_s))
+                woken = self._wake.is_set()
+                self._wake.clear()
+                n = rt.r.llen(k.backlog)
+                now = time.monotonic()
+                if n and (woken or n != last_len or now - last_try > SLOW_RETRY_S):
+                    last_try = now
+                    self.claim_for_idle()
+                    n = rt.r.llen(k.backlog)
+                last_len = n
+                rt.links.backlog.waiting = bool(n)
+                rt.progress("backlog")
+        finally:
+            listener.kill(block=False)
+            try:
+                ps.close()
+            except Exception:
+                pass
+
+    def claim_for_idle(self) -> int:
+        """Give fitting backlog tasks to idle local agents (one each). Returns claims made."""
+        rt = self.rt
+        k = rt.keys
+        idle = [w for w in rt.alive() if w.idle and not w.lost and not w.stop_requested]
+        random.shuffle(idle)
+        claimed = 0
+        for w in idle:
+            now = hash_ts()
+            s = w.settings
+            head, tail = task_assign_parts(w.aid, created_at=now.replace("+00:00", "Z"))
+            tid = rt.scripts.claim_backlog(
+                keys=[k.backlog], args=[k.prefix, w.aid, now, head, tail, CLAIM_SCAN,
+                                        *fit.agent_words(s.role, s.name, s.tags)])
+            if tid:
+                claimed += 1
+                w.idle = False
+                rt.town.emit(events.task_assigned(tid, w.aid, message=f"Task {tid} claimed from "
+                                                                      "the backlog"))
+                rt.log.info("backlog task claimed", agent=s.name, task=tid)
+                if not rt.r.llen(k.backlog):
+                    break
+        return claimed

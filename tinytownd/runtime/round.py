@@ -1,0 +1,359 @@
+"""One round of an agent: the messages it took, the CLI run, and what its end writes.
+
+  1. The taken messages are decoded; what tt could not read is dead-lettered (and removed from
+     in-flight in the same MULTI). One task-bearing message per round: further ones stay in
+     flight and go back to their queue heads with this round's ack.
+  2. round_start (one Lua call): agent `working` + current_task, task `running`, attempts += 1.
+  3. The CLI runs (runner.py) with the prompt on stdin and in $TINYTOWN_PROMPT_FILE.
+  4. The end (outcome.py decides): exit 0 → round_ok (task completed with the output tail unless
+     the CLI finished it itself, ack, bookkeeping, events, notify — and the next round's take, in
+     one call); a failure → retry with backoff (the envelope is parked in the delayed zset in
+     the same call as the ack) or, out of attempts, task `failed` + dead letter; interrupted →
+     the messages go back to the queue heads (or stay in flight for the lease's new owner).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+import structlog
+
+from tinytownd.store import events, records
+from tinytownd.store.records import TASK_BEARING, Poison
+from tinytownd.store.wire import TASK_TERMINAL, hash_ts
+
+from . import outcome, runner
+from .prompt import round_prompt
+
+MAX_INBOX_PER_ROUND = 100
+ROUND_LOGS_KEPT = 50        # per agent: older <name>_round_<n>.log files are deleted
+
+
+def _pairs(flat) -> dict:
+    """A flat [field, value, ...] reply (HGETALL inside Lua) as a dict."""
+    it = iter(flat or ())
+    return dict(zip(it, it))
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Create/truncate `path` with `data` (its directory is made when missing): three syscalls
+    instead of open()'s text-file setup."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        runner.close_fd(fd)
+
+
+class Round:
+    """One round of worker `w` (it reads and updates the worker's state: pid, state, rounds,
+    current_task, lost, extra_ack, next_take)."""
+
+    def __init__(self, w, urgent_raw: list[str], inbox_raw: list[str], info=()):
+        """`info`: take_round's reading of the first task-bearing message (its task hash and
+        daemon meta); used when it names the task this round runs, else they are read here."""
+        self.w = w
+        self.links = w.links
+        self.k, self.aid = w.keys, w.aid
+        self.taken = [("u", x) for x in urgent_raw] + [("i", x) for x in inbox_raw]
+        self.info = info
+
+    # ------------------------------------------------------------------ 1. the messages
+    def run(self) -> None:
+        w, k, a = self.w, self.k, self.aid
+        town = self.links.town
+        good: list[tuple[str, str, dict]] = []
+        poison: list[tuple[str, str, str]] = []
+        for which, raw in self.taken:
+            try:
+                good.append((which, raw, records.decode_message(raw)))
+            except Poison as e:
+                poison.append((which, raw, e.reason))
+        if poison:
+            self._deadletter_poison(poison)
+        task_msgs = [g for g in good if g[2]["type"] in TASK_BEARING]
+        actionable = [g for g in good if records.is_actionable(g[2])]
+        deferred = task_msgs[1:]
+        this_round = [g for g in good if g not in deferred]
+        task_msg = task_msgs[0] if task_msgs else None
+        tid: str | None = None
+        task: dict | None = None
+        meta: dict = {}
+        info = self.info
+        if task_msg and task_msg[2]["type"] == "task_assign":
+            tid = task_msg[2]["task_id"]
+            if info and info[0] == "task_assign" and info[1] == tid:
+                task, meta = _pairs(info[2]), _pairs(info[3])
+            else:
+                p = w.r.pipeline(transaction=False)
+                p.hgetall(k.task(tid))
+                p.hgetall(k.task_meta(tid))
+                task, meta = p.execute()
+            if not task or "id" not in task:
+                town.deadletter("unknown task", k.inbox(a), task_msg[1], task=tid, agent=a)
+                w.log.warning("task_assign for a task that does not exist", task=tid)
+                w.extra_ack.append((task_msg[0], task_msg[1], "", ""))
+                this_round = [g for g in this_round if g is not task_msg]
+                actionable = [g for g in actionable if g is not task_msg]
+                task_msg, tid, task = None, None, None
+            elif records.parse_task(task)["state"] in TASK_TERMINAL:
+                w.log.info("task already finished; skipping", task=tid, state=task.get("state"))
+                task_msg, tid, task = None, None, None
+        if task_msg is None and not [g for g in actionable if g[2]["type"] not in TASK_BEARING]:
+            # Nothing to run: non-actionable mail is consumed (as tt does), the rest acked.
+            self._ack([(wh, raw, "", "") for wh, raw, _m in this_round])
+            return
+        if task_msg is not None and tid is None:   # a `task` message (description only)
+            mid = task_msg[2]["id"]
+            if info and info[0] == "task" and info[1] == mid:
+                meta = _pairs(info[3])
+            else:
+                meta = w.r.hgetall(k.task_meta(mid))
+        self.msgs, self.task_msg, self.tid, self.task = this_round, task_msg, tid, task
+        with structlog.contextvars.bound_contextvars(task=tid):
+            self._run_cli(meta)
+
+    def _deadletter_poison(self, poison) -> None:
+        k, a = self.k, self.aid
+        p = self.w.r.pipeline(transaction=True)
+        for which, raw, reason in poison:
+            src = k.urgent(a) if which == "u" else k.inbox(a)
+            self.links.town.deadletter(reason, src, raw, pipe=p, agent=a)
+            p.lrem(k.inflight_urgent(a) if which == "u" else k.inflight(a), 1, raw)
+        p.execute()
+        for _w, _raw, reason in poison:
+            self.w.log.warning("poison message dead-lettered", reason=reason)
+
+    def _ack(self, entries, pipe=None):
+        """entries: (which, raw, score, envelope). Fenced by the lease. With `pipe`, only
+        queued (the caller checks the reply with _acked)."""
+        k, a, w = self.k, self.aid, self.w
+        args = [self.links.owner]
+        entries = list(entries) + w.extra_ack
+        w.extra_ack = []
+        for e in entries:
+            args.extend(e)
+        res = self.links.scripts.ack_round(
+            keys=[k.inflight_urgent(a), k.inflight(a), k.urgent(a), k.inbox(a), k.agent_lease(a),
+                  k.delayed], args=args, client=pipe)
+        return self._acked(res) if pipe is None else None
+
+    def _acked(self, res) -> bool:
+        if not int(res):
+            self.w.lost = True
+            self.w.exit_reason = "lease lost"
+        return bool(int(res))
+
+    def _limits(self, meta: dict) -> tuple[int, float | None]:
+        s = self.w.settings
+        try:
+            max_attempts = int(meta.get("max_attempts") or s.max_attempts)
+        except ValueError:
+            max_attempts = s.max_attempts
+        timeout = s.timeout_s
+        if meta.get("timeout_s"):
+            try:
+                timeout = float(meta["timeout_s"])
+            except ValueError:
+                pass
+        return max(1, max_attempts), timeout
+
+    # ------------------------------------------------------------------ 2., 3. start and run
+    def _run_cli(self, meta: dict) -> None:
+        w, k, a, links = self.w, self.k, self.aid, self.links
+        s, tid, task_msg = w.settings, self.tid, self.task_msg
+        cfg = links.config()
+        attempts_key = k.task_meta(tid if tid else task_msg[2]["id"]) if task_msg else None
+        max_attempts, timeout = self._limits(meta)
+        now = hash_ts()
+        w.rounds += 1
+        rnd = w.rounds
+        old_state = w.state if w.state in ("idle", "paused", "starting") else "idle"
+        data = events.agent_state_changed(a, old_state, "working").data
+        # One call: agent working + current_task, task running, attempts += 1, agent info, event.
+        attempt = int(links.scripts.round_start(
+            keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
+                  attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
+            args=[now, tid or "", "1" if attempts_key else "0", rnd, data, events.TOWN_MAXLEN,
+                  events.AGENT_MAXLEN]))
+        w.state = "working"
+        w.current_task = tid
+        others = [m for _w, _r, m in self.msgs if task_msg is None or m is not task_msg[2]]
+        prompt = round_prompt(agent=s.name, role=s.role, town=k.town, task_id=tid,
+                              task=self.task, task_msg=task_msg[2] if task_msg else None,
+                              others=others, attempt=attempt, max_attempts=max_attempts)
+        logs_dir = cfg.logs_dir_str
+        prompt_path = os.path.join(logs_dir, f"{s.name}_prompt.md")
+        log_path = os.path.join(logs_dir, f"{s.name}_round_{rnd}.log")
+        try:
+            _write_file(prompt_path, prompt.encode("utf-8"))
+        except OSError as e:
+            w.log.warning("cannot write prompt file", error=str(e))
+        env = links.env.get(s, prompt_path, cfg.path)
+        w.round_started = time.monotonic()
+        w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
+
+        def on_start(pid):
+            w.pid = pid
+
+        result = runner.run(s.command, prompt=prompt, env=env, cwd=s.workdir,
+                            exports={"TINYTOWN_TASK_ID": tid} if tid else None,
+                            log_path=log_path, timeout_s=timeout,
+                            should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
+                            tail_bytes=cfg.runtime.result_tail_bytes, keep_empty_log=False)
+        w.pid = None
+        w.round_started = None
+        olds = [prompt_path]
+        if rnd > ROUND_LOGS_KEPT:
+            olds.append(os.path.join(logs_dir, f"{s.name}_round_{rnd - ROUND_LOGS_KEPT}.log"))
+        for old in olds:
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+        self.rnd, self.attempt, self.max_attempts = rnd, attempt, max_attempts
+        self.attempts_key = attempts_key
+        self._end(result, cfg)
+
+    # ------------------------------------------------------------------ 4. the end
+    def _end(self, result, cfg) -> None:
+        w, k, a, tid, town = self.w, self.k, self.aid, self.tid, self.links.town
+        rt = cfg.runtime
+        task_state = w.r.hget(k.task(tid), "state") if tid and not result.ok and \
+            not (result.killed or w.lost) else None
+        out = outcome.decide(result, lease_lost=w.lost, has_task=self.task_msg is not None,
+                             task_state=task_state, attempt=self.attempt,
+                             max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
+                             backoff_max_s=rt.retry_backoff_max_s)
+        msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
+        if out.kind == "interrupted":
+            # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
+            w.log.warning("round interrupted; messages requeued", round=rnd)
+            w.extra_ack = []
+            if self.attempts_key:
+                w.r.hincrby(self.attempts_key, "attempts", -1)
+            if not w.lost:
+                p = w.r.pipeline(transaction=False)
+                if tid:
+                    town.reassigned(tid, p)
+                self.links.scripts.requeue_inflight(keys=w.queue_keys(), client=p)
+                p.execute()
+                self._round_end("🛑 interrupted", result)
+            return
+        if out.kind == "ok":
+            self._ok(result.output or "Completed", result)
+            return
+        err = out.error
+        w.log.warning("round failed", round=rnd, error=err, attempt=attempt,
+                      max_attempts=self.max_attempts)
+        if out.kind == "cli_finished":
+            self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
+            self._round_end(f"⚠️ CLI error ({err})", result)
+            return
+        if out.kind == "retry":
+            due = int((time.time() + out.backoff_s) * 1000)
+            if tid:
+                p = w.r.pipeline(transaction=False)
+                town.reassigned(tid, p)
+                p.hset(self.attempts_key, "last_error", err)
+                p.execute()
+            entries = []
+            for wh, raw, m in msgs:
+                if records.is_actionable(m):
+                    env = records.dumps({"key": k.urgent(a) if wh == "u" else k.inbox(a),
+                                         "raw": raw, "id": m["id"], "head": wh == "u"})
+                    entries.append((wh, raw, str(due), env))
+                else:
+                    entries.append((wh, raw, "", ""))
+            self._ack(entries)
+            self._round_end(f"⚠️ CLI error ({err}); retry in {out.backoff_s:g}s", result)
+            return
+        # failed: out of attempts (or a round without a task)
+        detail = f"{err} (attempt {attempt}/{self.max_attempts})"
+        if result.output:
+            detail += "\n" + result.output[-1000:]
+        if tid:
+            town.fail_task(tid, detail)
+        p = w.r.pipeline(transaction=False)
+        for wh, raw, m in msgs:
+            if records.is_actionable(m):
+                town.deadletter(out.reason, k.urgent(a) if wh == "u" else k.inbox(a), raw,
+                                pipe=p, task=tid, agent=a, attempts=attempt, error=err)
+        if self.attempts_key:
+            p.hset(self.attempts_key, "last_error", err)
+        p.execute()
+        self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
+        self._round_end(f"❌ failed: {err}", result)
+
+    def _ok(self, result_text: str, result) -> None:
+        """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
+        ack, round bookkeeping, activity, the events and the notify."""
+        w, k, a, tid, links = self.w, self.k, self.aid, self.tid, self.links
+        now = hash_ts()
+        ts = now.replace("+00:00", "Z")
+        exp_aid = exp_tags = task_data = mission = note = ""
+        if tid:
+            task = self.task or {}
+            exp_aid, exp_tags = task.get("assigned_to") or "", task.get("tags") or "[]"
+            mission = records.mission_of(records.decode_tags(exp_tags)) or ""
+            task_data = events.task_completed(tid, exp_aid, mission=mission or None,
+                                              timestamp=ts).data
+            note = links.town.task_note(tid, "completed", mission or None)
+        idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data
+        args = [k.prefix, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
+                k.notify, note, idle_data, f"Round {w.rounds}: ✅ completed", links.owner,
+                events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN]
+        entries = [(wh, raw, "", "") for wh, raw, _m in self.msgs] + w.extra_ack
+        w.extra_ack = []
+        for e in entries:
+            args.extend(e)
+        keys = [k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
+                k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
+                k.agent_info(a), k.activity(a), k.events, k.agent_events(a)]
+        if w.leaving():
+            res = links.scripts.round_ok(keys=keys, args=args)
+        else:
+            # the next round's take in the same call (the loop uses it instead of its own take)
+            res, w.next_take = links.scripts.round_ok_take(
+                keys=keys + w.take_keys,
+                args=[len(keys), len(args), *args, links.owner, MAX_INBOX_PER_ROUND, k.prefix])
+        code, fa, fb, evd, acked, old = res
+        code = int(code)
+        self._acked(acked)
+        w.current_task = None
+        w.state = "idle" if old in ("working", "idle", "starting", None) else old
+        if code == -1:
+            w.log.warning("task vanished during its round", task=tid)
+        elif code == 1 and not int(evd):
+            # assigned_to or tags changed during the round: the events from what Redis holds
+            p2 = w.r.pipeline(transaction=False)
+            links.town.finish_result(p2, tid, "completed", result_text, [1, fa, fb])
+            if old == "working":
+                links.town.emit(events.agent_state_changed(a, "working", "idle"), pipe=p2)
+            try:
+                p2.execute()
+            except redis.RedisError as e:
+                w.log.warning("round events not recorded", error=str(e))
+        w.log.info("round completed", round=self.rnd, duration_s=round(result.duration_s, 3))
+
+    def _round_end(self, activity: str, result) -> None:
+        w, k, a, links = self.w, self.k, self.aid, self.links
+        now = hash_ts()
+        p = w.r.pipeline(transaction=False)
+        links.scripts.agent_round_end(keys=[k.agent(a)], args=[now, self.tid or ""], client=p)
+        p.hset(k.agent_info(a), mapping={"last_exit": "" if result.exit_code is None
+                                         else str(result.exit_code), "task": ""})
+        links.town.log_activity(a, f"Round {w.rounds}: {activity}", pipe=p)
+        old = p.execute()[0]
+        w.current_task = None
+        w.state = "idle" if old in ("working", "idle", "starting", None) else old
+        if old == "working":
+            links.town.emit(events.agent_state_changed(a, "working", "idle"))
