@@ -42,8 +42,8 @@ import gevent  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import RedisServer  # noqa: E402
-from tests.rt_harness import Harness, write_config  # noqa: E402
+from tests.support.helpers import RedisServer  # noqa: E402
+from tests.support.runtime import Harness, write_config  # noqa: E402
 from tinytownd import logs  # noqa: E402
 from tinytownd.store import records  # noqa: E402
 from tinytownd.store.keys import Keys  # noqa: E402

@@ -35,8 +35,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import RedisServer  # noqa: E402
-from tinytownd.store import records  # noqa: E402
+from tests.support.helpers import RedisServer  # noqa: E402
 from tinytownd.store.keys import Keys  # noqa: E402
 from tinytownd.missions.compile import ItemSpec, build  # noqa: E402
 from tinytownd.missions.model import MissionPolicy  # noqa: E402
@@ -108,7 +107,7 @@ def bench_pure(n: int, rounds: int = 10) -> dict:
 
 
 def bench_full(url: str, n: int, rounds: int = 10) -> dict:
-    from tests.test_mission_support import EngineHandle
+    from tests.support.missions import EngineHandle
     import redis
     r = redis.Redis.from_url(url, decode_responses=True)
     keys = Keys("bench")
@@ -156,7 +155,7 @@ def bench_latency(url: str, chain: int) -> dict:
     c = build(specs, [{"type": "doc", "path": "/bench"}],
               MissionPolicy(max_parallel_items=1, reviewer_required=False), 3)
     code = ("from gevent import monkey; monkey.patch_all();"
-            "from tests.test_mission_support import _engine_main; import sys;"
+            "from tests.support.missions import _engine_main; import sys;"
             "_engine_main(*sys.argv[1:4])")
     eng = subprocess.Popen([sys.executable, "-c", code, url, "lat", "30"], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=open("/tmp/bench_eng.log", "w"), text=True)

@@ -5,7 +5,8 @@ monkey.patch_all()
 
 import pytest  # noqa: E402
 
-from tests.helpers import RedisServer, short_tmpdir, run_cli  # noqa: E402,F401
+from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.helpers import RedisServer, short_tmpdir  # noqa: E402
 
 
 @pytest.fixture
@@ -24,3 +25,13 @@ def redis_server(tmpdir_short):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def daemon(tmpdir_short):
+    """A daemon process (`tinytownd run`) configured in a temp dir; killed with whatever it left."""
+    d = DaemonProcess(tmpdir_short)
+    try:
+        yield d
+    finally:
+        d.cleanup()

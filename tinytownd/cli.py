@@ -43,11 +43,5 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for area in AREAS:
-        try:
-            mod = importlib.import_module(f"tinytownd.commands.{area}")
-        except ModuleNotFoundError as e:
-            if e.name != f"tinytownd.commands.{area}":
-                raise
-            continue
-        mod.register(sub)
+        importlib.import_module(f"tinytownd.commands.{area}").register(sub)
     return parser

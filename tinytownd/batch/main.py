@@ -30,7 +30,6 @@ Exit codes: 0 all completed, 1 some failed, 2 usage or invalid file, 69 Redis un
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -1001,7 +1000,6 @@ class MissionBatch(BatchRun):
         return c
 
     def follow(self, *, stop_event=None, on_tick=None) -> bool:
-        import gevent
 
         while True:
             self.recount()

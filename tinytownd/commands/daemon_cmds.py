@@ -5,7 +5,6 @@ Top level imports: stdlib + tinytownd.cli only (run --daemonize forks before gev
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import re
 import resource
 import signal
 import socket
@@ -234,19 +233,7 @@ class Daemon:
             specs = [c for c in os.environ["TINYTOWND_COMPONENTS"].split(",") if c.strip()]
         for spec in specs:
             module, _, cls_name = spec.partition(":")
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                # Not written yet (or a part of it is not): run without it, but say so. A missing
-                # third-party module is a real error.
-                if e.name and (module == e.name or module.startswith(e.name + ".")):
-                    self.log.info("component not available", component=spec)
-                    continue
-                if e.name and e.name.startswith("tinytownd."):
-                    self.log.warning("component not available", component=spec,
-                                     missing=e.name)
-                    continue
-                raise
+            mod = importlib.import_module(module)
             comp = getattr(mod, cls_name)(self.ctx)
             self.components.append(comp)
             for name, fn in comp.services().items():

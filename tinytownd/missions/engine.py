@@ -43,7 +43,7 @@ from tinytownd.config import Config
 from tinytownd.store.leases import Leases
 from tinytownd.store.scripts import Scripts
 from tinytownd.store.wire import TASK_TERMINAL, new_id, utcnow
-from tinytownd.missions.scheduler import SchedConfig, TickInput, run_tick, task_binding
+from tinytownd.missions.scheduler import SchedConfig, TickInput, run_tick
 from tinytownd.missions.storage import MissionStore
 from tinytownd.missions.watches import GhClient, check_command_watch, check_pr_watches
 

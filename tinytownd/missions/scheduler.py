@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from tinytownd.store.wire import AGENT_TERMINAL, SUPERVISOR_ID, TASK_TERMINAL, new_id, parse_ts
+from tinytownd.store.wire import AGENT_TERMINAL, TASK_TERMINAL, new_id, parse_ts
 from . import scoring
 from tinytownd.missions.model import (TAG_FIX, TAG_REVIEW, TAG_WORK, CommandWatch, MissionControlMessage,
                     MissionRun, WatchItem, WorkItem, short)

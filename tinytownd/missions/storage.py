@@ -7,7 +7,6 @@ Reads are pipelined (one round trip per snapshot). Writes are *queued* on a call
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
@@ -17,7 +16,7 @@ import redis
 from tinytownd.store import events, records
 from tinytownd.store.town import Town
 from tinytownd.store.keys import Keys
-from tinytownd.store.wire import SUPERVISOR_ID, hash_ts, utcnow
+from tinytownd.store.wire import SUPERVISOR_ID, utcnow
 from tinytownd.missions.model import (CommandWatch, MissionControlMessage, MissionRun, WatchItem, WorkItem,
                     dumps)
 

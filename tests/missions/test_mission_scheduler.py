@@ -12,7 +12,7 @@ from tinytownd.missions.model import (MissionControlMessage, MissionPolicy, vali
 from tinytownd.missions.scheduler import (TickInput, WatchOutcome, pr_refs, run_tick,
                                           task_binding, topo_depth)
 from tinytownd.store.wire import utcnow
-from tests.test_mission_support import DIAMOND  # noqa: E402
+from tests.support.missions import DIAMOND  # noqa: E402
 
 
 

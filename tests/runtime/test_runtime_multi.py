@@ -1,17 +1,16 @@
 """Several runtimes on one Redis: backlog claims never double-claim, an agent never runs twice,
 a lapsed lease is taken over, the sweeper recovers dead agents' queues."""
 import json
-import time
 
 import gevent
 import pytest
 
-from tests.rt_harness import Harness, wait_for, write_config
-from tests.test_town import all_records_valid_town
+from tests.support.runtime import Harness, wait_for, write_config
+from tests.support.records import all_records_valid_town
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
-from tinytownd.store.wire import hash_ts, new_id
+from tinytownd.store.wire import hash_ts
 
 
 @pytest.fixture

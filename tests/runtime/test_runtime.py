@@ -1,16 +1,15 @@
 """TownRuntime in-process: agents run CLIs for tasks, tt-compatible records, ordering, retries."""
 import json
 import os
-import signal
 import time
 
 import pytest
 
-from tests.rt_harness import Harness, wait_for, write_config
-from tests.test_town import all_records_valid_town
+from tests.support.runtime import Harness, wait_for, write_config
+from tests.support.records import all_records_valid_town
 from tinytownd.store import agent_control
 from tinytownd.store import records
-from tinytownd.store.wire import SUPERVISOR_ID, TASK_TERMINAL
+from tinytownd.store.wire import SUPERVISOR_ID
 
 
 @pytest.fixture

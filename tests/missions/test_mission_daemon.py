@@ -3,16 +3,13 @@ agent.sh run by the town runtime), driven by the real CLI."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, run_cli, tinytownd_cmd
-from tests.test_mission_support import live_tasks_by_item, mission_state, wait_for
+from tests.support.daemon import DaemonProcess
+from tests.support.helpers import ROOT, run_cli
+from tests.support.missions import live_tasks_by_item, mission_state, wait_for
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 
@@ -20,65 +17,35 @@ AGENT = ROOT / "examples" / "missions" / "agent.sh"
 TOWN = "md"
 
 
-class Daemon:
-    def __init__(self, root, url, agents, sleep="0.1"):
-        self.root = root
-        self.cfg = root / "tinytownd.yaml"
-        self.cfg.write_text(yaml.safe_dump({
-            "town": {"name": TOWN, "root": str(root)}, "redis": {"url": url},
-            "control": {"socket": "d.sock"},
-            "runtime": {"heartbeat_interval_s": 0.2, "lease_ttl_s": 2.0, "stale_after_s": 2.0,
-                        "sweep_interval_s": 0.3, "retry_backoff_s": 0.05,
-                        "block_timeout_s": 0.2},
-            "agent_clis": {"fake": {"command": f"sh {AGENT}", "timeout_s": 30,
-                                    "max_attempts": 1, "env": {"AGENT_SLEEP": sleep}}},
-            "agents": agents,
-            "missions": {"lease_ttl_s": 3, "sweep_interval_s": 1}}))
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(tinytownd_cmd() + ["run", "-c", str(self.cfg)],
-                                     stdout=open(self.root / "out.log", "ab"),
-                                     stderr=open(self.root / "err.log", "ab"),
-                                     stdin=subprocess.DEVNULL)
-        return self
-
-    def cli(self, *args):
-        return run_cli("mission", *args, "-c", str(self.cfg))
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def mission_daemon(root, url, agents, sleep="0.1") -> DaemonProcess:
+    """A daemon on the test's Redis with shell-script agents (examples/missions/agent.sh)."""
+    return DaemonProcess(
+        root, town={"name": TOWN}, redis={"url": url}, control={"socket": "d.sock"},
+        runtime={"heartbeat_interval_s": 0.2, "lease_ttl_s": 2.0, "stale_after_s": 2.0,
+                 "sweep_interval_s": 0.3, "retry_backoff_s": 0.05, "block_timeout_s": 0.2},
+        agent_clis={"fake": {"command": f"sh {AGENT}", "timeout_s": 30, "max_attempts": 1,
+                             "env": {"AGENT_SLEEP": sleep}}},
+        agents=agents, missions={"lease_ttl_s": 3, "sweep_interval_s": 1})
 
 
 @pytest.fixture
-def daemon(redis_server, tmpdir_short):
-    ds = []
+def daemons(redis_server, tmpdir_short):
+    made = []
 
     def make(agents, sleep="0.1", sub="d"):
-        root = tmpdir_short / sub
-        root.mkdir(exist_ok=True)
-        d = Daemon(root, redis_server.url, agents, sleep)
-        ds.append(d)
+        d = mission_daemon(tmpdir_short / sub, redis_server.url, agents, sleep)
+        made.append(d)
         return d
     try:
         yield make
     finally:
-        for d in ds:
-            d.stop()
+        for d in made:
+            d.terminate(20)
+            d.cleanup()
 
 
-def test_diamond_file_with_real_agents_and_restart(daemon, redis_server, tmp_path):
-    d = daemon([{"name": "w", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4").start()
+def test_diamond_file_with_real_agents_and_restart(daemons, redis_server, tmp_path):
+    d = daemons([{"name": "w", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4").start()
     r = redis_server.client()
     keys = Keys(TOWN)
     mf = tmp_path / "m.yaml"
@@ -93,7 +60,7 @@ work_items:
   - {id: e, title: E, depends_on: [b, c]}
   - {id: f, title: F, depends_on: [d, e]}
 """)
-    p = d.cli("start", str(mf))
+    p = d.cli("mission", "start", str(mf))
     assert p.returncode == 0, p.stderr
     mid = p.stdout.strip()
     assert records._ANY_UUID_RE.match(mid)
@@ -120,32 +87,32 @@ work_items:
     assert len(per_item) == 6
     # at most one completed task per item (a task interrupted by kill -9 may be re-run)
     assert all(states.count("completed") == 1 for states in per_item.values()), per_item
-    p = d.cli("status", mid, "--json")
+    p = d.cli("mission", "status", mid, "--json")
     assert json.loads(p.stdout)["done"] == 6
 
 
-def test_cli_errors_and_listing(daemon, redis_server, tmp_path):
-    d = daemon([])
+def test_cli_errors_and_listing(daemons, redis_server, tmp_path):
+    d = daemons([])
     bad = ROOT / "examples" / "missions" / "broken.yaml"
-    p = d.cli("start", str(bad))
+    p = d.cli("mission", "start", str(bad))
     assert p.returncode == 65
     assert "work_items[1] 'b': depends_on 'ghost' does not exist" in p.stderr
-    p = d.cli("start", str(tmp_path / "missing.yaml"))
+    p = d.cli("mission", "start", str(tmp_path / "missing.yaml"))
     assert p.returncode == 66
-    p = d.cli("status", "0000dead")
+    p = d.cli("mission", "status", "0000dead")
     assert p.returncode == 65 and "unknown mission" in p.stderr
     r = redis_server.client()
     assert not list(r.scan_iter(match=f"tt:{TOWN}:mission:*"))     # nothing half-written
-    p = d.cli("start", str(ROOT / "examples" / "missions" / "diamond.yaml"))
+    p = d.cli("mission", "start", str(ROOT / "examples" / "missions" / "diamond.yaml"))
     assert p.returncode == 0, p.stderr
     mid = p.stdout.strip()
-    p = d.cli("list")
+    p = d.cli("mission", "list")
     assert mid in p.stdout and "0/6 done" in p.stdout
-    p = d.cli("stop", mid)
+    p = d.cli("mission", "stop", mid)
     assert p.returncode == 0 and "running -> blocked" in p.stdout
-    assert d.cli("list").stdout.strip().startswith("no missions")
-    assert mid in d.cli("list", "--all").stdout
-    p = d.cli("resume", mid, "--json")
+    assert d.cli("mission", "list").stdout.strip().startswith("no missions")
+    assert mid in d.cli("mission", "list", "--all").stdout
+    p = d.cli("mission", "resume", mid, "--json")
     assert json.loads(p.stdout)["state"] == "running"
     cfg_bad = tmp_path / "bad.yaml"
     cfg_bad.write_text("town: {name: 'x y'}\n")
@@ -157,19 +124,19 @@ def test_cli_errors_and_listing(daemon, redis_server, tmp_path):
     assert p.returncode == 69
 
 
-def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
-    from tests.test_mission_support import fake_gh
+def test_issues_source_with_fake_gh(daemons, redis_server, tmp_path):
+    from tests.support.missions import fake_gh
     gh = fake_gh(tmp_path / "gh", {})
     prs = tmp_path / "gh" / "prs"
     (prs / "issue_o_r_1").write_text(json.dumps({"title": "Design the API", "body": "rfc"}))
     (prs / "issue_o_r_2").write_text(json.dumps({"title": "Build it",
                                                  "body": "Depends on #1. Hereafter #3 is unrelated"}))
     (prs / "issue_o_r_3").write_text(json.dumps({"title": "Tests", "body": "blocked by #2, #1"}))
-    d = daemon([])
-    data = yaml.safe_load(d.cfg.read_text())
+    d = daemons([])
+    data = yaml.safe_load(d.cfg_path.read_text())
     data["missions"]["gh"] = str(gh)
-    d.cfg.write_text(yaml.safe_dump(data))
-    p = d.cli("start", "--issue", "o/r#1", "-i", "o/r#2", "-i",
+    d.cfg_path.write_text(yaml.safe_dump(data))
+    p = d.cli("mission", "start", "--issue", "o/r#1", "-i", "o/r#2", "-i",
               "https://github.com/o/r/issues/3", "--no-reviewer", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -185,15 +152,15 @@ def test_issues_source_with_fake_gh(daemon, redis_server, tmp_path):
     m = json.loads(r.get(keys.mission(out["mission"])))
     assert m["objective_refs"][0] == {"type": "issue", "owner": "o", "repo": "r", "number": 1}
     assert m["policy"]["reviewer_required"] is False
-    p = d.cli("start", "--issue", "not a ref")
+    p = d.cli("mission", "start", "--issue", "not a ref")
     assert p.returncode == 65
 
 
-def test_two_daemons_ten_missions_kill9_real_agents(daemon, redis_server, tmp_path):
+def test_two_daemons_ten_missions_kill9_real_agents(daemons, redis_server, tmp_path):
     from tinytownd.daemon import control
-    a = daemon([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
+    a = daemons([{"name": "a", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
                sub="a").start()
-    b = daemon([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
+    b = daemons([{"name": "b", "role": "worker", "cli": "fake", "count": 2}], sleep="0.4",
                sub="b").start()
     r = redis_server.client()
     keys = Keys(TOWN)
@@ -215,7 +182,7 @@ work_items:
 """)
     mids = []
     for _ in range(10):
-        p = a.cli("start", str(mf))
+        p = a.cli("mission", "start", str(mf))
         assert p.returncode == 0, p.stderr
         mids.append(p.stdout.strip())
     wait_for(lambda: {r.get(keys.mission_lock(m)) for m in mids} >= {ta, tb}, timeout=20,

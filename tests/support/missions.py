@@ -1,7 +1,7 @@
 """Helpers for the mission tests (no tests here): in-process engines, agent doubles that play
 agents through the Town API, a fake `gh`, and a standalone engine process for kill -9 tests.
 
-    python -m tests.test_mission_support engine URL TOWN TTL   # runs one MissionEngine until SIGTERM
+    python -m tests.support.missions engine URL TOWN TTL   # runs one MissionEngine until SIGTERM
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tinytownd.missions.engine import MissionEngine
 from tinytownd.missions.storage import MissionStore
 from tinytownd.store.town import Town
 from tinytownd.store.wire import new_id
-from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the mission tests)
+from tests.support.helpers import wait_for  # noqa: F401,E402  (re-exported for the mission tests)
 
 # The 6-item diamond DAG several mission tests run.
 DIAMOND = """

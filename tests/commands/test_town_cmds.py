@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tests.helpers import run_cli
-from tests.rt_harness import write_config
+from tests.support.helpers import run_cli
+from tests.support.runtime import write_config
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 

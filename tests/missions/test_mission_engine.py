@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import time
 import gevent
 import pytest
 
-from tests.helpers import ROOT
-from tests.test_mission_support import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
+from tests.support.helpers import ROOT
+from tests.support.missions import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
                                         mission_state, wait_for)
 from tinytownd.store import validate
 from tinytownd.store import records
@@ -166,7 +165,7 @@ work_items: [{id: only, title: Flaky}]
 
 
 def test_pause_resume_redirect_via_cli_notes(env, tmp_path):
-    from tests.helpers import run_cli
+    from tests.support.helpers import run_cli
     cfgp = tmp_path / "t.yaml"
     cfgp.write_text(f"town: {{name: {TOWN}, root: {tmp_path}}}\nredis: {{url: '{env.url}'}}\n")
     gate = gevent.event.Event()
@@ -265,7 +264,7 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
     for i in range(4):
         env.agent(f"w{i}", behave=lambda t: ("completed", "ok", 0.15))
     code = ("from gevent import monkey; monkey.patch_all();"
-            "from tests.test_mission_support import _engine_main; import sys;"
+            "from tests.support.missions import _engine_main; import sys;"
             "_engine_main(*sys.argv[1:4])")
     procs = [subprocess.Popen([sys.executable, "-c", code, env.url, TOWN, "3"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=open(tmp_path / f"e{i}.log", "w"),

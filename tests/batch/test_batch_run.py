@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tinytownd_cmd
+from tests.support.helpers import tinytownd_cmd
 
 # A tiny agent CLI: reads the prompt (stdin), fails when the task says FAIL, else reports.
 AGENT = ('p="$(cat)"; echo "START $TINYTOWN_TASK_ID" >> "$BT_LOG"; '

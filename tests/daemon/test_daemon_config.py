@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, run_cli
+from tests.support.helpers import ROOT, run_cli
 from tinytownd import config
 
 ETC = ROOT / "etc" / "tinytownd.yaml"

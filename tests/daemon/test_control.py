@@ -6,7 +6,6 @@ import os
 import socket
 import stat
 
-from tests.test_daemon import town  # noqa: F401  (fixture)
 from tinytownd.daemon import control
 
 
@@ -29,9 +28,9 @@ def _conv(path, *payloads: bytes) -> list[dict]:
     return out
 
 
-def test_control_socket_permissions_and_garbage(town):
-    town.start()
-    path = town.control_sock
+def test_control_socket_permissions_and_garbage(daemon):
+    daemon.start()
+    path = daemon.control_sock
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_ISSOCK(os.stat(path).st_mode)
 
@@ -55,16 +54,16 @@ def test_control_socket_permissions_and_garbage(town):
     s.sendall(b'{"cmd": "sta')
     s.close()
 
-    assert town.request("ping")["ok"] is True
-    helps = town.request("help")["commands"]
+    assert daemon.request("ping")["ok"] is True
+    helps = daemon.request("help")["commands"]
     for cmd in ("ping", "status", "reload", "stop", "log-level", "reopen-logs", "help"):
         assert cmd in helps
-    assert town.request("log-level", {"level": "debug"})["level"] == "debug"
-    assert town.status()["log_level"] == "debug"
-    assert town.request("log-level")["level"] == "debug"
-    assert town.request("reopen-logs")["ok"] is True
-    assert town.proc.poll() is None
-    assert town.stop() == 0
+    assert daemon.request("log-level", {"level": "debug"})["level"] == "debug"
+    assert daemon.status()["log_level"] == "debug"
+    assert daemon.request("log-level")["level"] == "debug"
+    assert daemon.request("reopen-logs")["ok"] is True
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
 
 
 def test_client_errors_when_not_running(tmpdir_short):

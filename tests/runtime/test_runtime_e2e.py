@@ -1,41 +1,10 @@
 """End to end with the real daemon process (`tinytownd run -c`): kill -9 loses no task."""
-import os
-import signal
-import subprocess
-import time
-
-import pytest
-
-from tests.helpers import run_cli, tinytownd_cmd
-from tests.rt_harness import write_config
+from tests.support.daemon import DaemonProcess
+from tests.support.helpers import run_cli, wait_for
+from tests.support.runtime import write_config
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
-from tests.test_town import all_records_valid_town
-
-
-def _wait(pred, timeout, msg):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {msg}")
-
-
-def _daemon(cfg_path, logf):
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWND_CONFIG")}
-    return subprocess.Popen(tinytownd_cmd() + ["run", "-c", str(cfg_path)], stdout=logf,
-                            stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+from tests.support.records import all_records_valid_town
 
 
 def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
@@ -49,25 +18,25 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
                        runtime={"heartbeat_interval_s": 0.5, "lease_ttl_s": 5.0,
                                 "stale_after_s": 5.0, "block_timeout_s": 0.5})
     town = Town(redis_server.client(), Keys("e2e"))
-    log = open(root / "daemon.log", "ab")
-    d1 = _daemon(cfg, log)
+    d1 = DaemonProcess(root, config=cfg)
+    d1.start()
     d2 = None
     try:
-        _wait(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 4,
-              30, "4 idle agents")
+        wait_for(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 4,
+              30, what="4 idle agents")
         aids = [a["id"] for a in town.list_agents()]
         tids = town.assign_many([{"aid": aids[i % 4], "description": f"t{i}"}
                                  for i in range(200)])
 
         def done():
             return sum(1 for t in tids if town.get_task(t)["state"] == "completed")
-        _wait(lambda: done() >= 30, 60, "30 tasks done")
-        d1.send_signal(signal.SIGKILL)
-        d1.wait(10)
+        wait_for(lambda: done() >= 30, 60, what="30 tasks done")
+        d1.kill()
         before = done()
         assert before < 200, "too fast to test a crash in the middle"
-        d2 = _daemon(cfg, log)
-        _wait(lambda: done() == 200, 120, "all 200 tasks completed after restart")
+        d2 = DaemonProcess(root, config=cfg)
+        d2.start()
+        wait_for(lambda: done() == 200, 120, what="all 200 tasks completed after restart")
         k = town.keys
         for aid in aids:
             assert town.r.llen(k.inbox(aid)) == 0
@@ -81,10 +50,10 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
                     env={"REDIS_URL": "", "TINYTOWND_CONFIG": ""})
         assert r.returncode == 0, r.stderr
     finally:
-        _stop(d1)
-        if d2 is not None:
-            _stop(d2)
-        log.close()
+        for d in (d1, d2):
+            if d is not None:
+                d.terminate()
+                d.cleanup()
     # after a graceful stop the agents are recorded as stopped and the leases released
     for a in town.list_agents():
         assert a["state"] == "stopped"
@@ -107,31 +76,32 @@ def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_shor
                                  runtime={"heartbeat_interval_s": 0.5, "lease_ttl_s": 3.0,
                                           "stale_after_s": 5.0}))
     town = Town(redis_server.client(), Keys("duo"))
-    log = open(tmpdir_short / "daemons.log", "ab")
-    procs = [_daemon(cfgs[0], log), _daemon(cfgs[1], log)]
+    daemons = [DaemonProcess(c.parent, config=c) for c in cfgs]
+    for d in daemons:
+        d.start()
+    procs = [d.proc for d in daemons]
     try:
-        _wait(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 3,
-              30, "3 idle agents")
+        wait_for(lambda: len([a for a in town.list_agents() if a.get("state") == "idle"]) == 3,
+              30, what="3 idle agents")
         assert len(town.list_agents()) == 3          # registered once, not per daemon
         aids = [a["id"] for a in town.list_agents()]
         owners = {aid: town.r.get(town.keys.agent_lease(aid)).split()[2] for aid in aids}
         assert set(owners.values()) <= {str(p.pid) for p in procs}
         tids = town.assign_many([{"aid": aids[i % 3], "description": str(i)} for i in range(60)])
-        _wait(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
-              "60 tasks")
+        wait_for(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
+              what="60 tasks")
         assert not viol.exists()
         # kill -9 whichever daemon owns the first agent: the other one takes it over
         victim = next(p for p in procs if str(p.pid) == owners[aids[0]])
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
+        next(d for d in daemons if d.proc is victim).kill()
         tids = town.assign_many([{"aid": aids[i % 3], "description": str(i)} for i in range(30)])
-        _wait(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
-              "30 tasks after the kill")
+        wait_for(lambda: all(town.get_task(t)["state"] == "completed" for t in tids), 60,
+              what="30 tasks after the kill")
         survivor = next(p for p in procs if p is not victim)
         for aid in aids:
             assert town.r.get(town.keys.agent_lease(aid)).split()[2] == str(survivor.pid)
         assert not viol.exists()
     finally:
-        for p in procs:
-            _stop(p)
-        log.close()
+        for d in daemons:
+            d.terminate()
+            d.cleanup()

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from tinytownd.store import validate, events
+from tests.support.records import all_records_valid_town
+from tinytownd.store import events, validate
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
@@ -13,27 +14,6 @@ from tinytownd.store.wire import SUPERVISOR_ID
 @pytest.fixture
 def town(redis_server):
     return Town(redis_server.client(), Keys("t1"))
-
-
-def all_records_valid_town(town):
-    """Validate every agent/task/message/event record under tt's rules."""
-    r, k = town.r, town.keys
-    problems = []
-    for key in r.scan_iter(match=k.prefix + "*"):
-        t = r.type(key)
-        if key.startswith(k.daemon_prefix):
-            continue
-        if key.startswith(k.prefix + "agent:"):
-            problems += validate.validate_agent(r.hgetall(key))
-        elif key.startswith(k.prefix + "task:"):
-            problems += validate.validate_task(r.hgetall(key))
-        elif key.startswith((k.prefix + "inbox:", k.prefix + "urgent:")):
-            for raw in r.lrange(key, 0, -1):
-                problems += validate.validate_message(raw)
-        elif t == "stream":
-            for _id, fields in r.xrange(key):
-                problems += validate.validate_event(fields)
-    return problems
 
 
 def test_register_is_idempotent_and_valid(town):

@@ -10,8 +10,7 @@ import time
 
 import gevent
 
-from tests.helpers import ROOT
-from tests.test_daemon import town, wait_for  # noqa: F401  (fixture)
+from tests.support.helpers import ROOT, wait_for
 from tinytownd.daemon.component import Component
 
 
@@ -62,57 +61,57 @@ class SlowDrain(Component):
 ENV = {"PYTHONPATH": str(ROOT)}
 
 
-def _events(town):
-    return [json.loads(line) for line in town.stdout_lines()]
+def _events(daemon):
+    return [json.loads(line) for line in daemon.stdout_lines()]
 
 
-def test_crashing_service_restarts_and_reload_fans_out(town):
-    town.write(daemon={"watchdog_stall_s": 1})
-    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:Flaky",
-                    "NOTIFY_SOCKET": str(town.root / "nobody.sock"), "WATCHDOG_USEC": "200000"})
-    st = wait_for(lambda: (s := town.status())["services"]["flaky.loop"] == "running"
+def test_crashing_service_restarts_and_reload_fans_out(daemon):
+    daemon.write(daemon={"watchdog_stall_s": 1})
+    daemon.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.daemon.test_daemon_components:Flaky",
+                    "NOTIFY_SOCKET": str(daemon.root / "nobody.sock"), "WATCHDOG_USEC": "200000"})
+    st = wait_for(lambda: (s := daemon.status())["services"]["flaky.loop"] == "running"
                   and s["service_details"]["flaky.loop"]["restarts"] == 2 and s, 15,
                   what="restarts")
     assert st["components"]["flaky"]["crashes"] == 2
-    crashed = [e for e in _events(town) if e["event"] == "service crashed"]
+    crashed = [e for e in _events(daemon) if e["event"] == "service crashed"]
     assert len(crashed) == 2 and crashed[0]["service"] == "flaky.loop"
     exc = crashed[0]["exception"]                # structured traceback, not a text blob
     assert isinstance(exc, list) and exc[0]["exc_type"] == "RuntimeError"
     # the stalled service withholds the watchdog ping
     wait_for(lambda: any(e["event"].startswith("watchdog ping withheld")
-                         and "flaky.stall" in e["stalled"] for e in _events(town)),
+                         and "flaky.stall" in e["stalled"] for e in _events(daemon)),
              15, what="watchdog withheld")
-    withheld = [e for e in _events(town) if e["event"].startswith("watchdog ping withheld")]
+    withheld = [e for e in _events(daemon) if e["event"].startswith("watchdog ping withheld")]
     assert all(e["stalled"] == ["flaky.stall"] for e in withheld), withheld   # the rest progress
-    town.write(logging={"level": "warning"}, daemon={"watchdog_stall_s": 1})
-    r = town.cli("reload")
+    daemon.write(logging={"level": "warning"}, daemon={"watchdog_stall_s": 1})
+    r = daemon.cli("reload")
     assert r.returncode == 0 and "flaky saw level warning" in r.stdout
-    assert town.status()["components"]["flaky"]["reloaded"] == 1
-    assert town.stop() == 0
+    assert daemon.status()["components"]["flaky"]["reloaded"] == 1
+    assert daemon.stop() == 0
 
 
-def test_graceful_drain_then_second_sigterm_is_immediate(town):
-    town.write(daemon={"drain_timeout_s": 60})
-    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:SlowDrain"})
-    rpid = town.status()["redis"]["pid"]
-    town.proc.send_signal(signal.SIGTERM)
-    st = wait_for(lambda: (s := town.status())["state"] == "stopping" and s, 15, what="draining")
+def test_graceful_drain_then_second_sigterm_is_immediate(daemon):
+    daemon.write(daemon={"drain_timeout_s": 60})
+    daemon.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.daemon.test_daemon_components:SlowDrain"})
+    rpid = daemon.status()["redis"]["pid"]
+    daemon.proc.send_signal(signal.SIGTERM)
+    st = wait_for(lambda: (s := daemon.status())["state"] == "stopping" and s, 15, what="draining")
     assert st["components"]["slow"]["draining"] is True
-    assert town.proc.poll() is None
+    assert daemon.proc.poll() is None
     t0 = time.monotonic()
-    town.proc.send_signal(signal.SIGTERM)
-    assert town.proc.wait(20) == 0
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
     assert time.monotonic() - t0 < 30
-    assert any(e["event"] == "second stop request: stopping now" for e in _events(town))
+    assert any(e["event"] == "second stop request: stopping now" for e in _events(daemon))
     wait_for(lambda: not os.path.exists(f"/proc/{rpid}"), 15, what="redis gone")
 
 
-def test_stop_timeout_is_75_then_stop_now(town):
-    town.write(daemon={"drain_timeout_s": 60})
-    town.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.test_daemon_components:SlowDrain"})
-    r = town.cli("stop", "--timeout", "0.5")
+def test_stop_timeout_is_75_then_stop_now(daemon):
+    daemon.write(daemon={"drain_timeout_s": 60})
+    daemon.start(env={**ENV, "TINYTOWND_COMPONENTS": "tests.daemon.test_daemon_components:SlowDrain"})
+    r = daemon.cli("stop", "--timeout", "0.5")
     assert r.returncode == 75 and "still running" in r.stderr
-    assert town.status()["state"] == "stopping"
-    r = town.cli("stop", "--now", "--timeout", "20")
+    assert daemon.status()["state"] == "stopping"
+    r = daemon.cli("stop", "--now", "--timeout", "20")
     assert r.returncode == 0, r.stderr
-    assert town.proc.wait(5) == 0
+    assert daemon.proc.wait(5) == 0

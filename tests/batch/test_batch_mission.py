@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from tests.test_batch_run import batch, no_leftover_redis
+from tests.batch.test_batch_run import batch
+from tests.support.leftovers import no_redis_under as no_leftover_redis
 
 MISSION = """\
 objective: "batch mission test"

@@ -16,7 +16,7 @@ from tinytownd.daemon.redis_clients import make_clients
 from tinytownd.runtime.town_runtime import TownRuntime
 from tinytownd.store.town import Town
 from tinytownd.store.wire import new_id
-from tests.helpers import wait_for  # noqa: F401,E402  (re-exported for the runtime tests)
+from tests.support.helpers import wait_for  # noqa: F401,E402  (re-exported for the runtime tests)
 
 
 def write_config(root: Path, redis_url: str, *, agents, clis, town="t", runtime=None,
