@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Dispatch benchmarks of the town runtime (runtime helper). Each prints JSON lines.
+"""Dispatch benchmarks of the town runtime. Each prints JSON lines.
 
     python bench/bench_dispatch.py assign  [-n 100000] [--agents 100]
     python bench/bench_dispatch.py pickup  [--agents 100] [--rate 200] [--duration 10]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Startup and reload latency of tinytownd (issue 2 goals: child ≤ 50 ms, READY ≤ 1 s, reload ≤ 100 ms).
+"""Startup and reload latency of tinytownd (goals: redis child ≤ 50 ms, READY ≤ 1 s, reload ≤ 100 ms).
 
     .venv/bin/python bench/bench_startup.py [--runs N] [--json]
 

@@ -227,7 +227,7 @@ def table(res: dict) -> list[tuple]:
     m = res.get("memory", {})
     if m:
         add("memory", "RSS per idle agent (KiB)", m["rss_kib_per_idle_agent"],
-            "raw parked BLPOP: 54 KiB (perf-baseline 2e)", ratio(m["rss_kib_per_idle_agent"], 54),
+            "raw parked BLPOP: 54 KiB (shared/baseline)", ratio(m["rss_kib_per_idle_agent"], 54),
             "<= 64 KiB", m["rss_kib_per_idle_agent"] <= 64, fmt="{:.1f}")
         add("memory", f"Redis connections per daemon ({m['agents_big']} agents)",
             m["redis_connections_big"], f"{m['agents_small']} agent: "

@@ -1,4 +1,4 @@
-"""Entry point. Order matters (python-anchors.md §2.1, §4.1):
+"""Entry point. Order matters: detach before gevent exists, patch before anything imports socket:
 
     parse argv  →  [daemonize with python-daemon]  →  gevent.monkey.patch_all()  →  import & run
 

@@ -2,7 +2,7 @@
 
 * Every line has `timestamp` (ISO-8601 UTC, `Z`), `level`, `event`, `logger`, plus context bound with
   `structlog.contextvars` (`town`, `agent`, `task`, `mission`). Greenlets start with an empty context,
-  so workers bind theirs at the top of their run function (python-anchors.md §3).
+  so workers bind theirs at the top of their run function.
 * The level lives in a mutable filter, not in a cached wrapper class, so `log-level` and reload take
   effect at once for loggers that already exist.
 * The sink can be reopened (SIGUSR1 / `reopen-logs`) for logrotate.
@@ -157,3 +157,8 @@ def reopen() -> None:
 
 def get_logger(name: str, **context: Any) -> structlog.BoundLogger:
     return structlog.get_logger().bind(logger=name, **context)
+
+
+def current_path() -> str | None:
+    """The log file written now (None: stdout)."""
+    return _State.path

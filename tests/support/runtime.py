@@ -1,4 +1,4 @@
-"""In-process harness for the town runtime (runtime helper's tests and bench): builds a Context the
+"""In-process harness for the town runtime (its tests and bench_dispatch): builds a Context the
 way the daemon does, runs TownRuntime's services in greenlets, and stops everything it started."""
 from __future__ import annotations
 

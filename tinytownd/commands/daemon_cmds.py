@@ -249,7 +249,7 @@ def cmd_check_config(args) -> int:
             _err(f"{cfg.path}: redis.server: {cfg.redis.server} is version {version}, "
                  f"below {MIN_VERSION[0]}.{MIN_VERSION[1]}")
             return exitcodes.CONFIG
-    from tinytownd.daemon.lifecycle import redact
+    from tinytownd.config import redact_url as redact
     print(f"{cfg.path}: OK (town {cfg.town.name}, root {cfg.root}, redis "
           f"{'owned' if cfg.owned_redis else 'external'} {redact(cfg.redis_url())})")
     return exitcodes.OK

@@ -1,19 +1,14 @@
 """Operator commands on a town: agents, tasks, assign, backlog, send, inbox, task, agent control,
-dead letters. They talk to Redis directly (the daemon need not run).
-
-Redis and town come from the config (-c, else $TINYTOWND_CONFIG, else the default path); when no
-config file exists, from REDIS_URL + TINYTOWN_TOWN, as set for agent CLIs by the daemon.
-Exit codes: 65 unknown/ambiguous reference or refused transition, 69 Redis unreachable, 78 config.
-Only stdlib + tinytownd.cli at import time (see cli.py).
-"""
+dead letters (how they reach Redis and their exit codes: common.py)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
 from tinytownd import cli, exitcodes
+
+from . import common
 
 H = "tinytownd.commands.town_cmds:"
 
@@ -91,65 +86,11 @@ def register(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-class _Fail(Exception):
-    def __init__(self, code: int, msg: str):
-        self.code = code
-        super().__init__(msg)
-
-
-def _open(args):
-    """(Town, config-or-None). Raises _Fail(78 / 69)."""
-    from tinytownd import config
-    from tinytownd.daemon import redis_clients
-    from tinytownd.store.keys import Keys
-    from tinytownd.store.town import Town
-
-    path = config.discover(args.config)
-    cfg = None
-    if os.path.exists(path):
-        try:
-            cfg = config.load(path, check_files=False)
-        except config.ConfigError as e:
-            raise _Fail(exitcodes.CONFIG, str(e))
-        url, town = cfg.redis_url(), cfg.town.name
-    else:
-        url = (os.environ.get("REDIS_URL") or "").strip()
-        town = (os.environ.get("TINYTOWN_TOWN") or "").strip()
-        if not url or not town:
-            raise _Fail(exitcodes.CONFIG, f"{path}: file not found (and REDIS_URL and "
-                                          "TINYTOWN_TOWN are not both set)")
-    r = redis_clients.client_for_url(url, max_connections=4, cfg=cfg)
-    try:
-        redis_clients.check_server(r, config.redact_url(url))
-    except redis_clients.RedisUnavailable as e:
-        raise _Fail(exitcodes.UNAVAILABLE, str(e))
-    from tinytownd import logs
-    return Town(r, Keys(town), log=logs.get_logger("cli", town=town)), cfg
-
-
 def _run(args, fn) -> int:
-    import redis
-
-    try:
-        town, cfg = _open(args)
-        return fn(town, cfg) or 0
-    except _Fail as e:
-        print(f"tinytownd: {e}", file=sys.stderr)
-        return e.code
-    except (LookupError, ValueError) as e:
-        msg = e.args[0] if e.args else str(e)
-        print(f"tinytownd: {msg}", file=sys.stderr)
-        return exitcodes.DATAERR
-    except redis.RedisError as e:
-        print(f"tinytownd: Redis error: {e}", file=sys.stderr)
-        return exitcodes.UNAVAILABLE
-
-
-def _out(args, obj, human: str) -> None:
-    if args.json:
-        print(json.dumps(obj, ensure_ascii=False, indent=None))
-    else:
-        print(human)
+    def go():
+        town, cfg = common.open_town(args)
+        return fn(town, cfg)
+    return common.run(go)
 
 
 def _tags(text: str) -> list[str]:
@@ -174,15 +115,6 @@ def _task_id(town, ref: str) -> str:
     raise LookupError(f"unknown task {ref!r}")
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- commands
 def cmd_agents(args) -> int:
     def fn(town, cfg):
@@ -202,7 +134,7 @@ def cmd_agents(args) -> int:
                  a.get("cli", ""), (a.get("current_task") or "-")[:8],
                  a.get("rounds_completed", "0"), a.get("tasks_completed", "0"),
                  f"{a['inbox']}+{a['urgent']}u", "yes" if a["owner"] else "no"] for a in out]
-        _out(args, out, _table(rows, ["NAME", "ID", "ROLE", "STATE", "CLI", "TASK", "ROUNDS",
+        common.output(args, out, common.table(rows, ["NAME", "ID", "ROLE", "STATE", "CLI", "TASK", "ROUNDS",
                                       "DONE", "QUEUED", "RUN"]))
     return _run(args, fn)
 
@@ -215,7 +147,7 @@ def cmd_tasks(args) -> int:
         rows = [[t["id"][:8], t.get("state", "?"), (t.get("assigned_to") or "-")[:8],
                  t.get("tags", "[]"), t.get("description", "")[:60].replace("\n", " ")]
                 for t in tasks]
-        _out(args, tasks, _table(rows, ["ID", "STATE", "AGENT", "TAGS", "DESCRIPTION"]))
+        common.output(args, tasks, common.table(rows, ["ID", "STATE", "AGENT", "TAGS", "DESCRIPTION"]))
     return _run(args, fn)
 
 
@@ -224,7 +156,7 @@ def cmd_assign(args) -> int:
         aid = town.resolve_agent(args.agent)
         tid = town.assign(aid, args.description, tags=_tags(args.tags),
                           max_attempts=args.max_attempts, timeout_s=args.timeout)
-        _out(args, {"task": tid, "agent": aid}, tid)
+        common.output(args, {"task": tid, "agent": aid}, tid)
     return _run(args, fn)
 
 
@@ -233,7 +165,7 @@ def cmd_backlog(args) -> int:
         if args.action == "add":
             tid = town.backlog_add(args.description, tags=_tags(args.tags),
                                    max_attempts=args.max_attempts, timeout_s=args.timeout)
-            _out(args, {"task": tid}, tid)
+            common.output(args, {"task": tid}, tid)
             return 0
         ids = town.backlog_list()
         tasks = []
@@ -242,7 +174,7 @@ def cmd_backlog(args) -> int:
             tasks.append(t or {"id": tid, "state": "missing"})
         rows = [[t["id"][:8], t.get("state", "?"), t.get("tags", "[]"),
                  t.get("description", "")[:60].replace("\n", " ")] for t in tasks]
-        _out(args, tasks, _table(rows, ["ID", "STATE", "TAGS", "DESCRIPTION"]))
+        common.output(args, tasks, common.table(rows, ["ID", "STATE", "TAGS", "DESCRIPTION"]))
     return _run(args, fn)
 
 
@@ -261,7 +193,7 @@ def cmd_send(args) -> int:
         else:
             mid = town.send(aid, "task", urgent=args.urgent, sender=sender,
                             description=args.text)
-        _out(args, {"message": mid, "agent": aid, "urgent": args.urgent}, mid)
+        common.output(args, {"message": mid, "agent": aid, "urgent": args.urgent}, mid)
     return _run(args, fn)
 
 
@@ -283,7 +215,7 @@ def cmd_inbox(args) -> int:
         rows = [[m["list"], m.get("type", "?"), (m.get("id") or "-")[:8],
                  records.message_text(m)[:70] if "type" in m else m.get("raw", "")[:70]]
                 for m in out]
-        _out(args, out, _table(rows, ["LIST", "TYPE", "ID", "TEXT"]))
+        common.output(args, out, common.table(rows, ["LIST", "TYPE", "ID", "TEXT"]))
     return _run(args, fn)
 
 
@@ -300,7 +232,7 @@ def cmd_task(args) -> int:
             human = "\n".join(f"{k}: {v}" for k, v in t.items())
             if meta:
                 human += "\n" + "\n".join(f"daemon.{k}: {v}" for k, v in meta.items())
-            _out(args, obj, human)
+            common.output(args, obj, human)
             return 0
         if args.action == "complete":
             changed = town.complete_task(tid, args.result)
@@ -308,7 +240,7 @@ def cmd_task(args) -> int:
             changed = town.fail_task(tid, args.result or "Failed")
         state = town.get_task(tid)["state"]
         note = "" if changed else f" (already {state}; unchanged)"
-        _out(args, {"task": tid, "state": state, "changed": changed}, f"{tid} {state}{note}")
+        common.output(args, {"task": tid, "state": state, "changed": changed}, f"{tid} {state}{note}")
     return _run(args, fn)
 
 
@@ -319,7 +251,7 @@ def cmd_control(args) -> int:
         aid = town.resolve_agent(args.agent)
         old = agent_control.ACTIONS[args.op](town, aid)
         new = town.get_agent(aid)["state"]
-        _out(args, {"agent": aid, "op": args.op, "old_state": old, "state": new},
+        common.output(args, {"agent": aid, "op": args.op, "old_state": old, "state": new},
              f"{args.agent}: {old} -> {new}")
     return _run(args, fn)
 
@@ -341,7 +273,7 @@ def cmd_deadletter(args) -> int:
             out = [e for _r, e in entries]
             rows = [[(e.get("id") or "-")[:8], e.get("at", "")[:19], e.get("reason", "")[:40],
                      e.get("source", "")[-44:], (e.get("task") or "-")[:8]] for e in out]
-            _out(args, out, _table(rows, ["ID", "AT", "REASON", "SOURCE", "TASK"]))
+            common.output(args, out, common.table(rows, ["ID", "AT", "REASON", "SOURCE", "TASK"]))
             return 0
         want = set(args.ids)
         done, skipped = [], []
@@ -356,7 +288,7 @@ def cmd_deadletter(args) -> int:
                 continue
             src = town.requeue_deadletter(raw, e, msg)
             done.append({"id": eid, "to": src})
-        _out(args, {"requeued": done, "skipped": skipped},
+        common.output(args, {"requeued": done, "skipped": skipped},
              f"requeued {len(done)}" + (f", skipped {len(skipped)}: " +
                                         "; ".join(f"{s['id'][:8]} {s['reason']}"
                                                   for s in skipped) if skipped else ""))

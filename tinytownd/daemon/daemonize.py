@@ -1,5 +1,6 @@
-"""`tinytownd run --daemonize`: detach with python-daemon BEFORE gevent is imported (python-anchors
-§2.1). Stdlib + python-daemon only.
+"""`tinytownd run --daemonize`: detach with python-daemon BEFORE gevent is imported (a fork after
+gevent has started its hub and threads leaves the child with a broken loop). Stdlib + python-daemon
+only.
 
 The invoking process stays until the daemon is up: it forks, the child detaches (double fork +
 setsid through DaemonContext) and reports back through a pipe (fd in $TINYTOWND_READY_FD) either

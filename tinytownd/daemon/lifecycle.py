@@ -11,7 +11,6 @@ SIGHUP → reload (the same `reload()` the control socket calls); SIGUSR1 → re
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import resource
@@ -26,29 +25,20 @@ import gevent.lock
 import gevent.queue
 from gevent.event import Event
 
-from tinytownd import __version__, config, logs
-from tinytownd.daemon import sdnotify
-from tinytownd.daemon.component import Component, Context
-from tinytownd.config import Config, ConfigError, redact_url
-from tinytownd.daemon.control import ControlServer
+from tinytownd import __version__, exitcodes, logs
+from tinytownd.config import Config, redact_url
 from tinytownd.store.keys import Keys
-from tinytownd.daemon.pidfile import PidFile
-from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_clients
-from tinytownd.daemon.redis_server import OwnedRedis, RedisApplyError
-from tinytownd.daemon.supervisor import Supervisor
+
+from . import control_commands, sdnotify
+from .component import Component, Context
+from .control import ControlServer, SocketInUse
+from .pidfile import PidFile
+from .redis_clients import RedisUnavailable, check_external, make_clients
+from .redis_server import OwnedRedis, RedisStartError
+from .reload import reload as reload_config
+from .supervisor import Supervisor
 
 COMPONENTS = ["tinytownd.runtime.town_runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine"]
-
-CONTROL_DOCS = {
-    "ping": "liveness: {pong, pid}",
-    "status": "daemon, redis, services and component status",
-    "reload": "re-read the config file: validate, diff, apply; lists changes and restart-only keys",
-    "stop": "stop the daemon; args {graceful: true|false}",
-    "log-level": "get or set the log level; args {level: debug|info|warning|error|critical}",
-    "reopen-logs": "reopen the log file (logrotate)",
-    "help": "this list",
-}
-
 
 class StartError(Exception):
     """The daemon cannot start. `exit_code` is the sysexits code for the CLI."""
@@ -58,7 +48,6 @@ class StartError(Exception):
         self.exit_code = exit_code
 
 
-redact = redact_url  # kept as a name: the daemon's status and reload output use it
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -83,7 +72,7 @@ class Daemon:
         self.stopping = Event()          # components' stop flag (ctx.stopping)
         self.stopped = Event()           # run() finished its shutdown
         self._immediate = Event()
-        self._stop_requested = False
+        self.stop_requested = False
         self._queue: gevent.queue.Queue = gevent.queue.Queue()
         self._reload_lock = gevent.lock.Semaphore()
         self.started = False
@@ -99,14 +88,14 @@ class Daemon:
         self.control: ControlServer | None = None
         self.pidfile: PidFile | None = None
         # Loggers bind their processors when created: configure the JSON sink first.
-        logs.configure(cfg.logging.level, self._log_file(cfg))
+        logs.configure(cfg.logging.level, self.log_file(cfg))
         self.log = logs.get_logger("tinytownd.daemon", town=cfg.town.name)
         self.supervisor = Supervisor(self.log.bind(logger="tinytownd.supervisor"), self.stopping)
         self._redis_stop = Event()
         self._watchdog: gevent.Greenlet | None = None
 
     # ------------------------------------------------------------------ start
-    def _log_file(self, cfg: Config) -> str | None:
+    def log_file(self, cfg: Config) -> str | None:
         p = cfg.log_file_path
         return str(p) if p is not None else self.log_file_default
 
@@ -138,7 +127,6 @@ class Daemon:
             self.stopped.set()
 
     def _start(self) -> None:
-        from tinytownd import exitcodes
         cfg = self.cfg
         from gevent import monkey
         if not monkey.is_module_patched("socket"):
@@ -156,9 +144,9 @@ class Daemon:
                 raise StartError(str(e), exitcodes.CANTCREAT) from None
         # The control socket first: a live one means another daemon runs this town, and we must
         # not touch its redis-server.
-        from tinytownd.daemon.control import SocketInUse
-        self.control = ControlServer(cfg.control_socket_path, self._control_handlers(),
-                                     self.log.bind(logger="tinytownd.control"), docs=CONTROL_DOCS)
+        self.control = ControlServer(cfg.control_socket_path, control_commands.handlers(self),
+                                     self.log.bind(logger="tinytownd.control"),
+                                     docs=control_commands.DOCS)
         try:
             self.control.start()
         except SocketInUse as e:
@@ -195,8 +183,6 @@ class Daemon:
         sdnotify.ready(f"running town {cfg.town.name}")
 
     def _start_redis(self) -> None:
-        from tinytownd import exitcodes
-        from tinytownd.daemon.redis_server import RedisStartError
         cfg = self.cfg
         if cfg.owned_redis:
             self.redis = OwnedRedis(cfg, self.log.bind(logger="tinytownd.redis"))
@@ -206,26 +192,13 @@ class Daemon:
                 raise StartError(str(e), exitcodes.UNAVAILABLE) from None
             self.redis_version = self.redis.version
             return
-        redacted = redact(cfg.redis.url)
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        from tinytownd.daemon.redis_clients import _tls_kwargs
-        try:   # no retries: a wrong password or a dead host is reported at once
-            client = redis.Redis.from_url(cfg.redis.url, decode_responses=True,
-                                          socket_connect_timeout=5.0, socket_timeout=5.0,
-                                          retry=Retry(NoBackoff(), 0),
-                                          **_tls_kwargs(cfg, cfg.redis.url))
-        except ValueError as e:
-            raise StartError(f"invalid Redis URL {redacted}: {e}", exitcodes.CONFIG) from None
         try:
-            self.redis_version = check_server(client, redacted)
+            self.redis_version = check_external(cfg)
+        except ValueError as e:
+            raise StartError(str(e), exitcodes.CONFIG) from None
         except RedisUnavailable as e:
             raise StartError(str(e), exitcodes.UNAVAILABLE) from None
-        finally:
-            client.close()
-        self.log.info("external redis ok", url=redacted, version=self.redis_version)
+        self.log.info("external redis ok", url=redact_url(cfg.redis.url), version=self.redis_version)
 
     def _load_components(self) -> None:
         specs = COMPONENTS
@@ -314,7 +287,7 @@ class Daemon:
     def _shutdown(self, graceful: bool) -> int:
         if self.stopped.is_set():      # already shut down (or start() failed and cleaned up)
             return 0
-        self._stop_requested = True
+        self.stop_requested = True
         sdnotify.stopping("draining" if graceful else "stopping now")
         self.stopping.set()
         # A second SIGTERM/SIGINT (or SIGQUIT) during the drain makes it immediate.
@@ -373,143 +346,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
     def reload(self) -> dict:
-        """Validate → diff → apply. The old config keeps running if the new one is invalid."""
+        """Validate → diff → apply (reload.py); one reload at a time."""
         with self._reload_lock:
-            t0 = time.monotonic()
-            sdnotify.reloading()
-            old = self.cfg
-            try:
-                new = config.load(old.path)
-            except ConfigError as e:
-                sdnotify.ready(f"reload failed: {e.problems[0][1] if e.problems else e}")
-                self.log.error("reload refused: invalid config", error=str(e))
-                self.last_reload = {"ok": False, "at": time.time(), "error": str(e)}
-                return {"ok": False, "code": "invalid_config", "error": str(e)}
-            changes = config.diff(old, new)
-            effective = new
-            restart_required, applied, notes, errors = [], [], [], []
-            for ch in changes:
-                if not ch.live:
-                    restart_required.append(_describe(ch))
-                    effective = config.keep_old(effective, old, ch.key)
-                else:
-                    applied.append(_describe(ch))
-            # logging
-            try:
-                if effective.logging.level != old.logging.level:
-                    logs.set_level(effective.logging.level)
-                if self._log_file(effective) != self._log_file(old):
-                    logs.open_sink(self._log_file(effective))
-            except (OSError, ValueError) as e:
-                errors.append(f"logging: {e}")
-            # redis live settings
-            live_redis = [c for c in changes if c.live and c.key.startswith("redis.")]
-            if self.redis is not None:
-                try:   # its CONFIG SET lines are in `changes`; keep only "applies later" notes
-                    notes += [n for n in self.redis.apply(old, effective) if "applies when" in n]
-                except RedisApplyError as e:
-                    errors.append(str(e))
-            elif live_redis:
-                notes.append("redis.* settings are not applied to an external Redis: "
-                             + ", ".join(c.key for c in live_redis))
-            self.cfg = effective
-            if self.ctx is not None:
-                self.ctx.config = effective
-            for comp in self.components:
-                try:
-                    notes += list(comp.reload(old, effective) or [])
-                except Exception as e:
-                    self.log.error("component reload failed", component=comp.name, exc_info=True)
-                    errors.append(f"{comp.name}: {type(e).__name__}: {e}")
-            ms = round((time.monotonic() - t0) * 1000, 2)
-            if errors:
-                self.log.error("reload partly failed", errors=errors, changes=applied)
-                sdnotify.ready("reload partly failed")
-                self.last_reload = {"ok": False, "at": time.time(), "error": "; ".join(errors)}
-                return {"ok": False, "code": "apply_failed", "error": "; ".join(errors),
-                        "changes": applied, "restart_required": restart_required, "notes": notes}
-            self.reloads += 1
-            self.last_reload = {"ok": True, "at": time.time(), "changes": len(applied)}
-            self.log.info("reloaded", changes=applied, restart_required=restart_required,
-                          notes=notes, reload_ms=ms)
-            sdnotify.ready(f"running town {self.cfg.town.name} (reloads: {self.reloads})")
-            return {"ok": True, "changes": applied, "restart_required": restart_required,
-                    "notes": notes, "reload_ms": ms, "config_path": self.cfg.path}
+            return reload_config(self)
 
     def reopen_logs(self) -> None:
         logs.reopen()
         self.log.info("log file reopened")
-
-    # ------------------------------------------------------------------ status
-    def status(self) -> dict:
-        cfg = self.cfg
-        if self.redis is not None:
-            redis_st = self.redis.status()
-        elif cfg.owned_redis:   # still starting
-            redis_st = {"mode": "owned", "pid": None, "ready": False, "version": None}
-        else:
-            redis_st = {"mode": "external", "url": redact(cfg.redis.url),
-                        "ready": self.redis_version is not None, "version": self.redis_version}
-            if self.clients is not None:
-                try:
-                    redis_st["ready"] = bool(self.clients.cmd.ping())
-                except Exception:
-                    redis_st["ready"] = False
-        out = {
-            "pid": os.getpid(), "town": cfg.town.name, "root": str(cfg.root),
-            "version": __version__, "instance": self.instance_id,
-            "state": "stopping" if self._stop_requested else
-                     ("running" if self.started else "starting"),
-            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
-            "config_path": cfg.path, "reloads": self.reloads, "last_reload": self.last_reload,
-            "log_level": logs.get_level(), "redis": redis_st,
-            "services": self.supervisor.states(),
-            "service_details": self.supervisor.details(),
-            "components": {},
-        }
-        for comp in self.components:
-            try:
-                out["components"][comp.name] = comp.status()
-            except Exception as e:
-                out["components"][comp.name] = {"error": f"{type(e).__name__}: {e}"}
-        return out
-
-    # ------------------------------------------------------------------ control socket
-    def _control_handlers(self) -> dict:
-        def ping(args):
-            return {"pong": True, "pid": os.getpid()}
-
-        def stop(args):
-            graceful = args.get("graceful", True) is not False
-            self.request_stop(graceful=graceful)
-            return {"stopping": True, "graceful": graceful, "pid": os.getpid()}
-
-        def log_level(args):
-            level = args.get("level")
-            if level is not None:
-                try:
-                    logs.set_level(str(level))
-                except ValueError as e:
-                    return {"ok": False, "code": "bad_request", "error": str(e)}
-                self.log.info("log level changed", level=logs.get_level())
-            return {"level": logs.get_level()}
-
-        def reopen(args):
-            self.reopen_logs()
-            return {"reopened": logs._State.path}
-
-        return {"ping": ping, "status": lambda args: self.status(),
-                "reload": lambda args: self.reload(), "stop": stop, "log-level": log_level,
-                "reopen-logs": reopen}
-
-
-def _describe(ch) -> str:
-    """Change.describe(), with passwords inside URLs redacted too."""
-    if ch.key in ("redis.url",):
-        ch = dataclasses.replace(ch, old=redact(ch.old) if ch.old else ch.old,
-                                 new=redact(ch.new) if ch.new else ch.new)
-    return ch.describe()
-
 
 def _signame(item: Any) -> str:
     if isinstance(item, int):

@@ -1,4 +1,4 @@
-"""Redis clients for tinytownd, sized explicitly for gevent (perf-baseline.md §2e, §5).
+"""Redis clients for tinytownd, sized explicitly for gevent (redis-py's defaults are wrong for it).
 
 Two pools per process, never redis-py's defaults:
   * `cmd`   — ordinary commands: BlockingConnectionPool(pool_size), bounded socket timeouts, so a
@@ -167,3 +167,23 @@ def check_server(client: redis.Redis, redacted_url: str) -> str:
         raise RedisUnavailable(f"Redis at {redacted_url} is version {version}; tinytownd needs "
                                f">= {MIN_VERSION[0]}.{MIN_VERSION[1]}")
     return version
+
+
+def check_external(cfg: Config) -> str:
+    """Check the external Redis of `cfg` once, without retries (a wrong password or a dead host
+    is reported at once); return its version. ValueError for an unusable URL, RedisUnavailable
+    with the reason otherwise."""
+    from redis.backoff import NoBackoff
+
+    redacted = redact_url(cfg.redis.url)
+    try:
+        client = redis.Redis.from_url(cfg.redis.url, decode_responses=True,
+                                      socket_connect_timeout=5.0, socket_timeout=5.0,
+                                      retry=Retry(NoBackoff(), 0),
+                                      **_tls_kwargs(cfg, cfg.redis.url))
+    except ValueError as e:
+        raise ValueError(f"invalid Redis URL {redacted}: {e}") from None
+    try:
+        return check_server(client, redacted)
+    finally:
+        client.close()

@@ -1,6 +1,6 @@
 """The Redis key schema: every key tinytownd reads or writes, in one place.
 
-Town keys (shared with Tinytown's `tt`; shapes exactly as tinytown-core.md §2–§3)
+Town keys (shared with Tinytown's `tt`; shapes exactly as tt writes them)
 --------------------------------------------------------------------------------
 tt:<town>:agent:<aid>              hash    agent record (id name nickname role_id parent_agent_id
                                            spawn_mode agent_type state cli current_task created_at
@@ -144,7 +144,7 @@ class Keys:
     def missions_active(self) -> str:
         return f"{self.prefix}mission:active"
 
-    # --- scan patterns (town name escaped, tinytown-core.md §9.13) ---
+    # --- scan patterns (the town name escaped: a name with glob characters must not match others) ---
     def pattern(self, kind: str) -> str:
         return f"tt:{glob_escape(self.town)}:{kind}:*"
 

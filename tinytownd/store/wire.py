@@ -1,6 +1,6 @@
 """Tinytown's wire encodings: ids, the two timestamp spellings, and the enum strings.
 
-Everything tinytownd writes into a town must parse under `tt`'s rules (spec tinytown-core.md §1, §9):
+Everything tinytownd writes into a town must parse under `tt`'s rules:
   * ids are lowercase hyphenated UUID v4 text;
   * hash fields carry RFC 3339 UTC with `+00:00`; JSON carries the same instant with `Z`;
   * a timestamp without an offset is invalid (tt rejects a whole JSON message for it);
@@ -25,7 +25,7 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 CONFIRMATION_TYPES = ("received", "acknowledged", "thanks", "approved", "rejected")
 BUILTIN_ROLES = ("default", "worker", "reviewer", "researcher", "runner")
 
-# Message `type` tag → the variant's required fields (tinytown-core.md §3.3).
+# Message `type` tag → the variant's required fields (tt's serde enum, flattened).
 MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "task": ("description",),
     "query": ("question",),

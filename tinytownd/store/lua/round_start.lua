@@ -1,4 +1,4 @@
--- round_start: the start of a CLI round in one call (what was a pipeline of 6 commands).
+-- round_start: the start of a CLI round in one call (six writes, one round trip).
 -- KEYS[1] = agent hash   KEYS[2] = daemon agent info   KEYS[3] = task hash (the round's task)
 -- KEYS[4] = daemon task meta (attempts)   KEYS[5] = town event stream   KEYS[6] = agent event stream
 -- ARGV[1] = now (RFC 3339 +00:00)   ARGV[2] = task id or "" (no task hash to touch)
