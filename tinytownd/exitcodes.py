@@ -12,6 +12,7 @@ USAGE = 64               # EX_USAGE: bad command line
 DATAERR = 65             # EX_DATAERR: bad input data (unknown task/agent id, bad mission file)
 NOINPUT = 66             # EX_NOINPUT: a named input file does not exist
 UNAVAILABLE = 69         # EX_UNAVAILABLE: Redis or the daemon cannot be reached / started
+REFUSED = 74             # EX_IOERR: Redis refused the write (out of memory, cannot save): nothing applied
 SOFTWARE = 70            # EX_SOFTWARE: internal error
 CANTCREAT = 73           # EX_CANTCREAT: pidfile held by another instance, socket in use
 TEMPFAIL = 75            # EX_TEMPFAIL: timed out (`stop --timeout`); batch interrupted, resumable
@@ -27,6 +28,7 @@ TABLE = [
     (DATAERR, "bad input: unknown id, invalid mission file"),
     (NOINPUT, "input file not found"),
     (UNAVAILABLE, "Redis or the daemon unavailable"),
+    (REFUSED, "Redis refused the write (out of memory, cannot save to disk); nothing was applied"),
     (SOFTWARE, "internal error"),
     (CANTCREAT, "another instance holds the pidfile or control socket"),
     (TEMPFAIL, "timed out (stop --timeout); batch interrupted, resume with --resume ID"),

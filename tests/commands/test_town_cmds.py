@@ -141,3 +141,27 @@ def test_errors_unknown_ambiguous_unavailable(env, tmpdir_short):
     r = run_cli("agents", "-c", str(tmpdir_short / "missing.yaml"),
                 env={"REDIS_URL": "", "TINYTOWND_CONFIG": "", "TINYTOWN_TOWN": ""})
     assert r.returncode == 78
+
+
+def test_a_refused_assign_applied_nothing_and_says_why(env):
+    """Near maxmemory, every assign either applies whole (task, meta, message, event) or not at
+    all, and a refusal exits 74 naming it (not 69, "unavailable")."""
+    town = env["town"]
+    r, k = town.r, town.keys
+    aid = town.register_agent("w")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 300_000)
+    codes = []
+    for i in range(40):
+        res = cli(env, "assign", "w", f"task {i} " + "x" * 40_000)
+        codes.append(res.returncode)
+        if res.returncode:
+            assert res.returncode == 74, res.stderr
+            assert "out of memory" in res.stderr and "Traceback" not in res.stderr
+            break
+    assert 74 in codes and codes.index(74) > 0
+    r.config_set("maxmemory", 0)
+    tasks = [t for t in town.list_tasks()]
+    inbox = r.lrange(k.inbox(aid), 0, -1)
+    assert len(tasks) == len(inbox) == codes.index(74)     # nothing half-written
+    assert {json.loads(m)["task_id"] for m in inbox} == {t["id"] for t in tasks}

@@ -12,25 +12,6 @@ from tinytownd.store import records
 from tinytownd.store.wire import SUPERVISOR_ID
 
 
-@pytest.fixture
-def harness(redis_server, tmpdir_short):
-    made = []
-
-    def make(agents, clis, **kw):
-        root = tmpdir_short / f"town{len(made)}"
-        root.mkdir(exist_ok=True)
-        h = Harness(write_config(root, redis_server.url, agents=agents, clis=clis, **kw))
-        made.append(h)
-        return h.start()
-
-    yield make
-    for h in made:
-        try:
-            h.stop()
-        except Exception:
-            pass
-
-
 def task_state(h, tid):
     return (h.town.get_task(tid) or {}).get("state")
 
@@ -342,7 +323,6 @@ def test_idle_timeout_drains_then_stops(harness):
 def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short):
     """round_ok_take ends a round and takes the next one atomically; if a stop arrives before the
     worker uses that take, the taken messages go back to the queue heads, order kept."""
-    from tinytownd.runtime.round import MAX_INBOX_PER_ROUND
     from tinytownd.runtime.settings import AgentSettings
     from tinytownd.runtime.worker import Worker
 
@@ -354,7 +334,7 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
                                        command="true", timeout_s=None, max_attempts=3,
                                        workdir=str(tmpdir_short)))
     w.take_keys = [k.urgent(aid), k.inbox(aid), k.inflight_urgent(aid), k.inflight(aid),
-                   k.stop(aid), k.agent(aid), k.agent_lease(aid)]
+                   k.stop(aid), k.agent(aid), k.agent_lease(aid), k.deadletter]
     t1 = h.town.assign(aid, "first")
     t2 = h.town.assign(aid, "second")
     note = h.town.send(aid, "informational", urgent=True, summary="hello")
@@ -368,7 +348,7 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
                "{}", "Round 1: ok", rt.owner, 1000, 100, 500]
     fin, pre = rt.scripts.round_ok_take(
         keys=ok_keys + w.take_keys,
-        args=[len(ok_keys), len(ok_args), *ok_args, rt.owner, MAX_INBOX_PER_ROUND, k.prefix])
+        args=[len(ok_keys), len(ok_args), *ok_args, *w.take_args()])
     assert int(fin[0]) == -2 and int(fin[4]) == 1          # no task; acked under our lease
     assert pre[0] == "ok" and int(pre[1]) == 1             # the urgent note...
     assert len(pre[2]) == 2 and json.loads(pre[2][1])["task_id"] == t1   # ...and the first task

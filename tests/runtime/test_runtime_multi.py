@@ -3,33 +3,12 @@ a lapsed lease is taken over, the sweeper recovers dead agents' queues."""
 import json
 
 import gevent
-import pytest
 
-from tests.support.runtime import Harness, wait_for, write_config
+from tests.support.runtime import wait_for, write_config
 from tests.support.records import all_records_valid_town
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
-from tinytownd.store.wire import hash_ts
-
-
-@pytest.fixture
-def harness(redis_server, tmpdir_short):
-    made = []
-
-    def make(agents, clis, *, root_name=None, start=True, **kw):
-        root = tmpdir_short / (root_name or f"town{len(made)}")
-        root.mkdir(exist_ok=True)
-        h = Harness(write_config(root, redis_server.url, agents=agents, clis=clis, **kw))
-        made.append(h)
-        return h.start() if start else h
-
-    yield make
-    for h in made:
-        try:
-            h.stop()
-        except Exception:
-            pass
 
 
 def test_backlog_claim_contention_never_double_claims(redis_server):
@@ -41,10 +20,8 @@ def test_backlog_claim_contention_never_double_claims(redis_server):
 
     def claimer(aid):
         while True:
-            now = hash_ts()
-            head, tail = records.task_assign_parts(aid, created_at=now.replace("+00:00", "Z"))
-            tid = town.scripts.claim_backlog(keys=[k.backlog], args=[
-                k.prefix, aid, now, head, tail, 20, "worker"])
+            keys, args = town.claim_call(aid, ["worker"], 20)
+            tid = town.scripts.claim_backlog(keys=keys, args=args)[0]
             if not tid:
                 if not town.r.llen(k.backlog):
                     return
@@ -194,3 +171,22 @@ def test_reload_adds_and_removes_agents(harness, tmpdir_short):
     wait_for(lambda: h.town.get_agent(a)["state"] == "stopped")
     tid = h.town.assign(b, "new agent works")
     wait_for(lambda: h.town.get_task(tid)["state"] == "completed")
+
+
+def test_a_vanished_lease_is_taken_back_not_called_lost(harness):
+    """Redis lost the lease (FLUSHALL-like data loss, nobody else involved): the agent keeps
+    running under its daemon instead of stopping as if another daemon owned it."""
+    h = harness([{"name": "w", "cli": "c"}], {"c": "cat >/dev/null; echo ok"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    k = h.keys
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    h.town.r.delete(k.agent_lease(aid))
+    tid = h.town.assign(aid, "after the lease vanished")
+    wait_for(lambda: h.town.get_task(tid)["state"] == "completed")
+    assert h.town.r.get(k.agent_lease(aid)) == h.rt.owner
+    w = h.rt.workers[aid]
+    assert not w.lost and not w.greenlet.dead
+    h.town.r.delete(k.agent_lease(aid))
+    wait_for(lambda: h.town.r.get(k.agent_lease(aid)) == h.rt.owner, 5,
+             what="the heartbeat re-takes it")
+    assert not w.lost

@@ -6,13 +6,13 @@ import time
 import gevent
 import pytest
 
-from tinytownd.runtime import runner, spawn
+from tinytownd.runtime import process, runner, spawn
 
 
 @pytest.fixture(autouse=True)
 def always_on_the_spawn_thread(monkeypatch):
     """runner uses the spawn thread only while other CLIs run; here, for every spawn."""
-    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 0)
+    monkeypatch.setattr(process, "THREAD_WHEN_RUNNING", 0)
 
 
 def _run(tmp, command, name="r", **kw):
@@ -52,10 +52,10 @@ def test_exports_and_env_reuse(tmpdir_short):
 
 
 def test_empty_round_log_is_removed_and_output_comes_from_the_fd(tmpdir_short):
-    res = _run(tmpdir_short, "true", keep_empty_log=False, name="quiet")
-    assert res.ok and res.log_removed and not (tmpdir_short / "quiet.log").exists()
-    res = _run(tmpdir_short, "seq 1 2000", keep_empty_log=False, tail_bytes=20, name="loud")
-    assert res.ok and not res.log_removed and res.output_bytes > 8000
+    res = _run(tmpdir_short, "true", name="quiet")
+    assert res.ok and res.log_bytes == 0 and not (tmpdir_short / "quiet.log").exists()
+    res = _run(tmpdir_short, "seq 1 2000", tail_bytes=20, name="loud")
+    assert res.ok and res.log_bytes == res.output_bytes > 8000
     assert res.output.split("\n")[-1] == "2000" and res.output.split("\n")[0].isdigit()
     assert (tmpdir_short / "loud.log").stat().st_size == res.output_bytes
 
@@ -90,7 +90,7 @@ def test_rounds_killed_while_spawning_leave_nothing_behind(tmpdir_short):
 
 
 def test_spawn_thread_is_used_where_available(tmpdir_short, monkeypatch):
-    sp = spawn.Spawner.get(runner._SIGDEF)
+    sp = spawn.Spawner.get(process._SIGDEF)
     if sp is None:
         pytest.skip("no glibc posix_spawn here")
     calls = []
@@ -102,10 +102,10 @@ def test_spawn_thread_is_used_where_available(tmpdir_short, monkeypatch):
 
 
 def test_quiet_spawns_stay_on_the_loop_busy_ones_go_to_the_thread(tmpdir_short, monkeypatch):
-    sp = spawn.Spawner.get(runner._SIGDEF)
+    sp = spawn.Spawner.get(process._SIGDEF)
     if sp is None:
         pytest.skip("no glibc posix_spawn here")
-    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 2)
+    monkeypatch.setattr(process, "THREAD_WHEN_RUNNING", 2)
     calls = []
     real = sp.spawn
     monkeypatch.setattr(sp, "spawn", lambda *a: calls.append(a[1]) or real(*a))
@@ -113,9 +113,9 @@ def test_quiet_spawns_stay_on_the_loop_busy_ones_go_to_the_thread(tmpdir_short, 
     assert calls == []                                   # nothing else running: loop thread
     bg = [gevent.spawn(_run, tmpdir_short, "sleep 1", name=f"bg{i}") for i in range(2)]
     deadline = time.monotonic() + 10
-    while runner._running < 2 and time.monotonic() < deadline:
+    while process.running < 2 and time.monotonic() < deadline:
         gevent.sleep(0.01)
     assert _run(tmpdir_short, "exit 4", name="busy").exit_code == 4
     assert len(calls) == 1                               # two rounds running: spawn thread
     gevent.joinall(bg, raise_error=True)
-    assert runner._running == 0
+    assert process.running == 0

@@ -3,24 +3,25 @@ import os
 
 import pytest
 
-from tinytownd.runtime import runner
+from tinytownd.runtime import process, runner
 
 
 @pytest.fixture(autouse=True, params=["spawn-thread", "loop-thread"])
 def spawn_path(request, monkeypatch):
     """Every contract test runs on both spawn paths: the spawn thread (tinytownd/spawn.py) and
     os.posix_spawn on the loop thread (the fallback)."""
-    monkeypatch.setattr(runner, "SPAWN_THREAD", request.param == "spawn-thread")
-    monkeypatch.setattr(runner, "THREAD_WHEN_RUNNING", 0)   # (not only when busy)
+    monkeypatch.setattr(process, "SPAWN_THREAD", request.param == "spawn-thread")
+    monkeypatch.setattr(process, "THREAD_WHEN_RUNNING", 0)   # (not only when busy)
     return request.param
 
 
 def _run(tmp, command, prompt="hello", **kw):
     log = str(tmp / "round.log")
     kw.setdefault("timeout_s", 10)
+    kw.setdefault("tail_bytes", 4000)
     res = runner.run(command, prompt=prompt, env={**os.environ, "X_VAR": "xv"}, cwd=str(tmp),
                      log_path=log, **kw)
-    return res, runner.tail(log, 4000)
+    return res, res.output
 
 
 def test_prompt_cwd_env_and_exit_code(tmpdir_short):
@@ -41,8 +42,12 @@ def test_bad_cwd_and_spawn_errors(tmpdir_short):
     res = runner.run("true", prompt="", env=dict(os.environ), cwd=str(tmpdir_short / "nope"),
                      log_path=log, timeout_s=5)
     assert res.exit_code == 127
-    res = runner.run("true", prompt="", env=dict(os.environ), cwd=str(tmpdir_short),
-                     log_path=str(tmpdir_short / "no" / "such" / "\0bad"), timeout_s=5)
+    res = runner.run("echo x", prompt="", env=dict(os.environ), cwd=str(tmpdir_short),
+                     log_path=str(tmpdir_short / "no" / "such" / "\0bad"), timeout_s=5,
+                     tail_bytes=100)
+    assert res.ok and res.output == "x" and res.log_error   # no log: the round still ran
+    res = runner.run("tr\0ue", prompt="", env=dict(os.environ), cwd=".", log_path=log,
+                     timeout_s=5)
     assert res.exit_code is None and res.error
 
 
@@ -77,11 +82,9 @@ def _live_in_group(pgid):
         time.sleep(0.05)
 
 
-def test_tail_trims_to_whole_lines(tmpdir_short):
-    p = tmpdir_short / "f"
-    p.write_text("".join(f"line {i}\n" for i in range(1000)))
-    t = runner.tail(str(p), 30)
-    assert t.split("\n")[0].startswith("line ") and t.endswith("line 999")
+def test_result_tail_trims_to_whole_lines(tmpdir_short):
+    res, _ = _run(tmpdir_short, "seq 1 1000 | sed 's/^/line /'", tail_bytes=30)
+    assert res.output.split("\n")[0].startswith("line ") and res.output.endswith("line 1000")
 
 
 def test_exit_status_survives_libev_reaping_the_child(tmpdir_short):
@@ -97,7 +100,7 @@ def test_exit_status_survives_libev_reaping_the_child(tmpdir_short):
         log = str(tmpdir_short / "r.log")
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            proc, w = runner._spawn("exit 3", dict(os.environ), str(tmpdir_short), fd)
+            proc, w = process.spawn("exit 3", dict(os.environ), str(tmpdir_short), fd)
         finally:
             os.close(fd)
         os.close(w)

@@ -7,7 +7,6 @@ import pytest
 from tinytownd.store import fit, records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
-from tinytownd.store.wire import hash_ts
 
 AGENT = {"role": "reviewer", "name": "rev-1", "tags": ["docs", "urgent"]}
 # (raw tags field of the task, expected fit for AGENT)
@@ -46,11 +45,8 @@ def test_lua_claim_agrees_with_python(redis_server):
         r.hset(k.task(tid), "tags", raw)
         r.delete(k.backlog)
         r.rpush(k.backlog, tid)
-        now = hash_ts()
-        head, tail = records.task_assign_parts(aid, created_at=now.replace("+00:00", "Z"))
-        got = town.scripts.claim_backlog(
-            keys=[k.backlog], args=[k.prefix, aid, now, head, tail, 10,
-                                    *fit.agent_words(**AGENT)])
+        keys, args = town.claim_call(aid, fit.agent_words(**AGENT), 10)
+        got = town.scripts.claim_backlog(keys=keys, args=args)[0]
         assert (got == tid) is expected is _python(raw), raw
         if got:   # the claim wrote exactly what tt's `backlog claim` sends
             msg = r.lpop(k.inbox(aid))

@@ -61,6 +61,7 @@ class Harness:
         self.ctx.stopping.set()
         gevent.killall(self.greenlets, timeout=2)
         self.rt.pool.kill(timeout=2)
+        self.rt.lifeline.close()        # the pipe closes as when the process dies
         self.clients.close()
 
     def aid(self, name: str) -> str:

@@ -3,7 +3,8 @@
 Commands talk to Redis directly (the daemon need not run). Redis and town come from the config
 (-c, else $TINYTOWND_CONFIG, else the default path); where a command allows it, a missing config
 file falls back to REDIS_URL + TINYTOWN_TOWN, as the daemon sets them for agent CLIs.
-Exit codes: 65 unknown/ambiguous reference or refused transition, 69 Redis unreachable, 78 config.
+Exit codes: 65 unknown/ambiguous reference or refused transition, 69 Redis unreachable, 74 Redis
+refused the write (out of memory / cannot save: nothing applied), 78 config.
 Only stdlib + tinytownd.cli/exitcodes at import time (see cli.py); the rest is imported lazily.
 """
 from __future__ import annotations
@@ -83,6 +84,12 @@ def run(fn, *, prefix: str = "tinytownd") -> int:
     except (LookupError, ValueError) as e:
         say_error(prefix, str(e.args[0] if e.args else e))
         return exitcodes.DATAERR
+    except redis.ResponseError as e:
+        from tinytownd.store.refusals import EXPLAIN, refusal
+
+        kind = refusal(e)
+        say_error(prefix, EXPLAIN[kind] if kind else f"Redis error: {e}")
+        return exitcodes.REFUSED if kind in ("oom", "misconf") else exitcodes.UNAVAILABLE
     except redis.RedisError as e:
         say_error(prefix, f"Redis error: {e}")
         return exitcodes.UNAVAILABLE

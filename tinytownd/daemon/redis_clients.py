@@ -119,8 +119,11 @@ class _ReconnectRetry(Retry):
 
 def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | None = None,
               timeout: float | None = 20.0) -> redis.BlockingConnectionPool:
+    # surrogateescape: a value that is not UTF-8 reads as text with surrogate escapes instead of
+    # failing the whole reply (records.utf8_clean tells them apart; records.to_bytes undoes it)
     kw = dict(max_connections=max_connections, timeout=timeout, decode_responses=True,
-              socket_connect_timeout=5.0, **_tls_kwargs(cfg, url))
+              encoding_errors="surrogateescape", socket_connect_timeout=5.0,
+              **_tls_kwargs(cfg, url))
     if blocking:
         kw.update(socket_timeout=None, socket_read_size=4096)
     else:

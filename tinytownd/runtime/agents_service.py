@@ -100,7 +100,11 @@ class AgentsService:
             j += 4
             if isinstance(renewed, int) and renewed == 0 and not w.lost:
                 w.lost = True
-                rt.log.warning("lease lost; stopping agent", agent=w.settings.name)
+                rt.log.warning("lease lost: another daemon holds it now; stopping the agent",
+                               agent=w.settings.name, holder=rt.leases.holder(w.aid))
+            elif renewed == 2:
+                rt.log.warning("lease was gone (Redis lost its data?); taken back",
+                               agent=w.settings.name)
             act = agent_control.reaction(running_cli=w.running_cli(), parked=w.idle,
                                          stop_flag=stop == 1, state=state,
                                          urgent=urgent if isinstance(urgent, int) else 0,

@@ -16,8 +16,6 @@ import gevent.event
 import redis
 
 from tinytownd.store import events, fit
-from tinytownd.store.records import task_assign_parts
-from tinytownd.store.wire import hash_ts
 
 CLAIM_SCAN = 100            # backlog entries one claim looks at
 SLOW_RETRY_S = 5.0          # a non-empty backlog nobody could take is tried again this often
@@ -83,12 +81,13 @@ class BacklogClaims:
         random.shuffle(idle)
         claimed = 0
         for w in idle:
-            now = hash_ts()
             s = w.settings
-            head, tail = task_assign_parts(w.aid, created_at=now.replace("+00:00", "Z"))
-            tid = rt.scripts.claim_backlog(
-                keys=[k.backlog], args=[k.prefix, w.aid, now, head, tail, CLAIM_SCAN,
-                                        *fit.agent_words(s.role, s.name, s.tags)])
+            keys, args = rt.town.claim_call(w.aid, fit.agent_words(s.role, s.name, s.tags),
+                                            CLAIM_SCAN)
+            tid, dead, dropped = rt.scripts.claim_backlog(keys=keys, args=args)
+            if int(dead) or int(dropped):
+                rt.log.warning("backlog entries removed", dead_lettered=int(dead),
+                               finished_dropped=int(dropped))
             if tid:
                 claimed += 1
                 w.idle = False

@@ -3,7 +3,7 @@
 A failed round parks its messages in the delayed zset (score = due time in ms) in the same Lua
 call as its ack; lua/move_due.lua moves up to MOVE_MAX due ones per call back to their list
 (head for urgent mail, tail for the inbox, as tt requeues) and dead-letters an envelope it cannot
-read.
+read or deliver.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 
 import redis
 
+from tinytownd.store.records import DEADLETTER_KEPT
 from tinytownd.store.wire import json_ts
 
 MOVE_MAX = 100
@@ -22,7 +23,8 @@ def retry_timer(rt) -> None:
     while not rt.stopping.is_set():
         try:
             n = int(rt.scripts.move_due(keys=[k.delayed, k.deadletter],
-                                        args=[int(time.time() * 1000), MOVE_MAX, json_ts()]))
+                                        args=[int(time.time() * 1000), MOVE_MAX, json_ts(),
+                                              k.prefix, DEADLETTER_KEPT]))
         except redis.RedisError as e:
             rt.log.warning("retry timer failed", error=str(e))
             n = 0

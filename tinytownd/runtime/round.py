@@ -24,10 +24,11 @@ from tinytownd.store.records import TASK_BEARING, Poison
 from tinytownd.store.wire import TASK_TERMINAL, hash_ts
 
 from . import outcome, runner
+from .process import close_fd
 from .prompt import round_prompt
+from .round_logs import ROUND_LOG_HEAD_BYTES, ROUND_LOG_TAIL_BYTES, RoundLogs
 
 MAX_INBOX_PER_ROUND = 100
-ROUND_LOGS_KEPT = 50        # per agent: older <name>_round_<n>.log files are deleted
 
 
 def _pairs(flat) -> dict:
@@ -50,7 +51,7 @@ def _write_file(path: str, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
     finally:
-        runner.close_fd(fd)
+        close_fd(fd)
 
 
 class Round:
@@ -90,6 +91,7 @@ class Round:
         info = self.info
         if task_msg and task_msg[2]["type"] == "task_assign":
             tid = task_msg[2]["task_id"]
+            w.round_tasks = [tid]
             if info and info[0] == "task_assign" and info[1] == tid:
                 task, meta = _pairs(info[2]), _pairs(info[3])
             else:
@@ -113,6 +115,7 @@ class Round:
             return
         if task_msg is not None and tid is None:   # a `task` message (description only)
             mid = task_msg[2]["id"]
+            w.round_tasks = [mid]
             if info and info[0] == "task" and info[1] == mid:
                 meta = _pairs(info[3])
             else:
@@ -127,7 +130,8 @@ class Round:
         for which, raw, reason in poison:
             src = k.urgent(a) if which == "u" else k.inbox(a)
             self.links.town.deadletter(reason, src, raw, pipe=p, agent=a)
-            p.lrem(k.inflight_urgent(a) if which == "u" else k.inflight(a), 1, raw)
+            p.lrem(k.inflight_urgent(a) if which == "u" else k.inflight(a), 1,
+                   records.to_bytes(raw))
         p.execute()
         for _w, _raw, reason in poison:
             self.w.log.warning("poison message dead-lettered", reason=reason)
@@ -192,14 +196,21 @@ class Round:
                               others=others, attempt=attempt, max_attempts=max_attempts)
         logs_dir = cfg.logs_dir_str
         prompt_path = os.path.join(logs_dir, f"{s.name}_prompt.md")
-        log_path = os.path.join(logs_dir, f"{s.name}_round_{rnd}.log")
+        self.rnd, self.attempt, self.max_attempts = rnd, attempt, max_attempts
+        self.attempts_key = attempts_key
         try:
-            _write_file(prompt_path, prompt.encode("utf-8"))
+            _write_file(prompt_path, prompt.encode("utf-8", "surrogateescape"))
         except OSError as e:
-            w.log.warning("cannot write prompt file", error=str(e))
+            # the daemon's disk, not the task: no attempt used, the work waits and comes back
+            self._defer(f"cannot write the prompt file {prompt_path}: {e.strerror}", cfg)
+            return
+        w.problem, w.deferrals = None, 0
         env = links.env.get(s, prompt_path, cfg.path)
         w.round_started = time.monotonic()
         w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
+        if w.round_logs is None:
+            w.round_logs = RoundLogs(logs_dir, s.name)
+        log_path = w.round_logs.path(rnd)
 
         def on_start(pid):
             w.pid = pid
@@ -208,19 +219,18 @@ class Round:
                             exports={"TINYTOWN_TASK_ID": tid} if tid else None,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
-                            tail_bytes=cfg.runtime.result_tail_bytes, keep_empty_log=False)
+                            tail_bytes=cfg.runtime.result_tail_bytes,
+                            log_head_bytes=ROUND_LOG_HEAD_BYTES,
+                            log_tail_bytes=ROUND_LOG_TAIL_BYTES, lifeline=links.lifeline)
         w.pid = None
         w.round_started = None
-        olds = [prompt_path]
-        if rnd > ROUND_LOGS_KEPT:
-            olds.append(os.path.join(logs_dir, f"{s.name}_round_{rnd - ROUND_LOGS_KEPT}.log"))
-        for old in olds:
-            try:
-                os.unlink(old)
-            except OSError:
-                pass
-        self.rnd, self.attempt, self.max_attempts = rnd, attempt, max_attempts
-        self.attempts_key = attempts_key
+        try:
+            os.unlink(prompt_path)
+        except OSError:
+            pass
+        w.round_logs.add(log_path, result.log_bytes)
+        if result.log_error:
+            w.log.warning("round log incomplete", error=result.log_error)
         self._end(result, cfg)
 
     # ------------------------------------------------------------------ 4. the end
@@ -259,22 +269,7 @@ class Round:
             self._round_end(f"⚠️ CLI error ({err})", result)
             return
         if out.kind == "retry":
-            due = int((time.time() + out.backoff_s) * 1000)
-            if tid:
-                p = w.r.pipeline(transaction=False)
-                town.reassigned(tid, p)
-                p.hset(self.attempts_key, "last_error", err)
-                p.execute()
-            entries = []
-            for wh, raw, m in msgs:
-                if records.is_actionable(m):
-                    env = records.dumps({"key": k.urgent(a) if wh == "u" else k.inbox(a),
-                                         "raw": raw, "id": m["id"], "head": wh == "u"})
-                    entries.append((wh, raw, str(due), env))
-                else:
-                    entries.append((wh, raw, "", ""))
-            self._ack(entries)
-            self._round_end(f"⚠️ CLI error ({err}); retry in {out.backoff_s:g}s", result)
+            self._retry(out.backoff_s, err, result)
             return
         # failed: out of attempts (or a round without a task)
         detail = f"{err} (attempt {attempt}/{self.max_attempts})"
@@ -292,6 +287,41 @@ class Round:
         p.execute()
         self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
         self._round_end(f"❌ failed: {err}", result)
+
+    def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
+        """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in
+        the same call as the ack); the task waits in `assigned`."""
+        w, k, a, tid, town = self.w, self.k, self.aid, self.tid, self.links.town
+        due = int((time.time() + backoff_s) * 1000)
+        if tid:
+            p = w.r.pipeline(transaction=False)
+            town.reassigned(tid, p)
+            p.hset(self.attempts_key, "last_error", err)
+            p.execute()
+        entries = []
+        for wh, raw, m in self.msgs:
+            if records.is_actionable(m):
+                env = records.dumps({"key": k.urgent(a) if wh == "u" else k.inbox(a),
+                                     "raw": raw, "id": m["id"], "head": wh == "u"})
+                entries.append((wh, raw, str(due), env))
+            else:
+                entries.append((wh, raw, "", ""))
+        self._ack(entries)
+        self._round_end(activity or f"⚠️ CLI error ({err}); retry in {backoff_s:g}s", result)
+
+    def _defer(self, why: str, cfg) -> None:
+        """The daemon cannot run this round (its own disk): the attempt is given back and the
+        work comes back after a growing pause; status and logs say why."""
+        w, rt = self.w, cfg.runtime
+        w.deferrals += 1
+        backoff = max(1.0, min(rt.retry_backoff_s * 2 ** (w.deferrals - 1),
+                               rt.retry_backoff_max_s))
+        w.problem = why
+        w.log.warning("round deferred: the daemon cannot run it", reason=why, retry_in_s=backoff)
+        if self.attempts_key:
+            w.r.hincrby(self.attempts_key, "attempts", -1)
+        self._retry(backoff, why, runner.CliResult(None, False, False, 0.0, None, error=why),
+                    activity=f"⏸️ deferred ({why}); retry in {backoff:g}s")
 
     def _ok(self, result_text: str, result) -> None:
         """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
@@ -323,8 +353,7 @@ class Round:
         else:
             # the next round's take in the same call (the loop uses it instead of its own take)
             res, w.next_take = links.scripts.round_ok_take(
-                keys=keys + w.take_keys,
-                args=[len(keys), len(args), *args, links.owner, MAX_INBOX_PER_ROUND, k.prefix])
+                keys=keys + w.take_keys, args=[len(keys), len(args), *args, *w.take_args()])
         code, fa, fb, evd, acked, old = res
         code = int(code)
         self._acked(acked)
@@ -351,6 +380,7 @@ class Round:
         links.scripts.agent_round_end(keys=[k.agent(a)], args=[now, self.tid or ""], client=p)
         p.hset(k.agent_info(a), mapping={"last_exit": "" if result.exit_code is None
                                          else str(result.exit_code), "task": ""})
+        p.hdel(k.agent_info(a), "crashes")    # the round ended: the worker survived it
         links.town.log_activity(a, f"Round {w.rounds}: {activity}", pipe=p)
         old = p.execute()[0]
         w.current_task = None

@@ -216,6 +216,8 @@ class Spawner:
             self._envs.clear()
         fs = os.fsencode
         items = [fs(k) + b"=" + fs(v) for k, v in env.items()]
+        if any(b"\0" in x for x in items):
+            raise ValueError("embedded null byte")
         arr = (ctypes.c_char_p * (len(items) + 1))(*items, None)
         self._envs[id(env)] = (env, arr)
         return arr
@@ -225,7 +227,10 @@ class Spawner:
         cached) and dups ((fd, target fd) pairs) in a new session; this greenlet waits, the
         loop does not."""
         fs = os.fsencode
-        req = _Request(self.libc, fs(path), [fs(a) for a in argv], self._envp(env), dups)
+        args = [fs(a) for a in argv]
+        if any(b"\0" in a for a in args):      # (C strings would end there: refuse, as os.posix_spawn)
+            raise ValueError("embedded null byte")
+        req = _Request(self.libc, fs(path), args, self._envp(env), dups)
         self._todo.put(req)
         try:
             req.waiter.get()

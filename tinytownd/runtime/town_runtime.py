@@ -25,6 +25,7 @@ from tinytownd.daemon.component import Component, Context
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.logs import get_logger
 from tinytownd.store.leases import Leases, owner_token
+from tinytownd.store.refusals import refusal
 from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
 
@@ -32,6 +33,7 @@ from . import settings as agent_settings
 from .agents_service import AgentsService
 from .backlog import BacklogClaims
 from .cli_env import CliEnvCache
+from .lifeline import Lifeline
 from .recovery import Sweeper
 from .retry_timer import retry_timer
 from .settings import AgentSettings
@@ -66,11 +68,12 @@ class TownRuntime(Component):
         self._unknown_cli_logged: set[str] = set()
         self.restart_at: dict[str, float] = {}
         self.backlog = BacklogClaims(self)
+        self.lifeline = Lifeline(ctx.config.root, log=self.log)
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
             progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
-            backlog=BacklogSignal(self.backlog.wake), log=self.log)
+            backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline)
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
@@ -180,6 +183,16 @@ class TownRuntime(Component):
             except redis.RedisError:
                 pass
         w.crashes += 1
+        if not isinstance(g.exception, (redis.ConnectionError, redis.TimeoutError, OSError)) \
+                and refusal(g.exception) is None:
+            # not Redis being away: count it against the round in flight (worker._bury_inflight)
+            try:
+                p = self.r.pipeline(transaction=False)
+                p.hincrby(self.keys.agent_info(w.aid), "crashes", 1)
+                p.hset(self.keys.agent_info(w.aid), "crash_error", repr(g.exception)[:1000])
+                p.execute()
+            except redis.RedisError:
+                pass
         delay = min(2 ** w.crashes * 0.5, CRASH_BACKOFF_MAX_S)
         self.restart_at[w.aid] = time.monotonic() + delay
         self.log.error("agent worker crashed; restarting", agent=w.settings.name,
@@ -215,6 +228,7 @@ class TownRuntime(Component):
             except redis.RedisError:
                 pass
         self.scripts.close()
+        self.lifeline.close()
         if self._own_block is not None:
             try:
                 self._own_block.connection_pool.disconnect()
@@ -247,6 +261,7 @@ class TownRuntime(Component):
                                w.greenlet is not None and not w.greenlet.dead),
                            "current_task": cur, "rounds_completed": int(rounds or 0),
                            "tasks_completed": int(done or 0), "pid": w.pid,
+                           "problem": w.problem,
                            "queue": {"inbox": inbox, "urgent": urgent, "inflight": inf + infu}})
         backlog, dead, delayed = res[-3:]
         return {"agents": agents, "agents_running": len(self.alive()),

@@ -24,15 +24,18 @@ import redis
 import structlog
 
 from tinytownd.config import Config
-from tinytownd.store import events
+from tinytownd.store import events, quarantine, records
 from tinytownd.store.leases import Leases
 from tinytownd.store.scripts import Scripts
 from tinytownd.store.town import Town
-from tinytownd.store.wire import hash_ts
+from tinytownd.store.records import DEADLETTER_KEPT, MESSAGE_MAX_BYTES
+from tinytownd.store.wire import hash_ts, json_ts
 
 from .cli_env import CliEnvCache
 from .round import MAX_INBOX_PER_ROUND, Round
 from .settings import AgentSettings
+
+CRASHES_BEFORE_DEADLETTER = 3   # worker crashes on one round before that round is dead-lettered
 
 
 class BacklogSignal:
@@ -58,6 +61,7 @@ class WorkerLinks:
     env: CliEnvCache                   # CLI environments
     backlog: BacklogSignal
     log: object                        # the runtime's logger
+    lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
 
 
 def idle_park_s(cfg: Config) -> float:
@@ -90,6 +94,15 @@ class Worker:
         self.extra_ack: list[tuple[str, str, str, str]] = []   # acked with the next round end
         self.next_take = None         # the next round's take_round reply, taken by round_ok_take
         self.take_keys: list[str] = []
+        self.round_tasks: list[str] = []   # task ids the current round reads (quarantine)
+        self.round_logs = None        # RoundLogs, made with the first round
+        self.problem: str | None = None    # why rounds cannot run now (shown in status)
+        self.deferrals = 0            # rounds deferred in a row (their backoff grows)
+
+    def take_args(self) -> list:
+        """ARGV of lua/take_round.lua (also the second half of round_ok_take)."""
+        return [self.links.owner, MAX_INBOX_PER_ROUND, self.keys.prefix, MESSAGE_MAX_BYTES,
+                json_ts(), DEADLETTER_KEPT, int(self.links.leases.ttl_s * 1000)]
 
     def queue_keys(self) -> list[str]:
         """urgent, inbox and their in-flight lists: the KEYS of requeue_inflight."""
@@ -117,6 +130,9 @@ class Worker:
 
     def _start(self) -> None:
         k, a, town = self.keys, self.aid, self.links.town
+        crashes, error = self.r.hmget(k.agent_info(a), "crashes", "crash_error")
+        if int(crashes or 0) >= CRASHES_BEFORE_DEADLETTER:
+            self._bury_inflight(int(crashes), error or "")
         p = self.r.pipeline(transaction=False)
         town.clear_stop(a, p)
         self.links.scripts.requeue_inflight(keys=self.queue_keys(), client=p)
@@ -140,10 +156,39 @@ class Worker:
         self.state = new
         self.log.info("agent started", previous_state=old)
 
+    def _bury_inflight(self, crashes: int, error: str) -> None:
+        """The worker died on the same round again and again: whatever input does that must not
+        be retried for ever. The round's messages go to the dead-letter list and their tasks
+        fail with the reason."""
+        k, a, town = self.keys, self.aid, self.links.town
+        reason = f"the agent's worker crashed {crashes} times on this round: {error[:500]}"
+        taken = [(k.inflight_urgent(a), k.urgent(a)), (k.inflight(a), k.inbox(a))]
+        p = self.r.pipeline(transaction=True)
+        tids = []
+        for inflight, queue in taken:
+            for raw in self.r.lrange(inflight, 0, -1):
+                town.deadletter(reason, queue, raw, pipe=p, agent=a)
+                try:
+                    msg = records.decode_message(raw)
+                    if msg["type"] == "task_assign":
+                        tids.append(msg["task_id"])
+                except records.Poison:
+                    pass
+            p.delete(inflight)
+        p.hdel(k.agent_info(a), "crashes", "crash_error")
+        p.execute()
+        for tid in tids:
+            try:
+                town.fail_task(tid, reason)
+            except LookupError:
+                pass
+        self.log.error("round dead-lettered after repeated worker crashes", crashes=crashes,
+                       error=error[:500], tasks=tids)
+
     def _loop(self) -> None:
         k, a, links = self.keys, self.aid, self.links
         self.take_keys = [k.urgent(a), k.inbox(a), k.inflight_urgent(a), k.inflight(a),
-                          k.stop(a), k.agent(a), k.agent_lease(a)]
+                          k.stop(a), k.agent(a), k.agent_lease(a), k.deadletter]
         idle_since = time.monotonic()
         announced = False
         while True:
@@ -151,17 +196,18 @@ class Worker:
                 self._drop_next_take()
                 self.exit_reason = self.exit_reason or "shutdown"
                 return
-            if self.next_take is not None:     # taken with the end of the last round
-                res, self.next_take = self.next_take, None
-            else:
-                res = links.scripts.take_round(keys=self.take_keys,
-                                               args=[links.owner, MAX_INBOX_PER_ROUND,
-                                                     k.prefix])
+            try:
+                res = self._take()
+            except redis.ResponseError as e:
+                if self._quarantine(e):
+                    continue
+                raise
             status = res[0]
             if status == "lost":
                 self.lost = True
                 self.exit_reason = "lease lost"
-                self.log.warning("lease lost; another daemon owns this agent now")
+                self.log.warning("lease lost: another daemon runs this agent now",
+                                 holder=res[1] if len(res) > 1 else None)
                 return
             if status == "stop":
                 self.r.delete(k.stop(a))
@@ -199,9 +245,39 @@ class Worker:
                 continue
             self.idle = False
             announced = False
-            Round(self, items[:nu], items[nu:], res[3]).run()
+            try:
+                Round(self, items[:nu], items[nu:], res[3]).run()
+            except redis.ResponseError as e:
+                if not self._quarantine(e):
+                    raise
             idle_since = time.monotonic()
             links.progress("agents")
+
+    def _take(self):
+        if self.next_take is not None:     # taken with the end of the last round
+            res, self.next_take = self.next_take, None
+            return res
+        return self.links.scripts.take_round(keys=self.take_keys, args=self.take_args())
+
+    def expected_types(self) -> dict[str, str]:
+        """The Redis type of every key a round of this agent uses."""
+        k, a = self.keys, self.aid
+        out = {k.urgent(a): "list", k.inbox(a): "list", k.inflight_urgent(a): "list",
+               k.inflight(a): "list", k.agent(a): "hash", k.agent_info(a): "hash",
+               k.agent_lease(a): "string", k.activity(a): "list", k.delayed: "zset",
+               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream"}
+        for tid in self.round_tasks:
+            out[k.task(tid)] = out[k.task_meta(tid)] = "hash"
+        return out
+
+    def _quarantine(self, e: redis.ResponseError) -> bool:
+        """WRONGTYPE: move the keys of the wrong type away (store/quarantine.py) and go on.
+        False when none was found (the error is something else)."""
+        if not quarantine.is_wrongtype(e):
+            return False
+        moved = quarantine.quarantine(self.links.town, self.expected_types(), log=self.log)
+        self.round_tasks = []
+        return bool(moved)
 
     def _drop_next_take(self) -> None:
         """A stop arrived after round_ok_take took the next round: its messages go back to the

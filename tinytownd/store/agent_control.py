@@ -27,7 +27,7 @@ def interrupt(town, aid: str) -> str:
     old = town.agent_state(aid)
     if old in AGENT_TERMINAL:
         raise ValueError(f"agent is {old}; cannot interrupt")
-    p = town.r.pipeline(transaction=False)
+    p = town.r.pipeline(transaction=True)
     p.hset(town.keys.agent(aid), "state", "paused")
     town.log_activity(aid, "⏸️ Interrupted (paused)", pipe=p)
     events.queue(p, town.keys, events.agent_interrupted(aid, old))
@@ -40,7 +40,7 @@ def resume(town, aid: str) -> str:
     old = town.agent_state(aid)
     if old not in ("paused", "stopped"):
         raise ValueError(f"agent is {old}; only a paused or stopped agent can be resumed")
-    p = town.r.pipeline(transaction=False)
+    p = town.r.pipeline(transaction=True)
     p.hset(town.keys.agent(aid), mapping={"state": "idle", "last_heartbeat": hash_ts()})
     p.delete(town.keys.stop(aid))
     town.log_activity(aid, "▶️ Resumed", pipe=p)
@@ -54,7 +54,7 @@ def close(town, aid: str) -> str:
     old = town.agent_state(aid)
     if old in AGENT_TERMINAL:
         raise ValueError(f"agent is {old}; cannot close")
-    p = town.r.pipeline(transaction=False)
+    p = town.r.pipeline(transaction=True)
     p.hset(town.keys.agent(aid), "state", "draining")
     p.set(town.keys.stop(aid), "1", ex=STOP_FLAG_TTL_S)
     town.log_activity(aid, "🔻 Closing (draining then stop)", pipe=p)
@@ -67,7 +67,7 @@ def close(town, aid: str) -> str:
 def kill(town, aid: str) -> str:
     """stopped + stop flag at once. Returns the old state."""
     old = town.agent_state(aid)
-    p = town.r.pipeline(transaction=False)
+    p = town.r.pipeline(transaction=True)
     p.set(town.keys.stop(aid), "1", ex=STOP_FLAG_TTL_S)
     p.hset(town.keys.agent(aid), mapping={"state": "stopped", "last_heartbeat": hash_ts()})
     town.log_activity(aid, "🛑 Stop requested", pipe=p)

@@ -13,6 +13,7 @@ Pure: no Redis, no gevent.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any, Iterable
@@ -22,6 +23,9 @@ from .wire import (AGENT_STATES, CONFIRMATION_TYPES, MESSAGE_FIELDS, PRIORITIES,
 
 _ANY_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TASK_BEARING = frozenset({"task_assign", "task"})
+MESSAGE_MAX_BYTES = 1 << 20       # a queued message larger than this is dead-lettered unread
+DEADLETTER_RAW_MAX = 64 << 10     # bytes of a dead value kept in its dead-letter entry
+DEADLETTER_KEPT = 10_000          # the dead-letter list keeps its newest entries
 class Poison(ValueError):
     """A record tt could not read. `reason` is short and stable (used in dead-letter entries)."""
 
@@ -136,26 +140,84 @@ def mission_of(tags: Iterable[str]) -> str | None:
     return None
 
 
-def deadletter_entry(reason: str, source: str, raw: str, **extra: Any) -> str:
-    """A dead-letter list entry: {id, reason, source, raw, at, ...extra} as JSON."""
-    return dumps({"id": new_id(), "reason": reason, "source": source, "raw": raw,
-                  "at": json_ts(), **extra})
+def utf8_clean(text: str) -> bool:
+    """False when `text` holds bytes that are not UTF-8 (read from Redis, they arrive as
+    surrogate escapes: the clients decode with errors="surrogateescape", so nothing that any
+    client wrote can make a read fail)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _no_lone_surrogates(obj: Any, depth: int = 0) -> bool:
+    """serde_json (tt) refuses a \\u escape that is half a surrogate pair; Python keeps it."""
+    if isinstance(obj, str):
+        return utf8_clean(obj)
+    if depth > 64:
+        return True
+    if isinstance(obj, dict):
+        return all(_no_lone_surrogates(k, depth) and _no_lone_surrogates(v, depth + 1)
+                   for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_no_lone_surrogates(v, depth + 1) for v in obj)
+    return True
+
+
+def to_bytes(text: str | bytes) -> bytes:
+    """The bytes Redis holds for a value read as text (surrogate escapes undone)."""
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+
+
+def deadletter_entry(reason: str, source: str, raw: str | bytes, **extra: Any) -> str:
+    """A dead-letter list entry as JSON (always valid UTF-8, whatever `raw` holds):
+
+      id, reason, source (the key or channel it came from), at, raw_size (bytes),
+      raw            the value as text, when it is UTF-8 and at most DEADLETTER_RAW_MAX bytes
+      raw_base64     else: its first DEADLETTER_RAW_MAX bytes, base64
+      truncated      true when raw_size > DEADLETTER_RAW_MAX
+    lua/deadletter.lua writes the same shape (always with raw_base64)."""
+    data = to_bytes(raw)
+    entry: dict[str, Any] = {"id": new_id(), "reason": reason, "source": source,
+                             "at": json_ts(), "raw_size": len(data)}
+    head = data[:DEADLETTER_RAW_MAX]
+    try:
+        if len(data) > DEADLETTER_RAW_MAX:
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "truncated")
+        entry["raw"] = head.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["raw_base64"] = base64.b64encode(head).decode("ascii")
+        if len(data) > DEADLETTER_RAW_MAX:
+            entry["truncated"] = True
+    for k, v in extra.items():
+        entry[k] = v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
+            if isinstance(v, str) else v
+    return dumps(entry)
 
 
 # ----------------------------------------------------------------------------- decoding
 def decode_message(raw: Any) -> dict:
-    """Parse a queued message as tt does; raise Poison(reason) if tt could not read it."""
+    """Parse a queued message as tt does; raise Poison(reason) if tt could not read it (or it
+    is too large, or nested too deep for a JSON reader)."""
     if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Poison("not UTF-8") from None
+        raw = raw.decode("utf-8", "surrogateescape")
     if not isinstance(raw, str):
         raise Poison("not a string")
+    if len(raw) > MESSAGE_MAX_BYTES:
+        raise Poison(f"over {MESSAGE_MAX_BYTES} bytes")
+    if not utf8_clean(raw):
+        raise Poison("not UTF-8")
     try:
         msg = json.loads(raw)
     except ValueError as e:
         raise Poison(f"bad JSON: {e.msg}") from None
+    except RecursionError:
+        raise Poison("JSON nested too deep") from None
+    if "\\u" in raw and not _no_lone_surrogates(msg):
+        raise Poison("bad JSON: lone surrogate in a \\u escape")
     if not isinstance(msg, dict):
         raise Poison("not a JSON object")
     for f in ("id", "from", "to", "type", "priority", "created_at"):

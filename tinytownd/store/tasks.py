@@ -86,7 +86,7 @@ class TaskRecords:
             for c in cmds:
                 pipe.execute_command(*c)
         else:
-            self.send_raw(cmds)
+            self.send_raw(cmds, transaction=True)   # all or nothing: a refused assign never runs
         return tid
 
     def assign_cmds(self, aid: str, task_id: str, tags, now: str) -> list[tuple]:
@@ -116,7 +116,8 @@ class TaskRecords:
     def assign_many(self, items: list[dict], *, chunk: int = 200, parallel: int = 2) -> list[str]:
         """Bulk assign: each item has `aid` (or `agent`) and `description`, optionally `tags`,
         `task_id`, `max_attempts`, `timeout_s`, `meta`. Sent in chunks of `chunk` tasks, each chunk
-        one write; up to `parallel` chunks in flight at once. Existing tasks (`task_id`) are not
+        one MULTI/EXEC (a chunk is applied whole or not at all); up to `parallel` chunks in
+        flight at once. Existing tasks (`task_id`) are not
         looked up: pass their `tags` for mission events. Returns task ids in item order."""
         chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
 
@@ -132,7 +133,7 @@ class TaskRecords:
                                            it.get("meta"), now, tags)
                 out.append(tid)
                 cmds.extend(c)
-            self.send_raw(cmds)
+            self.send_raw(cmds, transaction=True)
             return out
 
         if parallel <= 1 or len(chunks) <= 1:
@@ -211,7 +212,7 @@ class TaskRecords:
                     timeout_s: float | None = None, meta: dict | None = None) -> str:
         """A pending task pushed on the backlog (RPUSH), plus a notify so idle agents claim it."""
         k = self.keys
-        p = self.r.pipeline(transaction=False)
+        p = self.r.pipeline(transaction=True)
         tid = self.create_task(description, tags=tags, pipe=p)
         m = _meta_fields(max_attempts, timeout_s, meta)
         if m:
@@ -230,6 +231,16 @@ class TaskRecords:
     def backlog_note(tid: str, **extra: Any) -> str:
         """The notify message that wakes backlog claims."""
         return records.dumps({"task": tid, "state": "pending", "backlog": True, **extra})
+
+    def claim_call(self, aid: str, words, scan: int) -> tuple[list, list]:
+        """KEYS and ARGV of lua/claim_backlog.lua for agent `aid` (run it with the caller's
+        Scripts); its reply is (task id or None, entries dead-lettered, finished ones dropped)."""
+        k = self.keys
+        now = hash_ts()
+        nz = now.replace("+00:00", "Z")
+        head, tail = records.task_assign_parts(aid, created_at=nz)
+        return ([k.backlog, k.deadletter],
+                [k.prefix, aid, now, head, tail, scan, nz, records.DEADLETTER_KEPT, *words])
 
     def backlog_list(self) -> list[str]:
         return self.r.lrange(self.keys.backlog, 0, -1)

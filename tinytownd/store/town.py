@@ -133,10 +133,15 @@ class Town(AgentRecords, TaskRecords):
         if pipe is None:
             p.execute()
 
-    def deadletter(self, reason: str, source: str, raw: str, *, pipe=None, **extra: Any) -> None:
-        """RPUSH a dead-letter entry {id, reason, source, raw, at, ...}."""
-        (pipe if pipe is not None else self.r).rpush(
-            self.keys.deadletter, records.deadletter_entry(reason, source, raw, **extra))
+    def deadletter(self, reason: str, source: str, raw: str | bytes, *, pipe=None,
+                   **extra: Any) -> None:
+        """Append a dead-letter entry (records.deadletter_entry); the list keeps its newest
+        DEADLETTER_KEPT entries."""
+        p = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        p.rpush(self.keys.deadletter, records.deadletter_entry(reason, source, raw, **extra))
+        p.ltrim(self.keys.deadletter, -records.DEADLETTER_KEPT, -1)
+        if pipe is None:
+            p.execute()
 
     def requeue_deadletter(self, entry_raw: str, entry: dict, msg: dict) -> str:
         """Put a dead-lettered message back where it came from, in one MULTI: a task_assign's task

@@ -3,7 +3,7 @@
 --  1. (with a task) finish_task.lua's transition to `completed` unless the task is already
 --     terminal (the CLI finished it itself); the assignee's current_task/tasks_completed/heartbeat;
 --  2. ack_round.lua, fenced by the agent lease (not ours → nothing acked, reply 0);
---  3. agent_round_end.lua on the worker's agent; 4. agent info last_exit/task;
+--  3. agent_round_end.lua on the worker's agent; 4. agent info last_exit/task, crash count reset;
 --  5. the activity line (LPUSH + LTRIM 0 9 + EXPIRE 3600);
 --  6. on a transition: task_completed on the town/assignee/mission streams and the notify PUBLISH,
 --     from the event JSON the worker built for the assignee and tags it read at the round start.
@@ -52,6 +52,7 @@ local acked = ack_round({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, 
 local ret_old = agent_round_end({KEYS[8]}, {now, tid})
 -- 4., 5.
 redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '')
+redis.call('HDEL', KEYS[9], 'crashes')
 redis.call('LPUSH', KEYS[10], ARGV[12])
 redis.call('LTRIM', KEYS[10], 0, 9)
 redis.call('EXPIRE', KEYS[10], 3600)

@@ -3,8 +3,13 @@
 -- KEYS[5] = stop flag   KEYS[6] = agent hash   KEYS[7] = agent lease
 -- ARGV[1] = owner token   ARGV[2] = max inbox messages per round
 -- ARGV[3] = key prefix "tt:<town>:" (optional: without it no task info is returned)
--- If the lease is not ours, the stop flag is set, or the agent is paused/stopped, in-flight items go
--- back to their queues (head, order kept) and {'lost'|'stop'|'paused'|'stopped'} is returned.
+-- ARGV[4] = largest message (bytes)   ARGV[5] = now (RFC 3339 Z)   ARGV[6] = dead-letter entries kept
+-- ARGV[7] = lease ttl (ms): a lease that vanished is taken back (see below)
+-- KEYS[8] = the dead-letter list (with ARGV[4..6]: a message over ARGV[4] bytes is dead-lettered
+-- and removed from in-flight here, never sent to the daemon; source = its queue)
+-- If the lease is another daemon's, the stop flag is set, or the agent is paused/stopped, in-flight
+-- items go back to their queues (head, order kept) and {'lost', holder}|{'stop'}|{'paused'}|
+-- {'stopped'} is returned.
 -- Otherwise: every urgent message moves urgent → inflight_urgent (LEFT → RIGHT, so the stack order
 -- is kept), then inbox messages move one by one inbox → inflight until one task-bearing message
 -- (type task_assign or task) is in flight (messages a BLMOVE already moved count too).
@@ -12,7 +17,10 @@
 -- describes the first task-bearing message in that order (as cjson reads it), so the worker needs
 -- no second round trip: {'task_assign', tid, {task hash, flat}, {daemon task meta, flat}},
 -- {'task', message id, {}, {daemon task meta, flat}}, or {} (none / no prefix).
+--#include deadletter
+local maxb = tonumber(ARGV[4] or '') or math.huge
 local function task_bearing(raw)
+  if #raw > maxb then return false end
   local ok, m = pcall(cjson.decode, raw)
   if ok and type(m) == 'table' then
     local t = m['type']
@@ -21,6 +29,7 @@ local function task_bearing(raw)
   return false
 end
 local function task_info(raw)
+  if #raw > maxb then return nil end
   local ok, m = pcall(cjson.decode, raw)
   if not (ok and type(m) == 'table') then return nil end
   local t = m['type']
@@ -44,7 +53,13 @@ local function requeue_all()
   while redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT') do end
   while redis.call('LMOVE', KEYS[3], KEYS[1], 'RIGHT', 'LEFT') do end
 end
-if redis.call('GET', KEYS[7]) ~= ARGV[1] then requeue_all() return {'lost'} end
+local holder = redis.call('GET', KEYS[7])
+if not holder and ARGV[7] then
+  -- the lease is gone without anyone taking it (Redis lost its data, or we were frozen past
+  -- its expiry): nobody else runs the agent, so take it back (NX: one daemon wins)
+  if redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[7], 'NX') then holder = ARGV[1] end
+end
+if holder ~= ARGV[1] then requeue_all() return {'lost', holder or ''} end
 if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
 local st = redis.call('HGET', KEYS[6], 'state')
 if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
@@ -67,10 +82,23 @@ while tasks == 0 and n < maxn do
   n = n + 1
   if task_bearing(raw) then tasks = tasks + 1 end
 end
-local u = redis.call('LRANGE', KEYS[3], 0, -1)
+local function kept(list, queue)
+  local out = {}
+  for _, raw in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    if #raw > maxb then
+      redis.call('LREM', list, 1, raw)
+      deadletter({KEYS[8]}, {'message over ' .. ARGV[4] .. ' bytes', queue, raw, ARGV[5],
+                             ARGV[6], '65536'})
+    else
+      out[#out + 1] = raw
+    end
+  end
+  return out
+end
+local u = kept(KEYS[3], KEYS[1])
 local items = {}
 for _, x in ipairs(u) do items[#items + 1] = x end
-for _, x in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do items[#items + 1] = x end
+for _, x in ipairs(kept(KEYS[4], KEYS[2])) do items[#items + 1] = x end
 local info = {}
 if ARGV[3] and tasks > 0 then
   for _, x in ipairs(items) do

@@ -1,0 +1,178 @@
+"""Nothing stuck behind bad input: whatever a client writes into a key the runtime reads goes to
+the dead-letter list with its reason and source, and the work behind it goes on."""
+import base64
+import json
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.helpers import RedisServer, short_tmpdir
+from tests.support.runtime import Harness, wait_for, write_config
+from tinytownd.store import records
+
+
+def raw_client(h) -> redis.Redis:
+    """A client that writes bytes as they are (no encoding)."""
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(h.clients.url))
+
+
+def dead(h) -> list[dict]:
+    return [json.loads(x) for x in h.town.r.lrange(h.keys.deadletter, 0, -1)]
+
+
+def raw_of(entry: dict) -> bytes:
+    if "raw" in entry:
+        return entry["raw"].encode()
+    return base64.b64decode(entry["raw_base64"])
+
+
+def one_agent(harness, **kw):
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null; echo done"}, **kw)
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    return h, aid
+
+
+def completes(h, aid, what="a task after the bad input"):
+    tid = h.town.assign(aid, "after")
+    wait_for(lambda: (h.town.get_task(tid) or {}).get("state") == "completed", 15, what=what)
+    assert h.rt.workers[aid].greenlet is not None and not h.rt.workers[aid].greenlet.dead
+    assert h.town.get_agent(aid)["state"] != "stopped"
+
+
+def test_invalid_utf8_deep_nesting_and_oversize_messages(harness):
+    h, aid = one_agent(harness)
+    rb = raw_client(h)
+    k = h.keys
+    bad = [(k.inbox(aid), b'{"id": "\xff\xfe", "type": "task"}', "not UTF-8"),
+           (k.urgent(aid), b"[" * 100_000 + b"]" * 100_000, "JSON nested too deep"),
+           (k.inbox(aid), b"x" * (records.MESSAGE_MAX_BYTES + 10), "message over")]
+    for key, raw, _why in bad:
+        rb.rpush(key, raw)
+    completes(h, aid)
+    entries = dead(h)
+    for key, raw, why in bad:
+        e = next(e for e in entries if why in e["reason"])
+        assert e["source"] == key and e["raw_size"] == len(raw)
+        assert raw.startswith(raw_of(e))
+    assert h.town.r.llen(k.inflight(aid)) == 0 and h.town.r.llen(k.inbox(aid)) == 0
+
+
+def test_backlog_wrong_type_and_junk_entries_do_not_block_claims(harness):
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null; true"})
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    r, k = h.town.r, h.keys
+    broken = records.new_id()
+    r.set(k.task(broken), "a string, not a task hash")
+    r.rpush(k.backlog, broken, *[f"junk-{i}" for i in range(150)], records.new_id())
+    tid = h.town.backlog_add("real work")
+    wait_for(lambda: h.town.get_task(tid)["state"] == "completed", 20, what="backlog task")
+    reasons = [e["reason"] for e in dead(h)]
+    assert "task key is not a hash" in reasons
+    assert reasons.count("backlog entry is not a task id (UUID)") == 150
+    assert "no such task" in reasons
+    assert r.llen(k.backlog) == 0
+    assert not any(g.dead for g in h.greenlets)          # no service died on the way
+
+
+def test_task_key_of_wrong_type_is_quarantined(harness):
+    h, aid = one_agent(harness)
+    r, k = h.town.r, h.keys
+    tid = records.new_id()
+    r.rpush(k.task(tid), "a list where a task hash belongs")
+    r.rpush(k.inbox(aid), records.task_assign_json(aid, tid))
+    completes(h, aid)
+    reasons = {e["reason"]: e for e in dead(h)}
+    assert reasons["key holds a list, not a hash"]["source"] == k.task(tid)
+    assert reasons["unknown task"]["task"] == tid
+    assert not r.exists(k.task(tid))
+
+
+def test_inbox_of_wrong_type_is_quarantined(harness):
+    h, aid = one_agent(harness)
+    r, k = h.town.r, h.keys
+    r.delete(k.inbox(aid))
+    r.set(k.inbox(aid), "not a list")
+    h.rt.agents.wake([h.rt.workers[aid]])     # (the parked BLMOVE meets it at once)
+    wait_for(lambda: r.type(k.inbox(aid)) in ("none", "list"), 10, what="inbox quarantined")
+    completes(h, aid)
+    e = next(e for e in dead(h) if e["source"] == k.inbox(aid))
+    assert e["reason"] == "key holds a string, not a list" and e["raw"] == "not a list"
+
+
+def test_delayed_envelopes_that_cannot_be_delivered(harness):
+    h, aid = one_agent(harness)
+    r, k = h.town.r, h.keys
+    r.set(k.inbox("x"), "str")
+    envs = {"not json": "unreadable delayed envelope",
+            json.dumps({"key": k.inbox("x"), "raw": "m"}): "its list is not a list",
+            json.dumps({"key": "elsewhere", "raw": "m"}): "not an inbox or urgent list"}
+    for env in envs:
+        r.zadd(k.delayed, {env: 0})
+    wait_for(lambda: r.zcard(k.delayed) == 0, 10, what="delayed zset drained")
+    got = dead(h)
+    for env, why in envs.items():
+        assert any(why in e["reason"] and raw_of(e) == env.encode() for e in got), why
+    assert r.get("elsewhere") is None
+    completes(h, aid)
+
+
+def test_a_round_that_kills_the_worker_is_dead_lettered_after_three_crashes(harness, monkeypatch):
+    from tinytownd.runtime import round as round_mod
+
+    real = round_mod.Round._run_cli
+
+    def crash_on_poison(self, meta):
+        if (self.task or {}).get("description") == "poison":
+            raise TypeError("a bug that this input triggers")
+        return real(self, meta)
+
+    monkeypatch.setattr(round_mod.Round, "_run_cli", crash_on_poison)
+    h, aid = one_agent(harness)
+    bad = h.town.assign(aid, "poison")
+    wait_for(lambda: h.town.get_task(bad)["state"] == "failed", 30, what="poison task failed")
+    assert "crashed 3 times" in h.town.get_task(bad)["result"]
+    assert any("crashed 3 times" in e["reason"] for e in dead(h))
+    completes(h, aid)
+
+
+@pytest.fixture(scope="module")
+def shared_agent():
+    """One runtime for all generated examples (a fresh one per example would cost seconds)."""
+    with short_tmpdir() as d:
+        srv = RedisServer(d / "redis").start()
+        h = Harness(write_config(d, srv.url, agents=[{"name": "w", "cli": "ok"}],
+                                 clis={"ok": "cat >/dev/null; echo done"})).start()
+        try:
+            aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+            yield h, aid
+        finally:
+            h.stop()
+            srv.stop()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(st.binary(max_size=300),
+                          st.text(max_size=200).map(str.encode),
+                          st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                                       lambda c: st.lists(c, max_size=4)
+                                       | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                                       max_leaves=20).map(lambda v: json.dumps(v).encode()),
+                          st.builds(lambda t, tid: json.dumps(
+                              {"id": records.new_id(), "from": records.SUPERVISOR_ID,
+                               "to": records.SUPERVISOR_ID, "type": t, "task_id": tid,
+                               "priority": "normal", "created_at": "2026-01-01T00:00:00Z",
+                               "correlation_id": None}).encode(),
+                              st.sampled_from(["task_assign", "task", "query", "custom", "ping"]),
+                              st.one_of(st.text(max_size=40), st.integers(), st.none()))),
+                min_size=1, max_size=5))
+def test_generated_garbage_in_the_queues(shared_agent, garbage):
+    h, aid = shared_agent
+    rb = raw_client(h)
+    for i, raw in enumerate(garbage):
+        rb.rpush(h.keys.urgent(aid) if i % 2 else h.keys.inbox(aid), raw)
+    completes(h, aid, what="a task after generated input")
+    wait_for(lambda: h.town.r.llen(h.keys.inbox(aid)) == 0 and
+             h.town.r.llen(h.keys.urgent(aid)) == 0, 15, what="queues drained")
