@@ -176,3 +176,17 @@ def test_generated_garbage_in_the_queues(shared_agent, garbage):
     completes(h, aid, what="a task after generated input")
     wait_for(lambda: h.town.r.llen(h.keys.inbox(aid)) == 0 and
              h.town.r.llen(h.keys.urgent(aid)) == 0, 15, what="queues drained")
+
+
+def test_agent_records_of_the_wrong_type(harness):
+    """A string where the name registry or an agent hash belongs does not stop registration."""
+    h = harness([], {"ok": "true"})
+    r, k = h.town.r, h.keys
+    r.set(k.agent_names, "not a hash")
+    r.set(k.agent("00000000-0000-4000-8000-000000000042"), "not an agent")
+    h2 = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null; echo done"},
+                 root_name="second")
+    aid = wait_for(lambda: h2.rt.workers and next(iter(h2.rt.workers)), 15)
+    completes(h2, aid)
+    sources = {e["source"] for e in dead(h2)}
+    assert {k.agent_names, k.agent("00000000-0000-4000-8000-000000000042")} <= sources

@@ -15,7 +15,7 @@ import gevent
 import redis
 
 from tinytownd.config import AgentSpec
-from tinytownd.store import agent_control
+from tinytownd.store import agent_control, quarantine
 from tinytownd.store.wire import AGENT_TERMINAL, hash_ts
 
 BEAT_CHUNK = 100           # agents per heartbeat pipeline (see AgentsService.beat)
@@ -28,19 +28,40 @@ class AgentsService:
     def run(self) -> None:
         rt = self.rt
         if not rt.initial_done:
-            rt.sync(initial=True)
+            self._guarded(lambda: rt.sync(initial=True))
             rt.initial_done = True
         cfg = rt.cfg.runtime
         next_ensure = 0.0
         while not rt.stopping.is_set():
             interval = min(cfg.heartbeat_interval_s, rt.cfg.runtime.lease_ttl_s / 3)
-            self.beat()
+            self._guarded(self.beat)
             now = time.monotonic()
             if now >= next_ensure:
-                self.ensure()
+                self._guarded(self.ensure)
                 next_ensure = now + max(interval, 1.0)
             rt.progress("agents")
             rt.stopping.wait(interval)
+
+    def _guarded(self, fn) -> None:
+        """Run `fn`; a key of the wrong type among the agents' records (a client wrote one) is
+        moved to the dead-letter list and `fn` runs again, instead of failing every pass."""
+        for _ in range(3):
+            try:
+                return fn()
+            except redis.ResponseError as e:
+                if not quarantine.is_wrongtype(e) or not self._quarantine():
+                    raise
+        return fn()
+
+    def _quarantine(self) -> bool:
+        rt, k = self.rt, self.rt.keys
+        expected = {k.agent_names: "hash"}
+        for aid in list(rt.specs):
+            expected.update({k.agent(aid): "hash", k.agent_info(aid): "hash",
+                             k.agent_lease(aid): "string"})
+        for key in rt.r.scan_iter(match=k.pattern("agent"), count=1000):
+            expected[key] = "hash"
+        return bool(quarantine.quarantine(rt.town, expected, log=rt.log))
 
     # ------------------------------------------------------------------ waking
     def wake(self, workers) -> None:
