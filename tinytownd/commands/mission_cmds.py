@@ -78,7 +78,7 @@ def _err(msg: str) -> None:
 
 
 def _open(args):
-    """Config → (redis client, Keys). Local helper (town_cmds had none when this was written)."""
+    """Config → (config, redis client, Keys); _Exit on a bad config or an unreachable Redis."""
     from tinytownd import config, exitcodes
     from tinytownd.daemon import redis_clients
     from tinytownd.store.keys import Keys
@@ -140,7 +140,7 @@ def _start(args) -> int:
     from tinytownd import exitcodes
     from tinytownd.missions import compile as mc
     from tinytownd.missions import github
-    from tinytownd.missions.model import MissionPolicy
+    from tinytownd.missions.mission import MissionPolicy
     if bool(args.file) == bool(args.issue):
         raise _Exit(exitcodes.USAGE, "give a mission FILE or one or more --issue REF")
     cfg, r, keys, store = _store(args)
@@ -175,15 +175,15 @@ def _start(args) -> int:
 
 
 # ----------------------------------------------------------------------------- list / status
-def _summary(store, mid: str) -> dict | None:
-    snap = store.load(mid)
+def _summary(snap) -> dict | None:
+    """The list/status row of a mission snapshot (None: the mission is gone)."""
     m = snap.mission
     if m is None:
         return None
     counts: dict[str, int] = {}
     for it in snap.items.values():
         counts[it.status] = counts.get(it.status, 0) + 1
-    from tinytownd.missions.model import objective_display
+    from tinytownd.missions.mission import objective_display
     return {"id": m.id, "state": m.state,
             "objective": snap.meta.get("objective") or ", ".join(
                 objective_display(o) for o in m.objective_refs),
@@ -200,7 +200,7 @@ def _list(args) -> int:
     cfg, r, keys, store = _store(args)
     active = store.active_ids()
     ids = store.list_mission_ids() if args.all else sorted(active)
-    rows = [s for s in (_summary(store, mid) for mid in ids) if s]
+    rows = [s for s in (_summary(store.load(mid)) for mid in ids) if s]
     for s in rows:
         s["active"] = s["id"] in active
     lines = [f"{s['id']}  {s['state']:<9} {s['done']}/{s['items']} done  {s['objective']}"
@@ -217,19 +217,19 @@ def _status(args) -> int:
     cfg, r, keys, store = _store(args)
     if not args.id:
         ids = sorted(store.active_ids())
-        rows = [s for s in (_summary(store, mid) for mid in ids) if s]
+        rows = [s for s in (_summary(store.load(mid)) for mid in ids) if s]
         lines = [f"{s['id']}  {s['state']:<9} {s['done']}/{s['items']} done"
                  + (f"  ({s['blocked_reason']})" if s["blocked_reason"] else "")
                  for s in rows] or ["no active missions"]
         _print(args, rows, "\n".join(lines))
         return 0
     mid = store.resolve_mission(args.id)
-    s = _summary(store, mid)
     snap = store.load(mid)
+    s = _summary(snap)
     m = snap.mission
     s["active"] = mid in store.active_ids()
     s["lease_holder"] = store.lock_owner(mid)
-    s["events"] = store.events(mid, 5)
+    s["events"] = store.recent_log(mid, 5)
     md = m.to_dict()
     s["dispatcher"] = {k: md[k] for k in md if k.startswith("dispatcher_")}
     s["pending_notes"] = [c.body for c in sorted(snap.controls, key=lambda c: c.created_at)
@@ -317,14 +317,14 @@ def _lifecycle(args, action: str) -> int:
         elif action == "resume":
             if m.state not in ("blocked", "planning"):
                 if m.state == "running":
-                    p.sadd(keys.missions_active, mid)
+                    store.q_active(p, mid, True)
                     res["noop"] = True
                     return
                 raise _Exit(exitcodes.DATAERR, f"mission {mid} is {m.state}; it cannot be "
                                                "resumed")
             m.start()
             m.clear_help_request_state()
-            p.sadd(keys.missions_active, mid)
+            store.q_active(p, mid, True)
             store.q_log(p, mid, "Mission resumed via tinytownd")
         else:  # stop
             if args.force:
@@ -332,7 +332,7 @@ def _lifecycle(args, action: str) -> int:
             else:
                 m.block("Stopped by user")
             m.clear_help_request_state()
-            p.srem(keys.missions_active, mid)
+            store.q_active(p, mid, False)
             store.q_log(p, mid, "Mission stopped via tinytownd" +
                         (" (forced)" if args.force else ""))
         store.q_wake(p, mid, "resumed" if action == "resume" else action)
