@@ -35,8 +35,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)                     # tests.support (servers, process helpers)
 BIN = os.path.dirname(sys.executable)
 BASELINE = os.environ.get("TT_BASELINE_DIR", os.path.join(os.path.dirname(ROOT), "shared", "baseline"))
+
+
+from tests.support.helpers import stop_process  # noqa: E402
 
 
 def emit(d: dict) -> dict:
@@ -194,13 +198,7 @@ def bench_huey(n: int, w: int) -> dict:
             rss = rss_kib(proc.pid)
             del results
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, signal.SIGINT, 15)
     return emit({"system": "huey", "n": n, "workers": w, "secs": round(dt, 3),
                  "tasks_per_s": round(n / dt, 1), "enqueue_s": round(t_enq, 3),
                  "startup_s": round(startup, 3), "consumer_rss_mib": round(rss / 1024, 1),

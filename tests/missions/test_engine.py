@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from tests.support.helpers import ROOT
+from tests.support.helpers import ROOT, stop_process
 from tests.support.missions import (DIAMOND, DIAMOND_ORDER, ONE_ITEM, EngineHandle, FakeAgent,
                                     fake_gh, hold_lease, live_tasks_by_item, mission_state,
                                     wait_for)
@@ -302,12 +302,7 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
         assert all(env.r.get(env.keys.mission_lock(m)) in (None, tokens[1]) for m in victims)
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p)
 
 
 def _one_item_mission_owned_by(env, eng) -> str:

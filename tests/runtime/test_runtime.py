@@ -12,25 +12,6 @@ from tinytownd.store import records
 from tinytownd.store.wire import SUPERVISOR_ID
 
 
-@pytest.fixture
-def harness(redis_server, tmpdir_short):
-    made = []
-
-    def make(agents, clis, **kw):
-        root = tmpdir_short / f"town{len(made)}"
-        root.mkdir(exist_ok=True)
-        h = Harness(write_config(root, redis_server.url, agents=agents, clis=clis, **kw))
-        made.append(h)
-        return h.start()
-
-    yield make
-    for h in made:
-        try:
-            h.stop()
-        except Exception:
-            pass
-
-
 def task_state(h, tid):
     return (h.town.get_task(tid) or {}).get("state")
 

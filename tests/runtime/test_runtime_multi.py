@@ -3,33 +3,13 @@ a lapsed lease is taken over, the sweeper recovers dead agents' queues."""
 import json
 
 import gevent
-import pytest
 
-from tests.support.runtime import Harness, wait_for, write_config
+from tests.support.runtime import exclusive_cli, wait_for, write_config
 from tests.support.records import all_records_valid_town
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 from tinytownd.store.wire import hash_ts
-
-
-@pytest.fixture
-def harness(redis_server, tmpdir_short):
-    made = []
-
-    def make(agents, clis, *, root_name=None, start=True, **kw):
-        root = tmpdir_short / (root_name or f"town{len(made)}")
-        root.mkdir(exist_ok=True)
-        h = Harness(write_config(root, redis_server.url, agents=agents, clis=clis, **kw))
-        made.append(h)
-        return h.start() if start else h
-
-    yield make
-    for h in made:
-        try:
-            h.stop()
-        except Exception:
-            pass
 
 
 def test_backlog_claim_contention_never_double_claims(redis_server):
@@ -65,8 +45,7 @@ def test_two_runtimes_never_run_the_same_agent(harness, tmpdir_short):
     locks = tmpdir_short / "locks"
     locks.mkdir()
     viol = tmpdir_short / "violations"
-    cmd = (f'mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || echo x >> {viol}; sleep 0.02; '
-           f'rmdir {locks}/$TINYTOWN_AGENT_ID')
+    cmd = exclusive_cli(locks, viol, 0.02)
     agents = [{"name": "w", "cli": "c", "count": 3}]
     a = harness(agents, {"c": cmd}, root_name="a", town="two")
     b = harness(agents, {"c": cmd}, root_name="b", town="two")

@@ -12,7 +12,7 @@ fails is logged, never aborting the tick. Pure.
 """
 from __future__ import annotations
 
-from tinytownd.store.agents import display_label, display_name
+from tinytownd.store.agents import match_agents
 from tinytownd.store.wire import AGENT_TERMINAL
 
 from .mission import MissionControlMessage
@@ -109,11 +109,7 @@ def resolve_agent_ref(agents: list[dict], ref: str) -> dict | None:
     exact = [a for a in agents if a.get("id", "").lower() == r]
     if exact:
         return exact[0]
-    hits = []
-    for a in agents:
-        if r in ((a.get("name") or "").lower(), display_name(a).lower(),
-                 display_label(a).lower()) or (len(r) == 4 and a.get("id", "").lower()[:4] == r):
-            hits.append(a)
+    hits = match_agents(agents, r)
     if len(hits) > 1:
         raise LookupError(f"agent reference '{ref}' is ambiguous "
                           f"({', '.join(a.get('name', '?') for a in hits)})")

@@ -144,11 +144,7 @@ class MissionEngine(Component):
     def close(self) -> None:
         self.draining = True
         self.pool.kill(timeout=2)
-        for mid in list(self.owned):
-            try:
-                self.leases.release(mid)
-            except redis.RedisError:
-                pass
+        self.leases.release_all(self.owned)
         self.owned.clear()
         try:
             self.store.engine_leave(self.token)
