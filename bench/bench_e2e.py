@@ -35,8 +35,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)                     # tests.support (servers, process helpers)
 BIN = os.path.dirname(sys.executable)
 BASELINE = os.environ.get("TT_BASELINE_DIR", os.path.join(os.path.dirname(ROOT), "shared", "baseline"))
+
+
+from tests.support.helpers import stop_process  # noqa: E402
 
 
 def emit(d: dict) -> dict:
@@ -194,13 +198,7 @@ def bench_huey(n: int, w: int) -> dict:
             rss = rss_kib(proc.pid)
             del results
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, signal.SIGINT, 15)
     return emit({"system": "huey", "n": n, "workers": w, "secs": round(dt, 3),
                  "tasks_per_s": round(n / dt, 1), "enqueue_s": round(t_enq, 3),
                  "startup_s": round(startup, 3), "consumer_rss_mib": round(rss / 1024, 1),
@@ -311,7 +309,10 @@ import json, os, sys, time, tempfile, shutil, resource
 from gevent import monkey; monkey.patch_all()
 import gevent
 from pathlib import Path
-from tinytownd.batch import main as batch
+from tinytownd.batch.agents import agent_sections, embedded_config, roster
+from tinytownd.batch.dispatch import DispatchedBatch
+from tinytownd.batch.file import parse
+from tinytownd.batch.tasks import TaskBatch
 from tinytownd import logs
 from tinytownd.daemon.lifecycle import Daemon
 n, w = int(sys.argv[1]), int(sys.argv[2])
@@ -323,9 +324,9 @@ if variant.endswith("+spawn"):   # what the posix_spawn proposal buys (bench/pee
     runner.run = spawn_probe.run_compatible
 root = Path(tempfile.mkdtemp(prefix="ttb-cc-", dir="/tmp"))
 try:
-    bf = batch.parse({"tasks": [{"id": f"t{i}", "description": "noop"} for i in range(n)]}, "gen")
-    clis, agents = batch.agent_section(bf, agents=w, cli="true")
-    cfg = batch.embedded_config(bf, root, clis, agents)
+    bf = parse({"tasks": [{"id": f"t{i}", "description": "noop"} for i in range(n)]}, "gen")
+    clis, agents = agent_sections(bf, agents=w, cli="true")
+    cfg = embedded_config(bf, root, clis, agents)
     if variant == "claim":   # the runtime's backlog claiming instead of the batch dispatcher
         import dataclasses
         cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, backlog_claim=True))
@@ -339,16 +340,15 @@ try:
     th0 = time.thread_time()
     srv0 = r.info("cpu")
     if variant == "claim":
-        run = batch.BatchRun(bf, "cc", r, d.ctx.keys)
+        batch = TaskBatch(bf, "cc", r, d.ctx.keys)
     else:
-        words = [(a.name, {a.role, "role:" + a.role, a.name}) for a in cfg.expanded_agents()]
-        run = batch.DispatchingBatchRun(bf, "cc", r, d.ctx.keys, agents=words)
-        run.wait_agents()
+        batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg))
+        batch.wait_agents()
     t0 = time.monotonic()
-    run.subscribe(); run.write_meta(resume=False); run.submit()
+    batch.subscribe(); batch.write_meta(); batch.submit()
     if variant != "claim":
-        run.start_dispatch(fresh=True)
-    assert run.follow()
+        batch.start_dispatch(fresh=True)
+    assert batch.follow()
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     th1 = time.thread_time()
@@ -360,7 +360,7 @@ try:
            sorted(stats.items(), key=lambda kv: -kv[1]["calls"]) if v["calls"] / n >= 0.05}
     us = {k.replace("cmdstat_", ""): round(v["usec"] / n, 1) for k, v in stats.items()
           if v["usec"] / n >= 5}
-    run.close()
+    batch.close()
     d.request_stop(graceful=True); g.join(30)
     out = {"n": n, "workers": w, "wall_s": round(wall, 3), "tasks_per_s": round(n / wall, 1),
            "redis_cmds_per_task": round(total / n, 1), "per_task": per,

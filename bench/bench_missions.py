@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 from tests.support.helpers import RedisServer  # noqa: E402
 from tinytownd.store.keys import Keys  # noqa: E402
 from tinytownd.missions.compile import ItemSpec, build  # noqa: E402
-from tinytownd.missions.model import MissionPolicy  # noqa: E402
-from tinytownd.missions.scheduler import TickInput, run_tick  # noqa: E402
+from tinytownd.missions.mission import MissionPolicy  # noqa: E402
+from tinytownd.missions.scheduler import run_tick  # noqa: E402
+from tinytownd.missions.tick import TickInput  # noqa: E402
 from tinytownd.missions.storage import MissionStore  # noqa: E402
 from tinytownd.store.town import Town  # noqa: E402
 from tinytownd.store.wire import new_id, utcnow  # noqa: E402
@@ -107,7 +108,7 @@ def bench_pure(n: int, rounds: int = 10) -> dict:
 
 
 def bench_full(url: str, n: int, rounds: int = 10) -> dict:
-    from tests.support.missions import EngineHandle
+    from tests.support.missions import EngineHandle, hold_lease
     import redis
     r = redis.Redis.from_url(url, decode_responses=True)
     keys = Keys("bench")
@@ -123,9 +124,7 @@ def bench_full(url: str, n: int, rounds: int = 10) -> dict:
     mid = c.mission.id
     h = EngineHandle(url, "bench", run=False, ttl=60, sweep=3600)   # ticks driven by hand
     eng = h.engine
-    assert eng.leases.acquire(mid)
-    from tinytownd.missions.engine import LeaseState
-    eng.owned[mid] = LeaseState(mid)
+    hold_lease(eng, mid)
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()

@@ -6,7 +6,7 @@
 Sections (each system gets private redis-servers on unix sockets in temp dirs, all stopped):
   raw        the raw limit: ../shared/baseline/raw_redis_gevent.py `produce pipe100` (pipelined
              LPUSH) and `consume blpop_per_agent` (one BLPOP loop per agent), gevent + redis-py
-  dispatch   bench/bench_dispatch.py (runtime helper): assign_many vs raw pipelined LPUSH, pickup
+  dispatch   bench/bench_dispatch.py: assign_many vs raw pipelined LPUSH, pickup
              latency at 100 agents and 1,000 idle agents
   e2e        N tasks (default 5,000) whose agent CLI is `true`, W agents (default 8): tinytownd
              batch vs RQ SimpleWorker and huey (greenlet) running the same `true` per job, vs the
@@ -14,8 +14,8 @@ Sections (each system gets private redis-servers on unix sockets in temp dirs, a
              posix_spawn for reference); plus tinytownd's cost per task (Redis commands, CPU)
   memory     RSS per idle agent and Redis connections per daemon (1 vs 201 agents)
   persist    the e2e tinytownd batch with appendfsync everysec vs always vs no AOF
-  startup    bench/bench_startup.py (daemon helper)
-  missions   bench/bench_missions.py (missions helper)
+  startup    bench/bench_startup.py: redis child, READY and reload latency
+  missions   bench/bench_missions.py: mission ticks and completion-to-assign latency
 Absolute numbers on a shared 2-core machine are noise; the ratios are measured in the same run.
 Raw JSON of every measurement goes to --out (default bench/results/run_all-<time>.json).
 """

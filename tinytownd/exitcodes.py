@@ -1,7 +1,7 @@
 """Process exit codes, in one place (sysexits.h plus LSB status codes).
 
-`tinytownd --help` prints this table; README.md documents it. Batch runs have their own small set
-(see `tinytownd.batch`), which reuses 69 for "Redis unavailable".
+`tinytownd --help` prints this table; README.md documents it. `tinytownd batch` exits with OK,
+FAILURE (some tasks failed), BATCH_USAGE, UNAVAILABLE and TEMPFAIL (interrupted, resumable).
 """
 
 OK = 0

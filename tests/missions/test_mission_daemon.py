@@ -9,7 +9,8 @@ import yaml
 
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import ROOT, run_cli
-from tests.support.missions import live_tasks_by_item, mission_state, wait_for
+from tests.support.missions import (DIAMOND, fake_gh, live_tasks_by_item, mission_state,
+                                    wait_for, with_policy)
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
 
@@ -49,17 +50,8 @@ def test_diamond_file_with_real_agents_and_restart(daemons, redis_server, tmp_pa
     r = redis_server.client()
     keys = Keys(TOWN)
     mf = tmp_path / "m.yaml"
-    mf.write_text("""
-objective: diamond
-policy: {max_parallel_items: 2, reviewer_required: false}
-work_items:
-  - {id: a, title: A}
-  - {id: b, title: B, depends_on: [a]}
-  - {id: c, title: C, depends_on: [a]}
-  - {id: d, title: D, depends_on: [a]}
-  - {id: e, title: E, depends_on: [b, c]}
-  - {id: f, title: F, depends_on: [d, e]}
-""")
+    # DIAMOND with the default max_attempts (3)
+    mf.write_text(with_policy(DIAMOND, max_attempts=None))
     p = d.cli("mission", "start", str(mf))
     assert p.returncode == 0, p.stderr
     mid = p.stdout.strip()
@@ -125,7 +117,6 @@ def test_cli_errors_and_listing(daemons, redis_server, tmp_path):
 
 
 def test_issues_source_with_fake_gh(daemons, redis_server, tmp_path):
-    from tests.support.missions import fake_gh
     gh = fake_gh(tmp_path / "gh", {})
     prs = tmp_path / "gh" / "prs"
     (prs / "issue_o_r_1").write_text(json.dumps({"title": "Design the API", "body": "rfc"}))
@@ -147,7 +138,7 @@ def test_issues_source_with_fake_gh(daemons, redis_server, tmp_path):
     assert set(items) == {"o/r#1", "o/r#2", "o/r#3"}
     ids = {k: v["id"] for k, v in items.items()}
     assert items["o/r#1"]["kind"] == "design" and items["o/r#3"]["kind"] == "test"
-    assert items["o/r#2"]["depends_on"] == [ids["o/r#1"]]       # "hereafter #3" ignored (W19)
+    assert items["o/r#2"]["depends_on"] == [ids["o/r#1"]]       # "hereafter #3" ignored
     assert sorted(items["o/r#3"]["depends_on"]) == sorted([ids["o/r#1"], ids["o/r#2"]])
     m = json.loads(r.get(keys.mission(out["mission"])))
     assert m["objective_refs"][0] == {"type": "issue", "owner": "o", "repo": "r", "number": 1}

@@ -1,7 +1,7 @@
 """End to end with the real daemon process (`tinytownd run -c`): kill -9 loses no task."""
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import run_cli, wait_for
-from tests.support.runtime import write_config
+from tests.support.runtime import exclusive_cli, write_config
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 from tests.support.records import all_records_valid_town
@@ -64,8 +64,7 @@ def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_shor
     locks = tmpdir_short / "locks"
     locks.mkdir()
     viol = tmpdir_short / "violations"
-    cmd = (f'mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || echo x >> {viol}; sleep 0.05; '
-           f'rmdir {locks}/$TINYTOWN_AGENT_ID')
+    cmd = exclusive_cli(locks, viol, 0.05)
     cfgs = []
     for name in ("a", "b"):
         root = tmpdir_short / name

@@ -4,7 +4,7 @@ import json
 
 import gevent
 
-from tests.support.runtime import wait_for, write_config
+from tests.support.runtime import exclusive_cli, wait_for, write_config
 from tests.support.records import all_records_valid_town
 from tinytownd.store import records
 from tinytownd.store.keys import Keys
@@ -42,8 +42,7 @@ def test_two_runtimes_never_run_the_same_agent(harness, tmpdir_short):
     locks = tmpdir_short / "locks"
     locks.mkdir()
     viol = tmpdir_short / "violations"
-    cmd = (f'mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || echo x >> {viol}; sleep 0.02; '
-           f'rmdir {locks}/$TINYTOWN_AGENT_ID')
+    cmd = exclusive_cli(locks, viol, 0.02)
     agents = [{"name": "w", "cli": "c", "count": 3}]
     a = harness(agents, {"c": cmd}, root_name="a", town="two")
     b = harness(agents, {"c": cmd}, root_name="b", town="two")

@@ -75,6 +75,18 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signal a child (if it runs) and wait; SIGKILL when it does not end in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     """Poll `pred` until it returns something truthy (returned), or fail after `timeout` s."""
     deadline = time.monotonic() + timeout

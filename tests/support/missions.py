@@ -1,5 +1,6 @@
-"""Helpers for the mission tests (no tests here): in-process engines, agent doubles that play
-agents through the Town API, a fake `gh`, and a standalone engine process for kill -9 tests.
+"""Helpers for the mission tests (no tests here): the mission files they run, a driver of the
+pure scheduler, in-process engines, agent doubles that play agents through the Town API, a fake
+`gh`, and a standalone engine process for kill -9 tests.
 
     python -m tests.support.missions engine URL TOWN TTL   # runs one MissionEngine until SIGTERM
 """
@@ -10,21 +11,28 @@ import os
 import stat
 import sys
 import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import gevent
 import gevent.event
 import redis
+import yaml
 
 from tinytownd import config
 from tinytownd.store import records
 from tinytownd.daemon import redis_clients
 from tinytownd.daemon.component import Context
 from tinytownd.store.keys import Keys
+from tinytownd.missions.compile import compile_text
 from tinytownd.missions.engine import MissionEngine
+from tinytownd.missions.scheduler import run_tick
 from tinytownd.missions.storage import MissionStore
+from tinytownd.missions.tick import TickInput
+from tinytownd.missions.validate import validate_mission, validate_work
 from tinytownd.store.town import Town
-from tinytownd.store.wire import new_id
+from tinytownd.store.wire import new_id, utcnow
 from tests.support.helpers import wait_for  # noqa: F401,E402  (re-exported for the mission tests)
 
 # The 6-item diamond DAG several mission tests run.
@@ -39,6 +47,79 @@ work_items:
   - {id: e, title: E, depends_on: [b, c]}
   - {id: f, title: F, depends_on: [d, e]}
 """
+DIAMOND_ORDER = {"b": "a", "c": "a", "d": "a", "e": "bc", "f": "de"}   # item -> its dependencies
+
+# One item `x` (title X), no review.
+ONE_ITEM = """
+policy: {reviewer_required: false}
+work_items: [{id: x, title: X}]
+"""
+
+
+def with_policy(text: str, **policy) -> str:
+    """The mission file `text` with some policy fields replaced (None removes one)."""
+    data = yaml.safe_load(text)
+    pol = dict(data.get("policy") or {})
+    for k, v in policy.items():
+        if v is None:
+            pol.pop(k, None)
+        else:
+            pol[k] = v
+    data["policy"] = pol
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def agent_record(name, role=None, state="idle", aid=None) -> dict:
+    """An agent as the tick sees it."""
+    return {"id": aid or str(uuid.uuid4()), "name": name, "role_id": role, "state": state,
+            "last_active_at": ""}
+
+
+class TickSim:
+    """Drives the pure scheduler over in-memory records, like the engine does: each tick's
+    output is applied to the records, tasks and bookkeeping, and every record written must pass
+    tt's checks."""
+
+    def __init__(self, text=DIAMOND, agents=None):
+        self.c = compile_text(text, "<t>")
+        self.m = self.c.mission
+        self.items = {it.id: it for it in self.c.items}
+        self.watches, self.cmd = {}, {w.id: w for w in self.c.cmd_watches}
+        self.meta = dict(self.c.meta)
+        self.tasks = {}
+        self.agents = agents or [agent_record("w1", "worker"), agent_record("w2", "worker")]
+        self.controls = []
+        self.now = utcnow()
+        self.fid = {v: k for k, v in self.c.file_ids.items()}
+
+    def tick(self, results=None):
+        self.now += timedelta(seconds=1)
+        inp = TickInput(mission=self.m, items=self.items, watches=self.watches,
+                        cmd_watches=self.cmd, controls=[c for c in self.controls
+                                                        if c.processed_at is None],
+                        tasks=self.tasks, agents=self.agents, meta=self.meta, now=self.now,
+                        watch_results=results or {})
+        out = run_tick(inp)
+        self.m = out.mission
+        self.meta.update(out.meta_set)
+        for k in out.meta_del:
+            self.meta.pop(k, None)
+        for tid in out.tasks_processed:
+            self.tasks.pop(tid, None)
+        for nt in out.new_tasks:
+            self.tasks[nt.task_id] = {"id": nt.task_id, "state": "assigned", "tags": nt.tags,
+                                      "assigned_to": nt.agent, "description": nt.description}
+        assert validate_mission(self.m.to_json()) == []
+        for it in self.items.values():
+            assert validate_work(it.to_json()) == []
+        return out
+
+    def live(self):
+        return [t for t in self.tasks.values() if t["state"] in ("assigned", "running")]
+
+    def finish(self, tid, state="completed", result="ok"):
+        self.tasks[tid]["state"] = state
+        self.tasks[tid]["result"] = result
 
 
 def mission_config(url: str, town: str = "mt", *, ttl: float = 3, sweep: float = 1.0,
@@ -74,6 +155,13 @@ class EngineHandle:
         self.clients.close()
 
 
+def hold_lease(engine: MissionEngine, mid: str) -> None:
+    """Make `engine` hold the mission's lease, for ticks driven by hand (engine.tick)."""
+    from tinytownd.missions.engine import LeaseState
+    assert engine.leases.acquire(mid)
+    engine.owned[mid] = LeaseState(mid)
+
+
 class FakeAgent:
     """Plays one agent: takes task_assign messages from its inbox, runs `behave(task)` →
     (state, result, seconds) and finishes the task through Town, like a worker would."""
@@ -98,37 +186,43 @@ class FakeAgent:
                 gevent.sleep(0.05)
 
     def step(self, r, k):
-        if True:
-            raw = r.lpop(k.inbox(self.aid))
-            if raw is None:
-                gevent.sleep(0.01)
-                return
-            msg = json.loads(raw)
-            if msg.get("type") != "task_assign":
-                return
-            tid = msg["task_id"]
-            task = self.town.get_task(tid) or {}
-            if task.get("state") in ("completed", "failed", "cancelled"):
-                return
-            task["tags"] = records.decode_tags(task.get("tags"))
-            self.town.set_agent_state(self.aid, "working", event=False)
-            self.town.start_task(tid, self.aid)
-            self.log.append(("start", self.name, tid, time.monotonic()))
-            state, result, secs = self.behave(task)
-            gevent.sleep(secs)
-            self.log.append(("end", self.name, tid, time.monotonic()))
-            if state == "completed":
-                self.town.complete_task(tid, result)
-            else:
-                self.town.fail_task(tid, result)
-            self.town.set_agent_state(self.aid, "idle", event=False, stamp_active=True)
+        raw = r.lpop(k.inbox(self.aid))
+        if raw is None:
+            gevent.sleep(0.01)
+            return
+        msg = json.loads(raw)
+        if msg.get("type") != "task_assign":
+            return
+        tid = msg["task_id"]
+        task = self.town.get_task(tid) or {}
+        if task.get("state") in ("completed", "failed", "cancelled"):
+            return
+        task["tags"] = records.decode_tags(task.get("tags"))
+        self.town.set_agent_state(self.aid, "working", event=False)
+        self.town.start_task(tid, self.aid)
+        self.log.append(("start", self.name, tid, time.monotonic()))
+        state, result, secs = self.behave(task)
+        gevent.sleep(secs)
+        self.log.append(("end", self.name, tid, time.monotonic()))
+        if state == "completed":
+            self.town.complete_task(tid, result)
+        else:
+            self.town.fail_task(tid, result)
+        self.town.set_agent_state(self.aid, "idle", event=False, stamp_active=True)
+
+    def pause(self):
+        """Stop taking tasks (the agent's record is left as it is)."""
+        self.running = False
+        self.g.join()
+
+    def resume(self):
+        self.running = True
+        self.g = gevent.spawn(self.loop)
 
     def stop(self):
         self.running = False
         self.g.join(timeout=2)
         self.g.kill()
-
-
 
 
 def mission_state(r, keys: Keys, mid: str) -> str | None:

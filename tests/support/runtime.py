@@ -31,6 +31,13 @@ def write_config(root: Path, redis_url: str, *, agents, clis, town="t", runtime=
     return path
 
 
+def exclusive_cli(locks: Path, violations: Path, sleep_s: float) -> str:
+    """An agent command that proves no agent runs twice at once: it holds a lock directory per
+    agent while it runs, and a second copy beside it appends to `violations`."""
+    return (f"mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || echo x >> {violations}; "
+            f"sleep {sleep_s}; rmdir {locks}/$TINYTOWN_AGENT_ID")
+
+
 class Harness:
     def __init__(self, cfg_path: Path):
         self.cfg = config.load(str(cfg_path), env={}, check_files=False)

@@ -10,6 +10,10 @@ Pure (no Redis, no gevent): `tinytownd.batch` feeds it counts and task rows.
                   counts, `rate_per_s`, `eta_s`), at most once per `interval_s` and on every finish.
                   It has its own structlog pipeline bound to the stream, so the daemon's log sink
                   (a file in embedded mode) does not swallow it.
+* `Quiet`       — `--progress none`: nothing while the batch runs.
+* `make_reporter(mode)` — the one factory: `--progress auto|bar|json|none`.
+  Every reporter also writes the batch's first line (`start`) and its end (`summary`): plain text
+  for a person, or the `batch.start` / `batch.summary` JSON lines with the table on stderr.
 * `summarize()` — the `--summary` JSON document; `render_table()` — the human summary.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable, TextIO
 
 
@@ -55,6 +59,11 @@ def fmt_duration(secs: float | None) -> str:
     h, rem = divmod(secs, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _write(stream: TextIO, text: str) -> None:
+    stream.write(text)
+    stream.flush()
 
 
 class _Rate:
@@ -105,7 +114,25 @@ class Reporter:
         self.update(c)
 
     def note(self, text: str) -> None:
-        """A one-off line (batch id, interruption, ...)."""
+        """A one-off line (an interruption, a drain)."""
+
+    def start(self, text: str, **fields: Any) -> None:
+        """The first line: `text` for a person, `fields` for a machine."""
+        self.note(text)
+
+    def summary(self, table: str, **fields: Any) -> None:
+        """The end: the human summary table, `fields` for a machine."""
+        _write(self.stream, table + "\n")
+
+
+class Quiet(Reporter):
+    """`--progress none`: no progress; the first line goes to stderr, the table to the stream."""
+
+    def update(self, c: Counts) -> None:
+        pass
+
+    def start(self, text: str, **fields: Any) -> None:
+        _write(sys.stderr, text + "\n")
 
 
 class TtyBar(Reporter):
@@ -199,23 +226,33 @@ class JsonProgress(Reporter):
     def note(self, text: str, **fields: Any) -> None:
         self.log.info(text, **fields)
 
+    def start(self, text: str, **fields: Any) -> None:
+        self.log.info("batch.start", **fields)
 
-def make_reporter(stream: TextIO | None = None, *, tty: bool | None = None,
+    def summary(self, table: str, **fields: Any) -> None:
+        """The `batch.summary` line on the stream; the table goes to stderr."""
+        self.log.info("batch.summary", **fields)
+        _write(sys.stderr, table + "\n")
+
+
+def make_reporter(mode: str = "auto", stream: TextIO | None = None, *,
                   context: dict | None = None) -> Reporter:
+    """The reporter of `--progress MODE`: `bar`, `json`, `none`, or `auto` (the bar on a
+    terminal, JSON lines otherwise). `context` is bound to every JSON line."""
     stream = stream or sys.stdout
-    if tty is None:
+    if mode == "auto":
         try:
-            tty = stream.isatty()
+            mode = "bar" if stream.isatty() else "json"
         except (AttributeError, ValueError):
-            tty = False
-    return TtyBar(stream) if tty else JsonProgress(stream, context=context)
+            mode = "json"
+    if mode == "bar":
+        return TtyBar(stream)
+    if mode == "json":
+        return JsonProgress(stream, context=context)
+    return Quiet(stream)
 
 
 # ----------------------------------------------------------------------------- summary
-TERMINAL_OK = "completed"
-TERMINAL_BAD = ("failed", "cancelled")
-
-
 def summarize(batch_id: str, rows: Iterable[dict], *, wall_s: float,
               extra: dict | None = None) -> dict:
     """The --summary document. `rows`: dicts with id task_id state attempts agent duration_s result."""
@@ -297,7 +334,3 @@ def _fmt_s(v: float | None) -> str:
 
 def dumps(doc: dict) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def counts_dict(c: Counts) -> dict:
-    return asdict(c)

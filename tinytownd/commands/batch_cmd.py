@@ -1,13 +1,14 @@
 """`tinytownd batch FILE`: run a pile of tasks to completion, unattended (see tinytownd.batch).
 
-Only stdlib + tinytownd.cli at import time; the handler lazy-imports the rest.
+Only stdlib, tinytownd.cli and tinytownd.exitcodes at import time; the handler lazy-imports the
+rest.
 """
 from __future__ import annotations
 
 import argparse
 import types
 
-from tinytownd import cli
+from tinytownd import cli, exitcodes
 
 EPILOG = """\
 batch file (YAML):
@@ -30,9 +31,9 @@ exit codes:
 """
 
 
-def _error_exit_2(self, message):
+def _usage_error(self, message):
     self.print_usage()
-    self.exit(2, f"{self.prog}: error: {message}\n")
+    self.exit(exitcodes.BATCH_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def register(sub) -> None:
@@ -40,7 +41,7 @@ def register(sub) -> None:
                        description="Run every task of FILE with many agents, unattended, and "
                                    "report a summary.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = types.MethodType(_error_exit_2, p)  # batch usage errors exit 2, not 64
+    p.error = types.MethodType(_usage_error, p)  # batch usage errors exit 2, not 64
     p.add_argument("file", metavar="FILE", help="batch file (YAML): tasks: list, or a mission")
     cli.add_config_arg(p)
     g = p.add_mutually_exclusive_group()

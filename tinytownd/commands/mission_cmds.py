@@ -6,10 +6,9 @@ Only stdlib + tinytownd.cli at import time (the rest is imported inside the hand
 """
 from __future__ import annotations
 
-import json
-import sys
-
 from tinytownd import cli
+
+from . import common
 
 H = "tinytownd.commands.mission_cmds:"
 
@@ -67,52 +66,13 @@ def register(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-class _Exit(Exception):
-    def __init__(self, code: int, msg: str):
-        self.code = code
-        self.msg = msg
-
-
-def _err(msg: str) -> None:
-    print(f"tinytownd mission: {msg}", file=sys.stderr)
-
-
-def _open(args):
-    """Config → (redis client, Keys). Local helper (town_cmds had none when this was written)."""
-    from tinytownd import config, exitcodes
-    from tinytownd.daemon import redis_clients
-    from tinytownd.store.keys import Keys
-    try:
-        cfg = config.load(args.config, check_files=False)
-    except config.ConfigError as e:
-        raise _Exit(exitcodes.CONFIG, str(e))
-    r = redis_clients.client_for_url(cfg.redis_url(), max_connections=4, cfg=cfg)
-    try:
-        redis_clients.check_server(r, cfg.redis_url(redacted=True))
-    except redis_clients.RedisUnavailable as e:
-        raise _Exit(exitcodes.UNAVAILABLE, str(e))
-    return cfg, r, Keys(cfg.town.name)
-
-
 def _run(args, fn) -> int:
-    import redis
-    from tinytownd import exitcodes
-    try:
-        return int(fn(args) or 0)
-    except _Exit as e:
-        _err(e.msg)
-        return e.code
-    except LookupError as e:
-        _err(str(e.args[0] if e.args else e))
-        return exitcodes.DATAERR
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        _err(f"Redis unavailable: {e}")
-        return exitcodes.UNAVAILABLE
+    return common.run(lambda: fn(args), prefix="tinytownd mission")
 
 
 def _store(args):
     from tinytownd.missions.storage import MissionStore
-    cfg, r, keys = _open(args)
+    cfg, r, keys = common.open_redis(args, env_fallback=False)
     return cfg, r, keys, MissionStore(r, keys)
 
 
@@ -127,10 +87,6 @@ def _roles(cfg, r, keys) -> set[str]:
     return known_roles(extra)
 
 
-def _print(args, obj, text: str) -> None:
-    print(json.dumps(obj, indent=None, separators=(",", ":")) if args.json else text)
-
-
 # ----------------------------------------------------------------------------- start
 def cmd_start(args) -> int:
     return _run(args, _start)
@@ -140,9 +96,9 @@ def _start(args) -> int:
     from tinytownd import exitcodes
     from tinytownd.missions import compile as mc
     from tinytownd.missions import github
-    from tinytownd.missions.model import MissionPolicy
+    from tinytownd.missions.mission import MissionPolicy
     if bool(args.file) == bool(args.issue):
-        raise _Exit(exitcodes.USAGE, "give a mission FILE or one or more --issue REF")
+        raise common.CommandError(exitcodes.USAGE, "give a mission FILE or one or more --issue REF")
     cfg, r, keys, store = _store(args)
     try:
         if args.file:
@@ -157,33 +113,33 @@ def _start(args) -> int:
             pol = MissionPolicy()
             if args.max_parallel is not None:
                 if args.max_parallel < 1:
-                    raise _Exit(exitcodes.USAGE, "--max-parallel must be >= 1")
+                    raise common.CommandError(exitcodes.USAGE, "--max-parallel must be >= 1")
                 pol.max_parallel_items = args.max_parallel
             if args.no_reviewer:
                 pol.reviewer_required = False
             c = github.compile_issues(issues, pol)
     except FileNotFoundError:
-        raise _Exit(exitcodes.NOINPUT, f"{args.file}: file not found")
+        raise common.CommandError(exitcodes.NOINPUT, f"{args.file}: file not found")
     except mc.MissionFileError as e:
-        raise _Exit(exitcodes.DATAERR, "invalid mission:\n" + str(e))
+        raise common.CommandError(exitcodes.DATAERR, "invalid mission:\n" + str(e))
     except ValueError as e:
-        raise _Exit(exitcodes.DATAERR, str(e))
+        raise common.CommandError(exitcodes.DATAERR, str(e))
     store.create(c.mission, c.items, c.cmd_watches, c.meta, c.log)
-    _print(args, {"mission": c.mission.id, "work_items": len(c.items),
+    common.output(args, {"mission": c.mission.id, "work_items": len(c.items),
                   "file_ids": c.file_ids}, c.mission.id)
     return 0
 
 
 # ----------------------------------------------------------------------------- list / status
-def _summary(store, mid: str) -> dict | None:
-    snap = store.load(mid)
+def _summary(snap) -> dict | None:
+    """The list/status row of a mission snapshot (None: the mission is gone)."""
     m = snap.mission
     if m is None:
         return None
     counts: dict[str, int] = {}
     for it in snap.items.values():
         counts[it.status] = counts.get(it.status, 0) + 1
-    from tinytownd.missions.model import objective_display
+    from tinytownd.missions.mission import objective_display
     return {"id": m.id, "state": m.state,
             "objective": snap.meta.get("objective") or ", ".join(
                 objective_display(o) for o in m.objective_refs),
@@ -200,12 +156,12 @@ def _list(args) -> int:
     cfg, r, keys, store = _store(args)
     active = store.active_ids()
     ids = store.list_mission_ids() if args.all else sorted(active)
-    rows = [s for s in (_summary(store, mid) for mid in ids) if s]
+    rows = [s for s in (_summary(store.load(mid)) for mid in ids) if s]
     for s in rows:
         s["active"] = s["id"] in active
     lines = [f"{s['id']}  {s['state']:<9} {s['done']}/{s['items']} done  {s['objective']}"
              for s in rows] or ["no missions" + ("" if args.all else " (active; try --all)")]
-    _print(args, rows, "\n".join(lines))
+    common.output(args, rows, "\n".join(lines))
     return 0
 
 
@@ -217,19 +173,19 @@ def _status(args) -> int:
     cfg, r, keys, store = _store(args)
     if not args.id:
         ids = sorted(store.active_ids())
-        rows = [s for s in (_summary(store, mid) for mid in ids) if s]
+        rows = [s for s in (_summary(store.load(mid)) for mid in ids) if s]
         lines = [f"{s['id']}  {s['state']:<9} {s['done']}/{s['items']} done"
                  + (f"  ({s['blocked_reason']})" if s["blocked_reason"] else "")
                  for s in rows] or ["no active missions"]
-        _print(args, rows, "\n".join(lines))
+        common.output(args, rows, "\n".join(lines))
         return 0
     mid = store.resolve_mission(args.id)
-    s = _summary(store, mid)
     snap = store.load(mid)
+    s = _summary(snap)
     m = snap.mission
     s["active"] = mid in store.active_ids()
     s["lease_holder"] = store.lock_owner(mid)
-    s["events"] = store.events(mid, 5)
+    s["events"] = store.recent_log(mid, 5)
     md = m.to_dict()
     s["dispatcher"] = {k: md[k] for k in md if k.startswith("dispatcher_")}
     s["pending_notes"] = [c.body for c in sorted(snap.controls, key=lambda c: c.created_at)
@@ -277,7 +233,7 @@ def _status(args) -> int:
     if s["events"]:
         lines.append("  recent events:")
         lines += [f"    {e}" for e in s["events"]]
-    _print(args, s, "\n".join(lines))
+    common.output(args, s, "\n".join(lines))
     return 0
 
 
@@ -291,10 +247,10 @@ def _note(args) -> int:
     cfg, r, keys, store = _store(args)
     mid = store.resolve_mission(args.id)
     if not args.text.strip():
-        raise _Exit(exitcodes.USAGE, "the note text is empty")
+        raise common.CommandError(exitcodes.USAGE, "the note text is empty")
     c = store.add_note(mid, args.text.strip())
     n = store.retire_help(mid)
-    _print(args, {"mission": mid, "note": c.id, "retired_help": n},
+    common.output(args, {"mission": mid, "note": c.id, "retired_help": n},
            f"note {c.id} queued for mission {mid}")
     return 0
 
@@ -310,21 +266,21 @@ def _lifecycle(args, action: str) -> int:
         res["prev"] = prev
         if action == "pause":
             if m.state != "running":
-                raise _Exit(exitcodes.DATAERR, f"mission {mid} is {m.state}; only a running "
+                raise common.CommandError(exitcodes.DATAERR, f"mission {mid} is {m.state}; only a running "
                                                "mission can be paused")
             m.block("Paused by operator" + (f": {args.reason}" if args.reason else ""))
             store.q_log(p, mid, "Mission paused via tinytownd")
         elif action == "resume":
             if m.state not in ("blocked", "planning"):
                 if m.state == "running":
-                    p.sadd(keys.missions_active, mid)
+                    store.q_active(p, mid, True)
                     res["noop"] = True
                     return
-                raise _Exit(exitcodes.DATAERR, f"mission {mid} is {m.state}; it cannot be "
+                raise common.CommandError(exitcodes.DATAERR, f"mission {mid} is {m.state}; it cannot be "
                                                "resumed")
             m.start()
             m.clear_help_request_state()
-            p.sadd(keys.missions_active, mid)
+            store.q_active(p, mid, True)
             store.q_log(p, mid, "Mission resumed via tinytownd")
         else:  # stop
             if args.force:
@@ -332,14 +288,14 @@ def _lifecycle(args, action: str) -> int:
             else:
                 m.block("Stopped by user")
             m.clear_help_request_state()
-            p.srem(keys.missions_active, mid)
+            store.q_active(p, mid, False)
             store.q_log(p, mid, "Mission stopped via tinytownd" +
                         (" (forced)" if args.force else ""))
         store.q_wake(p, mid, "resumed" if action == "resume" else action)
     store.update_mission(mid, fn)
     retired = store.retire_help(mid) if action in ("resume", "stop") else 0
     state = store.get_mission(mid).state
-    _print(args, {"mission": mid, "previous": res.get("prev"), "state": state,
+    common.output(args, {"mission": mid, "previous": res.get("prev"), "state": state,
                   "retired_help": retired},
            f"mission {mid}: {res.get('prev')} -> {state}" +
            (" (already running)" if res.get("noop") else ""))

@@ -1,4 +1,5 @@
-"""A pidfile that is also a lock (fcntl.flock), for `run --daemonize` / `run --pidfile`.
+"""A pidfile that is also a lock (fcntl.flock), for `run --daemonize` / `run --pidfile`, and the
+lock of a batch directory (`DIR/batch.lock`: one `tinytownd batch` process per directory).
 
 * `acquire()` opens (creating) the file, takes an exclusive non-blocking lock and writes our pid.
   A held lock means another instance runs: `PidFileHeld` names its pid. A file left behind by a

@@ -1,4 +1,4 @@
-"""Mission file (YAML) → validated work graph (B14, W19, W20, W25).
+"""Mission file (YAML) → validated work graph → tt records.
 
     objective: "free text"
     policy: {max_parallel_items: 2, reviewer_required: false, watch_interval_secs: 180,
@@ -27,9 +27,11 @@ from typing import Any, Iterable
 import yaml
 
 from tinytownd.store.wire import new_id, utcnow
+
 from . import scoring
-from tinytownd.missions.model import (WORK_KINDS, CommandWatch, MissionPolicy, MissionRun, WorkItem,
-                    objective_doc)
+from .mission import Mission, MissionPolicy, objective_doc
+from .watch import CommandWatch
+from .work import WORK_KINDS, WorkItem
 
 TOP_KEYS = {"objective", "policy", "work_items"}
 POLICY_KEYS = {"max_parallel_items", "reviewer_required", "watch_interval_secs", "max_attempts",
@@ -61,7 +63,7 @@ class ItemSpec:
 
 @dataclass
 class Compiled:
-    mission: MissionRun
+    mission: Mission
     items: list[WorkItem]
     cmd_watches: list[CommandWatch]
     meta: dict[str, str]
@@ -70,9 +72,9 @@ class Compiled:
 
 
 def known_roles(extra: Iterable[str] = ()) -> set[str]:
-    return {r.lower() for r in scoring.KNOWN_ROLES} | {"backend", "frontend", "tester",
-                                                       "reviewer", "devops"} | \
-        {str(r).strip().lower() for r in extra if r}
+    """The roles an owner_role may name: the ones scoring knows, plus `extra` (configured
+    agents' roles, roles of agents in the town)."""
+    return set(scoring.KNOWN_ROLES) | {str(r).strip().lower() for r in extra if r}
 
 
 def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
@@ -226,7 +228,7 @@ def build(specs: list[ItemSpec], objectives: list[dict], policy: MissionPolicy,
           now: datetime | None = None, mid: str | None = None, source: str = "file") -> Compiled:
     """Turn validated specs into tt records (ids, depends_on uuids, running mission)."""
     now = now or utcnow()
-    m = MissionRun.new(objectives, policy, now=now, mid=mid)
+    m = Mission.new(objectives, policy, now=now, mid=mid)
     m.start(now)
     ids = {s.file_id: new_id() for s in specs}
     items, watches = [], []

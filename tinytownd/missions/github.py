@@ -1,14 +1,14 @@
-"""GitHub issues as a mission source, through the `gh` CLI (tinytown-missions.md §2.1–§2.3).
+"""GitHub issues as a mission source, through the `gh` CLI.
 
 * refs: `23` (owner/repo from `git remote get-url origin`), `owner/repo#23`, issue URLs;
-* `gh issue view N --repo o/r --json title,body` with a subprocess timeout (tt has none); a failed
-  call gives title `Issue #N` and an empty body (tt's behaviour, logged);
-* `parse_issue`: dependency markers "depends on / after / blocked by / requires #N" (word
-  boundaries, W19: `hereafter #3` no longer matches), `owner/repo#N` refs too; kind and owner_role
-  by whole words (W19: `spec` in "specific", `ui` in "build" no longer match);
-* dependencies keyed by (owner, repo, number), not the number alone (W19); a dependency outside
-  the mission is dropped (as tt) and logged; cycles are an error naming the titles;
-* `source_ref` is `owner/repo#N` (tt writes the malformed `owner/repo#N/#N`, W19).
+* `gh issue view N --repo o/r --json title,body` with a subprocess timeout; a failed call gives
+  the title `Issue #N` and an empty body (as tt does), and the mission log says so;
+* dependency markers "depends on / after / blocked by / requires #N" match as whole words (so
+  `hereafter #3` is no dependency), `owner/repo#N` refs too; kind and owner_role are inferred
+  from whole words (`spec` in "specific" or `ui` in "build" do not count);
+* dependencies are keyed by (owner, repo, number), not the number alone; a dependency outside
+  the mission is dropped and logged; a cycle is an error naming the titles;
+* `source_ref` is `owner/repo#N` (tt writes `owner/repo#N/#N`).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from tinytownd.missions.compile import Compiled, ItemSpec, MissionFileError, build, find_cycle
-from tinytownd.missions.model import MissionPolicy, objective_issue
-from tinytownd.missions.watches import CommandError, run_command
+from .compile import Compiled, ItemSpec, MissionFileError, build, find_cycle
+from .mission import MissionPolicy, objective_issue
+from .watch_checks import CommandError, run_command
 
 DEP_RE = re.compile(r"\b(?:depends?\s+on|after|blocked\s+by|requires?)\s*:?\s*"
                     r"((?:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?#\d+"

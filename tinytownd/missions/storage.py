@@ -1,5 +1,10 @@
-"""Mission storage: tt's keys and shapes exactly (F1), daemon bookkeeping under
-tt:<town>:tinytownd:mission:… (never extension fields inside tt's JSON).
+"""Mission records in Redis: MissionStore reads and writes every mission key (the lease key,
+tt's dispatch_lock, is store.leases').
+
+tt's records keep tt's keys and shapes exactly; tinytownd's bookkeeping (counters, attempts,
+descriptions, the bound-task index, command watches, the engine registry) lives under
+tt:<town>:tinytownd:mission:… and never as extra fields inside tt's JSON. tt task, agent and
+message records are written through `Town`.
 
 Reads are pipelined (one round trip per snapshot). Writes are *queued* on a caller's pipeline
 (`q_*`), so the engine can put a whole tick into one fenced MULTI/EXEC. Operator operations
@@ -7,31 +12,37 @@ Reads are pipelined (one round trip per snapshot). Writes are *queued* on a call
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterable
 
 import redis
 
 from tinytownd.store import events, records
-from tinytownd.store.town import Town
 from tinytownd.store.keys import Keys
-from tinytownd.store.wire import SUPERVISOR_ID, utcnow
-from tinytownd.missions.model import (CommandWatch, MissionControlMessage, MissionRun, WatchItem, WorkItem,
-                    dumps)
+from tinytownd.store.town import Town
+from tinytownd.store.wire import SUPERVISOR_ID, TASK_TERMINAL, json_ts, utcnow
+
+from .mission import HELP_MARKER, Mission, MissionControlMessage
+from .watch import CommandWatch, WatchItem
+from .work import WorkItem
 
 EVENTS_MAX = 100
 SUFFIXES = (":work", ":watch", ":events", ":control", ":dispatch_lock", ":active")
 TASK_FIELDS = ("id", "state", "assigned_to", "tags", "updated_at", "result", "completed_at",
                "created_at")
+SCAN_CHUNK = 500
+
 
 def event_line(text: str, now: datetime | None = None) -> str:
+    """A line of the mission's event list, as tt writes it."""
     return f"[{(now or utcnow()).strftime('%Y-%m-%d %H:%M:%S')}] {text}"
 
 
 @dataclass
 class Snapshot:
-    mission: MissionRun | None
+    mission: Mission | None
     items: dict[str, WorkItem] = field(default_factory=dict)
     watches: dict[str, WatchItem] = field(default_factory=dict)
     cmd_watches: dict[str, CommandWatch] = field(default_factory=dict)
@@ -41,7 +52,8 @@ class Snapshot:
     skipped: list[str] = field(default_factory=list)   # unreadable entries (tt skips them too)
 
 
-def parse_task_fields(vals: list, tid: str) -> dict | None:
+def parse_task_fields(vals: list) -> dict | None:
+    """A bound task from HMGET TASK_FIELDS, with tt's reading of its state (None: no task)."""
     if vals is None or vals[0] is None:
         return None
     d = {k: v for k, v in zip(TASK_FIELDS, vals) if v is not None}
@@ -55,51 +67,60 @@ def parse_task_fields(vals: list, tid: str) -> dict | None:
 class MissionStore:
     def __init__(self, r: redis.Redis, keys: Keys, town: Town | None = None):
         self.r = r
-        self.k = keys
+        self.keys = keys
         self.town = town or Town(r, keys)
 
     # ------------------------------------------------------------------ reads
-    def get_mission(self, mid: str) -> MissionRun | None:
-        raw = self.r.get(self.k.mission(mid))
-        return MissionRun.from_json(raw) if raw else None
+    def get_mission(self, mid: str) -> Mission | None:
+        raw = self.r.get(self.keys.mission(mid))
+        return Mission.from_json(raw) if raw else None
 
     def active_ids(self) -> set[str]:
-        return set(self.r.smembers(self.k.missions_active))
+        return set(self.r.smembers(self.keys.missions_active))
 
     def list_mission_ids(self) -> list[str]:
-        """All missions (SCAN, not KEYS; B13)."""
-        pre = self.k.mission("")
+        """All missions (SCAN, not KEYS: a large town is not blocked)."""
+        pre = self.keys.mission("")
         out = []
-        for key in self.r.scan_iter(match=self.k.pattern("mission"), count=1000):
+        for key in self.r.scan_iter(match=self.keys.pattern("mission"), count=1000):
             rest = key[len(pre):]
             if any(s in key for s in SUFFIXES) or ":" in rest:
                 continue
             out.append(rest)
         return sorted(out)
 
+    def tick_keys(self, mid: str) -> list[str]:
+        """The keys a tick WATCHes: a write to any of them (an operator, tt) aborts its EXEC."""
+        k = self.keys
+        return [k.mission_lock(mid), k.mission(mid), k.mission_work(mid), k.mission_watch(mid),
+                k.mission_cmd_watches(mid)]
+
+    @staticmethod
+    def _parse_into(cls, src: dict, dst: dict, snap: Snapshot) -> None:
+        for f, raw in src.items():
+            try:
+                dst[f] = cls.from_json(raw)
+            except (ValueError, KeyError, TypeError) as e:
+                snap.skipped.append(f"{cls.__name__} {f}: {e}")
+
     def load_watches(self, mid: str) -> Snapshot:
         """Mission + watches only (what the engine needs before a tick, to run checks)."""
-        k = self.k
+        k = self.keys
         p = self.r.pipeline(transaction=False)
         p.get(k.mission(mid))
         p.hgetall(k.mission_watch(mid))
         p.hgetall(k.mission_cmd_watches(mid))
         raw_m, watch, cmdw = p.execute()
-        snap = Snapshot(mission=MissionRun.from_json(raw_m) if raw_m else None)
-        for cls, src, dst in ((WatchItem, watch, snap.watches),
-                              (CommandWatch, cmdw, snap.cmd_watches)):
-            for f, raw in src.items():
-                try:
-                    dst[f] = cls.from_json(raw)
-                except (ValueError, KeyError, TypeError) as e:
-                    snap.skipped.append(f"{cls.__name__} {f}: {e}")
+        snap = Snapshot(mission=Mission.from_json(raw_m) if raw_m else None)
+        self._parse_into(WatchItem, watch, snap.watches, snap)
+        self._parse_into(CommandWatch, cmdw, snap.cmd_watches, snap)
         return snap
 
-    def load(self, mid: str, client=None, cache: dict | None = None) -> Snapshot:
+    def load(self, mid: str, cache: dict | None = None) -> Snapshot:
         """The whole mission. `cache` (wid -> (raw json, WorkItem)) skips re-parsing work items
         whose JSON did not change; the caller must keep it in step with what it writes."""
-        k = self.k
-        p = (client or self.r).pipeline(transaction=False)
+        k = self.keys
+        p = self.r.pipeline(transaction=False)
         p.get(k.mission(mid))
         p.hgetall(k.mission_work(mid))
         p.hgetall(k.mission_watch(mid))
@@ -108,28 +129,25 @@ class MissionStore:
         p.hgetall(k.mission_meta(mid))
         p.smembers(k.mission_tasks(mid))
         raw_m, work, watch, cmdw, ctrl, meta, tids = p.execute()
-        snap = Snapshot(mission=MissionRun.from_json(raw_m) if raw_m else None, meta=meta,
+        snap = Snapshot(mission=Mission.from_json(raw_m) if raw_m else None, meta=meta,
                         task_ids=set(tids))
         if cache is not None:
             for f in [f for f in cache if f not in work]:
                 del cache[f]
-            todo = {}
             for f, raw in work.items():
                 hit = cache.get(f)
                 if hit is not None and hit[0] == raw:
                     snap.items[f] = hit[1]
-                else:
-                    todo[f] = raw
-            work = todo
-        for cls, src, dst in ((WorkItem, work, snap.items), (WatchItem, watch, snap.watches),
-                              (CommandWatch, cmdw, snap.cmd_watches)):
-            for f, raw in src.items():
+                    continue
                 try:
-                    dst[f] = cls.from_json(raw)
-                    if cache is not None and cls is WorkItem:
-                        cache[f] = (raw, dst[f])
+                    snap.items[f] = WorkItem.from_json(raw)
+                    cache[f] = (raw, snap.items[f])
                 except (ValueError, KeyError, TypeError) as e:
-                    snap.skipped.append(f"{cls.__name__} {f}: {e}")
+                    snap.skipped.append(f"WorkItem {f}: {e}")
+        else:
+            self._parse_into(WorkItem, work, snap.items, snap)
+        self._parse_into(WatchItem, watch, snap.watches, snap)
+        self._parse_into(CommandWatch, cmdw, snap.cmd_watches, snap)
         for f, raw in ctrl.items():
             try:
                 c = MissionControlMessage.from_json(raw)
@@ -139,48 +157,94 @@ class MissionStore:
             snap.controls.append(c)
         return snap
 
-    def load_tasks(self, tids, client=None) -> dict[str, dict]:
+    def load_tasks(self, tids) -> dict[str, dict]:
         tids = list(tids)
         if not tids:
             return {}
-        p = (client or self.r).pipeline(transaction=False)
+        p = self.r.pipeline(transaction=False)
         for tid in tids:
-            p.hmget(self.k.task(tid), TASK_FIELDS)
+            p.hmget(self.keys.task(tid), TASK_FIELDS)
         out = {}
         for tid, vals in zip(tids, p.execute()):
-            t = parse_task_fields(vals, tid)
+            t = parse_task_fields(vals)
             if t is not None:
                 out[tid] = t
         return out
 
-    def events(self, mid: str, n: int = 5) -> list[str]:
-        return self.r.lrange(self.k.mission_log(mid), 0, n - 1)
+    def live_tasks_tagged(self, mids: list[str]) -> dict[str, list[str]]:
+        """mid -> ids of the live tasks in the town tagged `mission:<mid>` (one SCAN for all)."""
+        want = {f"mission:{m}": m for m in mids}
+        keys = list(self.r.scan_iter(match=self.keys.pattern("task"), count=1000))
+        found: dict[str, list[str]] = {}
+        for i in range(0, len(keys), SCAN_CHUNK):
+            p = self.r.pipeline(transaction=False)
+            for key in keys[i:i + SCAN_CHUNK]:
+                p.hmget(key, "id", "state", "tags")
+            for vals in p.execute(raise_on_error=False):
+                if not isinstance(vals, list) or not vals[0] or vals[1] in TASK_TERMINAL:
+                    continue
+                for t in records.decode_tags(vals[2]):
+                    if t in want:
+                        found.setdefault(want[t], []).append(vals[0])
+                        break
+        return found
 
-    def lock_owner(self, mid: str) -> str | None:
-        return self.r.get(self.k.mission_lock(mid))
+    def recent_log(self, mid: str, n: int = 5) -> list[str]:
+        return self.r.lrange(self.keys.mission_log(mid), 0, n - 1)
+
+    def lock_owner(self, mid: str, client=None) -> str | None:
+        return (client or self.r).get(self.keys.mission_lock(mid))
 
     # ------------------------------------------------------------------ queued writes
     def q_log(self, p, mid: str, text: str, now: datetime | None = None) -> None:
-        k = self.k
+        k = self.keys
         p.lpush(k.mission_log(mid), event_line(text, now))
         p.ltrim(k.mission_log(mid), 0, EVENTS_MAX - 1)
-        self.town.emit(events.mission_event(
-            mid, text, timestamp=(now or utcnow()).isoformat().replace("+00:00", "Z")), pipe=p)
+        self.town.emit(events.mission_event(mid, text, timestamp=json_ts(now or utcnow())),
+                       pipe=p)
 
-    def q_mission(self, p, m: MissionRun) -> None:
-        p.set(self.k.mission(m.id), m.to_json())
+    def q_mission(self, p, m: Mission) -> None:
+        p.set(self.keys.mission(m.id), m.to_json())
 
-    def q_item(self, p, it: WorkItem) -> None:
-        p.hset(self.k.mission_work(it.mission_id), it.id, it.to_json())
+    def q_item(self, p, it: WorkItem) -> str:
+        """Returns the JSON written (for the engine's parse cache)."""
+        raw = it.to_json()
+        p.hset(self.keys.mission_work(it.mission_id), it.id, raw)
+        return raw
 
     def q_watch(self, p, w: WatchItem) -> None:
-        p.hset(self.k.mission_watch(w.mission_id), w.id, w.to_json())
+        p.hset(self.keys.mission_watch(w.mission_id), w.id, w.to_json())
 
     def q_cmd_watch(self, p, w: CommandWatch) -> None:
-        p.hset(self.k.mission_cmd_watches(w.mission_id), w.id, w.to_json())
+        p.hset(self.keys.mission_cmd_watches(w.mission_id), w.id, w.to_json())
 
     def q_control(self, p, c: MissionControlMessage) -> None:
-        p.hset(self.k.mission_control(c.mission_id), c.id, c.to_json())
+        p.hset(self.keys.mission_control(c.mission_id), c.id, c.to_json())
+
+    def q_meta(self, p, mid: str, set_: dict[str, str], delete: Iterable[str] = ()) -> None:
+        if set_:
+            p.hset(self.keys.mission_meta(mid), mapping=set_)
+        delete = list(delete)
+        if delete:
+            p.hdel(self.keys.mission_meta(mid), *delete)
+
+    def q_bind_tasks(self, p, mid: str, tids: Iterable[str]) -> None:
+        """Add tasks to the mission's bound-task index (the tasks its ticks read)."""
+        tids = list(tids)
+        if tids:
+            p.sadd(self.keys.mission_tasks(mid), *tids)
+
+    def q_unbind_tasks(self, p, mid: str, tids: Iterable[str]) -> None:
+        tids = list(tids)
+        if tids:
+            p.srem(self.keys.mission_tasks(mid), *tids)
+
+    def q_active(self, p, mid: str, active: bool) -> None:
+        """In or out of the set of missions the dispatchers drive."""
+        if active:
+            p.sadd(self.keys.missions_active, mid)
+        else:
+            p.srem(self.keys.missions_active, mid)
 
     def q_cancel(self, p, tid: str, reason: str, mid: str | None = None) -> None:
         self.town.cancel_task(tid, reason, pipe=p, mission=mid)
@@ -189,33 +253,63 @@ class MissionStore:
         self.town.send(SUPERVISOR_ID, "query", question=question, pipe=p)
 
     def q_wake(self, p, mid: str, why: str) -> None:
-        p.publish(self.k.notify, dumps({"mission": mid, "event": why}))
+        p.publish(self.keys.notify, records.dumps({"mission": mid, "event": why}))
+
+    # ------------------------------------------------------------------ direct writes
+    def bind_tasks(self, found: dict[str, list[str]]) -> None:
+        """Add tasks to the bound-task index of each mission (mid -> task ids)."""
+        if not found:
+            return
+        p = self.r.pipeline(transaction=False)
+        for mid, tids in found.items():
+            self.q_bind_tasks(p, mid, tids)
+        p.execute()
+
+    def bump_fence(self, mid: str) -> None:
+        """A new holder of the mission's lease bumps its fence counter."""
+        self.r.hincrby(self.keys.mission_meta(mid), "fence", 1)
+
+    def engine_heartbeat(self, token: str, stale_after_s: float) -> tuple[int, set[str]]:
+        """Register engine `token` as alive now and forget engines silent for `stale_after_s`.
+        Returns (live engines, active mission ids)."""
+        now_ms = int(time.time() * 1000)
+        k = self.keys
+        p = self.r.pipeline(transaction=False)
+        p.zadd(k.mission_engines, {token: now_ms})
+        p.zremrangebyscore(k.mission_engines, 0, now_ms - int(stale_after_s * 1000))
+        p.zcard(k.mission_engines)
+        p.smembers(k.missions_active)
+        _, _, engines, active = p.execute()
+        return engines, active
+
+    def engine_leave(self, token: str) -> None:
+        self.r.zrem(self.keys.mission_engines, token)
 
     # ------------------------------------------------------------------ whole-mission writes
-    def create(self, m: MissionRun, items: list[WorkItem], cmd_watches: list[CommandWatch],
+    def create(self, m: Mission, items: list[WorkItem], cmd_watches: list[CommandWatch],
                meta: dict[str, str], log: list[str]) -> None:
-        """Write a whole mission in one MULTI/EXEC: nothing half-written (B14), SADD last."""
-        k = self.k
+        """Write a whole mission in one MULTI/EXEC, so nothing is ever half-written; it joins the
+        active set last."""
+        k = self.keys
         p = self.r.pipeline(transaction=True)
         self.q_mission(p, m)
         if items:
             p.hset(k.mission_work(m.id), mapping={it.id: it.to_json() for it in items})
         if cmd_watches:
             p.hset(k.mission_cmd_watches(m.id), mapping={w.id: w.to_json() for w in cmd_watches})
-        if meta:
-            p.hset(k.mission_meta(m.id), mapping=meta)
+        self.q_meta(p, m.id, meta)
         for line in log:
             self.q_log(p, m.id, line)
-        p.sadd(k.missions_active, m.id)
+        self.q_active(p, m.id, True)
         self.q_wake(p, m.id, "started")
         p.execute()
 
-    def update_mission(self, mid: str, fn: Callable[[MissionRun, object], object],
+    def update_mission(self, mid: str, fn: Callable[[Mission, object], object],
                        retries: int = 50):
         """Compare-and-set: WATCH the mission, re-read, apply `fn(mission, pipe)` (which mutates
         the mission and may queue extra writes on `pipe`, already in MULTI), SET, EXEC. Retried on
         conflict. Returns fn's result; LookupError if the mission does not exist."""
-        k = self.k
+        k = self.keys
         for _ in range(retries):
             with self.r.pipeline(transaction=True) as p:
                 try:
@@ -223,7 +317,7 @@ class MissionStore:
                     raw = p.get(k.mission(mid))
                     if not raw:
                         raise LookupError(mid)
-                    m = MissionRun.from_json(raw)
+                    m = Mission.from_json(raw)
                     p.multi()
                     res = fn(m, p)
                     self.q_mission(p, m)
@@ -234,13 +328,14 @@ class MissionStore:
         raise RuntimeError(f"mission {mid}: too many concurrent updates")
 
     def retire_help(self, mid: str) -> int:
-        return int(self.town.scripts.retire_help(keys=[self.k.inbox(SUPERVISOR_ID)],
-                                                 args=[f"[Mission Help Needed] Mission {mid}"]))
+        """Remove the conductor's pending help queries about the mission; returns how many."""
+        return int(self.town.scripts.retire_help(keys=[self.keys.inbox(SUPERVISOR_ID)],
+                                                 args=[HELP_MARKER.format(mid=mid)]))
 
     def add_note(self, mid: str, body: str, sender: str = "conductor") -> MissionControlMessage:
         c = MissionControlMessage.new(mid, sender, body)
 
-        def fn(m: MissionRun, p):
+        def fn(m: Mission, p):
             m.clear_help_request_state()
             self.q_control(p, c)
             self.q_log(p, mid, f"Conductor note queued for dispatcher: {body}")
@@ -251,7 +346,7 @@ class MissionStore:
     def resolve_mission(self, ref: str) -> str:
         """Full id, or a unique prefix (≥ 4 chars) among all missions. LookupError otherwise."""
         r = ref.strip().lower()
-        if self.r.exists(self.k.mission(r)):
+        if self.r.exists(self.keys.mission(r)):
             return r
         if len(r) >= 4:
             hits = [m for m in self.list_mission_ids() if m.startswith(r)]
@@ -261,4 +356,3 @@ class MissionStore:
                 raise LookupError(f"mission reference {ref!r} is ambiguous "
                                   f"({', '.join(h[:8] for h in hits)})")
         raise LookupError(f"unknown mission {ref!r}")
-

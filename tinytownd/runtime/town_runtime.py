@@ -222,11 +222,7 @@ class TownRuntime(Component):
         self.agents.wake(self.alive())
         self.pool.join(timeout=5)
         self.pool.kill(timeout=5)
-        for aid in list(self.specs):
-            try:
-                self.leases.release(aid)
-            except redis.RedisError:
-                pass
+        self.leases.release_all(self.specs)
         self.scripts.close()
         self.lifeline.close()
         if self._own_block is not None:

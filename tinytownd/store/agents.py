@@ -25,6 +25,16 @@ def display_label(a: dict) -> str:
     return f"{display_name(a)} [{inner}]"
 
 
+def match_agents(agents: list[dict], ref: str) -> list[dict]:
+    """The agents a reference names, as tt resolves one: name, display name, display label or
+    4-character short id, any case (a full id is matched by the callers first)."""
+    low = ref.strip().lower()
+    return [a for a in agents
+            if low in ((a.get("name") or "").lower(), display_name(a).lower(),
+                       display_label(a).lower())
+            or (len(low) == 4 and (a.get("id") or "")[:4].lower() == low)]
+
+
 def _check_name(name: str) -> str:
     name = name.strip()
     if not name:
@@ -177,10 +187,7 @@ class AgentRecords:
                 return aid
             raise LookupError(f"unknown agent {ref!r}: no agent with that id in town "
                               f"{self.keys.town!r}")
-        low = s.lower()
-        matches = [a for a in self.list_agents()
-                   if low in (a.get("name", "").lower(), display_name(a).lower(),
-                              display_label(a).lower(), a["id"][:4].lower())]
+        matches = match_agents(self.list_agents(), s)
         if len(matches) == 1:
             return matches[0]["id"]
         if not matches:

@@ -89,6 +89,14 @@ class Leases:
     def release(self, name: str) -> bool:
         return bool(int(self._op("release", name)))
 
+    def release_all(self, names) -> None:
+        """Release each lease we hold of `names` (shutdown: best effort, Redis may be gone)."""
+        for name in list(names):
+            try:
+                self.release(name)
+            except redis.RedisError:
+                pass
+
     def holder(self, name: str) -> str | None:
         return self.r.get(self.key_of(name))
 

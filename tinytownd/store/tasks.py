@@ -227,6 +227,14 @@ class TaskRecords:
         if tids:
             pipe.rpush(self.keys.backlog, *tids)
 
+    def backlog_push_cmd(self, tids: list[str]) -> tuple:
+        """backlog_push's command, for a caller that sends it in its own raw write."""
+        return ("RPUSH", self.keys.backlog, *tids)
+
+    def backlog_take_cmd(self, tid: str) -> tuple:
+        """The command that takes one task off the backlog (LREM 1: whoever removes it has it)."""
+        return ("LREM", self.keys.backlog, 1, tid)
+
     @staticmethod
     def backlog_note(tid: str, **extra: Any) -> str:
         """The notify message that wakes backlog claims."""

@@ -1,27 +1,30 @@
-"""Watch checks (tinytown-missions.md §4.7, with the B9 fixes). Runs external commands, so it is
-called by the engine *outside* the fenced transaction; the pure scheduler applies the outcomes.
+"""Checking due watches. It runs external commands, so the engine calls it outside the fenced
+transaction, with a subprocess timeout and a concurrency cap; the pure tick applies the outcomes.
 
-* PR watches: one `gh pr view N --repo o/r --json …` per PR per tick, shared by the four watch
-  kinds of that PR (B9), with a subprocess timeout and a concurrency cap.
-  Parsing fixes: an empty conclusion falls through to `status` (in_progress/queued → pending);
-  "no checks" counts as success from the second poll on; reviews judged by `reviewDecision`
-  (else the latest review per author); bot comments only when newer than the latest commit.
-* Command watches (offline): `sh -c COMMAND` in the mission file's directory; exit 0 = triggered
-  (the watch is done), other exit codes = not yet, timeout / spawn error = a failed check.
+* PR watches: one `gh pr view N --repo o/r --json ...` per PR per tick, shared by all the due
+  watches of that PR. Reading gh's answer: an empty check conclusion falls through to its
+  `status` (in_progress / queued = pending); "no checks" counts as success from the second poll
+  on; reviews are judged by `reviewDecision`, else by the latest review of each author; bot
+  comments count only when newer than the latest commit.
+* Command watches: `sh -c COMMAND` in the mission file's directory; exit 0 = triggered (the
+  watch is done), another exit code = not yet, a timeout or spawn error = a failed check.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import gevent
+
 from tinytownd.store.wire import parse_ts
-from tinytownd.missions.model import CommandWatch, WatchItem
-from tinytownd.missions.scheduler import WatchOutcome
+
+from .tick import WatchOutcome
+from .watch import CommandWatch, WatchItem, canonical_pr, parse_pr_ref
 
 PR_FIELDS = "statusCheckRollup,mergeable,reviewDecision,latestReviews,comments,commits"
 _SUCCESS = {"success", "neutral", "skipped"}
@@ -56,24 +59,6 @@ def run_command(argv: list[str] | str, *, timeout: float, cwd: str | None = None
         proc.communicate()
         raise CommandError(f"timed out after {timeout:g}s") from None
     return proc.returncode, out, err
-
-
-# ----------------------------------------------------------------------------- PR refs
-_URL = re.compile(r"github\.com/([^/\s]+)/([^/\s]+)/pull/(\d+)")
-_SHORT = re.compile(r"^([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)#(\d+)$")
-
-
-def parse_pr_ref(ref: str) -> tuple[str, str, int] | None:
-    ref = ref.strip()
-    m = _URL.search(ref) or _SHORT.match(ref)
-    if not m:
-        return None
-    return m.group(1), m.group(2), int(m.group(3))
-
-
-def canonical_pr(ref: str) -> str | None:
-    p = parse_pr_ref(ref)
-    return f"{p[0]}/{p[1]}#{p[2]}" if p else None
 
 
 # ----------------------------------------------------------------------------- gh parsing
@@ -204,10 +189,7 @@ def check_pr_watches(watches: list[WatchItem], gh: GhClient, sem=None) -> dict[s
     for key, ws in by_pr.items():
         owner, repo, n = parse_pr_ref(key)
         try:
-            if sem is not None:
-                with sem:
-                    data = gh.pr_view(owner, repo, n)
-            else:
+            with sem if sem is not None else nullcontext():
                 data = gh.pr_view(owner, repo, n)
             pr = parse_pr(data)
         except CommandError as e:
@@ -222,12 +204,26 @@ def check_pr_watches(watches: list[WatchItem], gh: GhClient, sem=None) -> dict[s
 
 def check_command_watch(w: CommandWatch, sem=None) -> WatchOutcome:
     try:
-        if sem is not None:
-            with sem:
-                rc, _, _ = run_command(w.command, shell=True, cwd=w.cwd,
-                                       timeout=w.timeout_secs)
-        else:
+        with sem if sem is not None else nullcontext():
             rc, _, _ = run_command(w.command, shell=True, cwd=w.cwd, timeout=w.timeout_secs)
     except CommandError as e:
         return WatchOutcome(ok=False, error=str(e))
     return WatchOutcome(ok=True, triggered=rc == 0, complete=rc == 0, exit_code=rc)
+
+
+def check_due_watches(watches: dict[str, WatchItem], cmd_watches: dict[str, CommandWatch],
+                      now: datetime, gh: GhClient, sem=None) -> dict[str, WatchOutcome]:
+    """Check every watch due at `now`; the command watches run concurrently (within `sem`). A
+    check that crashed has no outcome: the watch stays due."""
+    results = {}
+    due_pr = [w for w in watches.values() if w.is_due(now)]
+    due_cmd = [w for w in cmd_watches.values() if w.is_due(now)]
+    if due_pr:
+        results.update(check_pr_watches(due_pr, gh, sem))
+    if due_cmd:
+        jobs = {w.id: gevent.spawn(check_command_watch, w, sem) for w in due_cmd}
+        gevent.joinall(list(jobs.values()))
+        for wid, g in jobs.items():
+            if g.successful():
+                results[wid] = g.value
+    return results

@@ -11,16 +11,16 @@ import time
 import gevent
 import pytest
 
-from tests.support.helpers import ROOT
-from tests.support.missions import (DIAMOND, EngineHandle, FakeAgent, fake_gh, live_tasks_by_item,
-                                        mission_state, wait_for)
-from tinytownd.store import validate
-from tinytownd.store import records
-from tinytownd.store.keys import Keys
+from tests.support.helpers import ROOT, stop_process
+from tests.support.missions import (DIAMOND, DIAMOND_ORDER, ONE_ITEM, EngineHandle, FakeAgent,
+                                    fake_gh, hold_lease, live_tasks_by_item, mission_state,
+                                    wait_for)
 from tinytownd.missions.compile import compile_text
-from tinytownd.missions.model import (validate_control, validate_mission, validate_watch,
-                                      validate_work)
 from tinytownd.missions.storage import MissionStore
+from tinytownd.missions.validate import (validate_control, validate_mission, validate_watch,
+                                         validate_work)
+from tinytownd.store import records, validate
+from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 from tinytownd.store.wire import SUPERVISOR_ID
 
@@ -105,7 +105,7 @@ def test_diamond_completes_in_order_within_parallel_limit(env):
         peak = max(peak, running)
         (start if kind == "start" else end)[tid_item[tid]] = at
     assert peak <= 2 and sorted(start) == list("abcdef")
-    for x, deps in {"b": "a", "c": "a", "d": "a", "e": "bc", "f": "de"}.items():
+    for x, deps in DIAMOND_ORDER.items():
         assert all(end[d] <= start[x] for d in deps), (x, deps)
     assert not env.r.sismember(env.keys.missions_active, mid)
     assert len(log) == 12        # exactly one task per item
@@ -172,8 +172,7 @@ def test_pause_resume_redirect_via_cli_notes(env, tmp_path):
     slow = env.agent("slow", behave=lambda t: (gate.wait(30) and False) or
                      ("completed", "ok", 0))
     fast = env.agent("fast")
-    fast.running = False            # busy with something else for now
-    fast.g.join()
+    fast.pause()                    # busy with something else for now
     env.town.set_agent_state(fast.aid, "working", event=False)
     env.engine()
     c = env.start("""
@@ -190,8 +189,7 @@ work_items: [{id: x, title: X}, {id: y, title: Y, depends_on: [x]}]
     p = run_cli("mission", "resume", mid[:8], "-c", str(cfgp))
     assert p.returncode == 0 and "blocked -> running" in p.stdout
     # redirect x from the stuck agent to `fast`
-    fast.running = True
-    fast.g = gevent.spawn(fast.loop)
+    fast.resume()
     env.town.set_agent_state(fast.aid, "idle", event=False)
     p = run_cli("mission", "note", mid, "redirect x to fast slow agent is stuck", "-c", str(cfgp))
     assert p.returncode == 0, p.stderr
@@ -229,7 +227,7 @@ def test_command_watch_and_fake_gh(env, tmp_path):
     gevent.sleep(0.5)
     snap = env.store.load(mid)
     assert snap.items[c.file_ids["cmd"]].status == "blocked"      # waiting on its command watch
-    assert snap.items[c.file_ids["pr"]].status == "blocked"       # CI in progress = pending (B9)
+    assert snap.items[c.file_ids["pr"]].status == "blocked"       # CI in progress = pending
     flag.write_text("x")
     wait_for(lambda: env.store.load(mid).items[c.file_ids["cmd"]].status == "done",
              what="command watch")
@@ -304,39 +302,28 @@ def test_two_engines_ten_missions_kill9(env, tmp_path):
         assert all(env.r.get(env.keys.mission_lock(m)) in (None, tokens[1]) for m in victims)
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p)
 
 
 def _one_item_mission_owned_by(env, eng) -> str:
     """A started one-item mission whose lease `eng` holds (ticks run on it by hand)."""
-    from tinytownd.missions.engine import LeaseState
-    c = env.start("""
-policy: {reviewer_required: false}
-work_items: [{id: x, title: X}]
-""")
-    mid = c.mission.id
-    assert eng.leases.acquire(mid)
-    eng.owned[mid] = LeaseState(mid)
+    mid = env.start(ONE_ITEM).mission.id
+    hold_lease(eng, mid)
     return mid
 
 
 def test_concurrent_operator_stop_is_never_overwritten(env):
     """A stop landing between the tick's read and its EXEC aborts the EXEC (WATCH); the tick is
-    re-run on fresh data and the mission stays stopped (B4 / W4)."""
+    computed again on fresh data and the mission stays stopped."""
     env.agent("w1", behave=lambda t: ("completed", "ok", 5))
     h = env.engine(run=False)
     eng = h.engine
     mid = _one_item_mission_owned_by(env, eng)
-    real = eng._compute
+    real = eng.io.compute
     calls = []
 
-    def racing(m, results):
-        out = real(m, results)
+    def racing(m, *args):
+        out = real(m, *args)
         if not calls:
             def stop(mm, p):
                 mm.block("Stopped by user")
@@ -344,7 +331,7 @@ def test_concurrent_operator_stop_is_never_overwritten(env):
             env.store.update_mission(mid, stop)       # the operator, concurrently
         calls.append(1)
         return out
-    eng._compute = racing
+    eng.io.compute = racing
     eng.tick(mid)
     assert len(calls) == 2 and eng.stats["tx_conflicts"] == 1
     m = env.store.get_mission(mid)
@@ -367,15 +354,11 @@ def test_lost_lease_stops_writes_at_once(env):
 
 def test_task_bound_by_tt_is_adopted_not_duplicated(env):
     """A live work task created by someone else (tt's unlocked CLI tick) is found when the engine
-    acquires the mission: the item is reconciled to it and gets no second task (F9, W3)."""
-    c = env.start("""
-policy: {reviewer_required: false}
-work_items: [{id: x, title: X}]
-""")
+    acquires the mission: the item is reconciled to it and gets no second task."""
+    c = env.start(ONE_ITEM)
     mid, wid = c.mission.id, c.file_ids["x"]
     w = env.agent("w1", behave=lambda t: ("completed", "ok", 0.3))
-    w.running = False
-    w.g.join()
+    w.pause()
     tid = env.town.assign(w.aid, "[Mission Work Item] X", tags=[
         "mission-work-item", "mission-task:work", f"mission:{mid}", f"work-item:{wid}"])
     env.town.set_agent_state(w.aid, "idle", event=False)
@@ -383,8 +366,7 @@ work_items: [{id: x, title: X}]
     wait_for(lambda: env.store.load(mid).items[wid].status == "assigned", what="reconciled")
     assert env.store.load(mid).items[wid].assigned_to == w.aid
     assert live_tasks_by_item(env.r, env.keys) == {wid: [tid]}
-    w.running = True
-    w.g = gevent.spawn(w.loop)
+    w.resume()
     wait_for(lambda: mission_state(env.r, env.keys, mid) == "completed")
     assert live_tasks_by_item(env.r, env.keys) == {}
 
@@ -392,10 +374,7 @@ work_items: [{id: x, title: X}]
 def test_engine_survives_redis_restart(env, redis_server):
     h = env.engine()
     env.agent("w1")
-    c = env.start("""
-policy: {reviewer_required: false}
-work_items: [{id: x, title: X}]
-""")
+    c = env.start(ONE_ITEM)
     wait_for(lambda: mission_state(env.r, env.keys, c.mission.id) == "completed")
     redis_server.stop()                       # Redis goes away (no persistence in tests)
     gevent.sleep(1.5)                         # the engine's loops see errors and back off

@@ -1,0 +1,220 @@
+"""A task batch: submit the file's tasks to a town's backlog, follow them, summarise them.
+
+Submission is idempotent: `batch:<bid>:ids` maps every file id to its task uuid, written in the
+same MULTI/EXEC as the task hash and the backlog entry, so a resume (`--resume ID`) after a crash
+submits exactly the tasks that are missing and never a completed one twice. Completion is
+event-driven (SUBSCRIBE keys.notify) with a periodic re-count of the unfinished tasks, so it never
+hangs on a lost notification. Without a dispatcher (batch/dispatch.py) the town's agents claim the
+tasks from the backlog themselves.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from tinytownd.store import fit
+from tinytownd.store.wire import TASK_TERMINAL
+
+from .follow import Batch, duration_s
+
+SUBMIT_CHUNK = 250          # tasks per MULTI/EXEC
+READ_CHUNK = 1000           # task states per pipelined read
+ROWS_CHUNK = 500            # summary rows per pipelined read
+WITHDRAW_CHUNK = 500        # backlog removals per pipeline
+RECOUNT_INTERVAL_S = 1.0
+NOTIFY_POLL_S = 0.25
+NO_KEY = "tt:-"             # read in place of a task that was never submitted (an empty hash)
+
+
+class TaskBatch(Batch):
+    """The tasks of a task file on one town: submission, progress following and summary rows."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.total = len(self.file.tasks)
+        self._states_loaded = False           # self.state holds every task's state already
+
+    # --- submission ---------------------------------------------------------------------
+    def start(self, *, resume: bool) -> tuple[int, int, int]:
+        new, old = self.submit()
+        return new, old, self.requeue_lost() if resume else 0
+
+    def submit(self, on_chunk=None) -> tuple[int, int]:
+        """Submit every file task not yet submitted; return (new, already there).
+
+        Each chunk is one MULTI/EXEC: task hash + daemon task meta + backlog entry + the
+        `batch:<bid>:ids` mapping + the `batch:<bid>:tasks` list, so after a crash a file id is
+        either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
+        after each chunk lands (the dispatcher starts handing out the first tasks while the
+        rest are still being submitted).
+        """
+        t0 = time.monotonic()
+        known = {t.id for t in self.file.tasks}
+        # (ids of tasks no longer in the file are left alone: the batch follows the file)
+        self.ids = {fid: tid for fid, tid in
+                    (self.redis.hgetall(self.keys.batch_ids(self.id)) or {}).items()
+                    if fid in known}
+        # a mapping whose task hash vanished (deleted by hand) counts as not submitted
+        if self.ids:
+            fids = list(self.ids)
+            p = self.redis.pipeline(transaction=False)
+            for fid in fids:
+                p.exists(self.keys.task(self.ids[fid]))
+            for fid, ok in zip(fids, p.execute()):
+                if not ok:
+                    del self.ids[fid]
+        todo = [t for t in self.file.tasks if t.id not in self.ids]
+        for i in range(0, len(todo), SUBMIT_CHUNK):
+            cmds, new_ids = self._submit_cmds(todo[i:i + SUBMIT_CHUNK])
+            self.town.send_raw(cmds, transaction=True)     # one MULTI/EXEC per chunk, one write
+            self.ids.update(new_ids)
+            # one wake-up per chunk for idle agents (Town.backlog_add sends one per task)
+            last = next(reversed(new_ids.values()))
+            self.redis.publish(self.keys.notify, self.town.backlog_note(last, batch=self.id))
+            if on_chunk is not None:
+                on_chunk(list(new_ids.items()))
+        self.submit_s = time.monotonic() - t0
+        return len(todo), len(self.file.tasks) - len(todo)
+
+    def _submit_cmds(self, specs) -> tuple[list[tuple], dict[str, str]]:
+        """The commands that submit `specs`, and their file id → task id map."""
+        k, town = self.keys, self.town
+        cmds: list[tuple] = []
+        new_ids: dict[str, str] = {}
+        for t in specs:
+            # A task fits an agent when it has no tags or one of its tags is one of the agent's
+            # words (store/fit.py), so the batch link lives in the task meta (and
+            # batch:<bid>:tasks), never in the tags.
+            tid, hset = town.create_task_cmd(t.description, tags=fit.role_tags(t.tags, t.role))
+            meta = ["HSET", k.task_meta(tid), "batch", self.id, "batch_task", t.id]
+            if t.max_attempts is not None:
+                meta += ("max_attempts", str(t.max_attempts))
+            if t.timeout_s is not None:
+                meta += ("timeout_s", repr(float(t.timeout_s)))
+            if t.role:
+                meta += ("role", t.role)
+            cmds += (hset, tuple(meta), town.backlog_push_cmd([tid]),
+                     ("HSET", k.batch_ids(self.id), t.id, tid),
+                     ("RPUSH", k.batch_tasks(self.id), tid))
+            new_ids[t.id] = tid
+        return cmds, new_ids
+
+    def requeue_lost(self) -> int:
+        """Resume: a `pending` task of this batch that is in no backlog gets pushed again."""
+        tids = [self.ids[t.id] for t in self.file.tasks if t.id in self.ids]
+        pending = [tid for tid, st in self._states(tids).items() if st == "pending"]
+        if not pending:
+            return 0
+        queued = set(self.town.backlog_list())
+        lost = [tid for tid in pending if tid not in queued]
+        if lost:
+            p = self.redis.pipeline(transaction=True)
+            self.town.backlog_push(lost, p)
+            p.execute()
+            self.redis.publish(self.keys.notify, self.town.backlog_note(lost[-1], batch=self.id))
+        return len(lost)
+
+    def withdraw(self) -> int:
+        """Take this batch's unstarted tasks out of the backlog; they stay `pending` for
+        --resume."""
+        self.recount()
+        pending = [tid for tid, st in self.state.items() if st == "pending"]
+        n = 0
+        for i in range(0, len(pending), WITHDRAW_CHUNK):
+            p = self.redis.pipeline(transaction=False)
+            for tid in pending[i:i + WITHDRAW_CHUNK]:
+                p.execute_command(*self.town.backlog_take_cmd(tid))
+            n += sum(int(x or 0) for x in p.execute())
+        return n
+
+    # --- following ----------------------------------------------------------------------
+    def _states(self, tids) -> dict[str, str]:
+        out: dict[str, str] = {}
+        tids = list(tids)
+        for i in range(0, len(tids), READ_CHUNK):
+            p = self.redis.pipeline(transaction=False)
+            chunk = tids[i:i + READ_CHUNK]
+            for tid in chunk:
+                p.hget(self.keys.task(tid), "state")
+            for tid, st in zip(chunk, p.execute()):
+                out[tid] = st or "pending"
+        return out
+
+    def recount(self, *, all_tasks: bool = False) -> None:
+        tids = list(self.ids.values()) if all_tasks else \
+            [t for t in self.ids.values() if self.state.get(t) not in TASK_TERMINAL]
+        for tid, st in self._states(tids).items():
+            self._set(tid, st)
+
+    def _apply_notes(self, timeout: float) -> int:
+        """Apply terminal transitions from notify messages (waiting up to `timeout`)."""
+        n = 0
+        for note in self._notes(timeout, done=lambda: self.n_terminal >= len(self.ids)):
+            tid, st = note.get("task"), note.get("state")
+            if st in TASK_TERMINAL and tid in self.state:
+                self._set(tid, st)
+                n += 1
+        return n
+
+    def follow(self, *, stop_event=None) -> bool:
+        if not self._states_loaded:
+            self.recount(all_tasks=True)
+        last_recount = time.monotonic()
+        notes = 0
+        while True:
+            c = self.counts()
+            if self.reporter is not None:
+                self.reporter.update(c)
+            if c.finished:
+                # trust but verify: a final re-count of everything before declaring victory
+                self.recount(all_tasks=True)
+                c = self.counts()
+                if c.finished:
+                    return True
+            if stop_event is not None and stop_event.is_set():
+                return False
+            notes += self._apply_notes(NOTIFY_POLL_S)
+            # The re-count is the safety net (and the running/queued split): every second when
+            # notifications are quiet, every 3 s while they flow (less load on a busy run).
+            interval = RECOUNT_INTERVAL_S if not notes else 3 * RECOUNT_INTERVAL_S
+            if time.monotonic() - last_recount >= interval:
+                notes = 0
+                try:
+                    self.recount()
+                except Exception as e:  # Redis blip: report and keep following
+                    if self.log:
+                        self.log.warning("batch re-count failed", error=str(e))
+                    gevent.sleep(0.5)
+                last_recount = time.monotonic()
+
+    # --- summary ------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        out = []
+        specs = self.file.tasks
+        for i in range(0, len(specs), ROWS_CHUNK):
+            chunk = specs[i:i + ROWS_CHUNK]
+            p = self.redis.pipeline(transaction=False)
+            for t in chunk:
+                tid = self.ids.get(t.id)
+                p.hgetall(self.keys.task(tid) if tid else NO_KEY)
+                p.hgetall(self.keys.task_meta(tid) if tid else NO_KEY)
+            res = p.execute()
+            for j, t in enumerate(chunk):
+                out.append(self._row(t.id, res[2 * j] or {}, res[2 * j + 1] or {}))
+        return out
+
+    def _row(self, fid: str, task: dict, meta: dict) -> dict:
+        try:
+            attempts = int(meta.get("attempts") or 0)
+        except ValueError:
+            attempts = 0
+        st = task.get("state") or ("pending" if task else "unsubmitted")
+        if st in ("completed", "failed") and attempts == 0:
+            attempts = 1
+        return {"id": fid, "task_id": self.ids.get(fid), "state": st, "attempts": attempts,
+                "agent": self._agent_name(task.get("assigned_to") or meta.get("agent")),
+                "duration_s": duration_s(task), "result": task.get("result"),
+                "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
+                **({"error": meta["last_error"]} if meta.get("last_error") and
+                   st != "completed" else {})}
