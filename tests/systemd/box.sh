@@ -117,16 +117,18 @@ up() {
 }
 
 down() {
-  local st=$1 _
+  local st=$1 leader= _
+  alive "$st" || { rm -f "$st/nspawn.pid" "$st/leader.pid"; return 0; }
+  # An orderly poweroff; without a way in, SIGTERM to systemd-nspawn asks the container for one.
+  (box_exec "$st" systemctl poweroff --no-block) >/dev/null 2>&1 ||
+    kill -TERM "$(cat "$st/nspawn.pid")" 2>/dev/null || true
+  for _ in $(seq 1 60); do alive "$st" || break; sleep 0.5; done
   if alive "$st"; then
-    (box_exec "$st" systemctl poweroff --no-block) >/dev/null 2>&1 || true
-    for _ in $(seq 1 60); do alive "$st" || break; sleep 0.5; done
-    if alive "$st"; then   # SIGKILL to the container's PID 1 ends its whole PID namespace
-      echo "box.sh: container did not power off; killing it" >&2
-      [ -s "$st/leader.pid" ] && kill -KILL "$(cat "$st/leader.pid")" 2>/dev/null || true
-      for _ in $(seq 1 20); do alive "$st" || break; sleep 0.5; done
-      alive "$st" && kill -KILL "$(cat "$st/nspawn.pid")" 2>/dev/null || true
-    fi
+    echo "box.sh: the container did not power off within 30 s; killing it" >&2
+    leader=$(cat "$st/leader.pid" 2>/dev/null || pgrep -P "$(cat "$st/nspawn.pid")" -x systemd) || true
+    [ -n "$leader" ] && kill -KILL "$leader" 2>/dev/null    # ends the container's PID namespace
+    for _ in $(seq 1 20); do alive "$st" || break; sleep 0.5; done
+    alive "$st" && kill -KILL "$(cat "$st/nspawn.pid")" 2>/dev/null
   fi
   rm -f "$st/nspawn.pid" "$st/leader.pid"
 }
