@@ -112,10 +112,30 @@ def test_etc_yaml_loads_and_equals_schema_defaults():
 
 @pytest.mark.parametrize("unit", ["tinytownd.service", "tinytownd@.service"])
 def test_systemd_units(unit):
+    """What the units must say; scripts/test-systemd checks that it works under a real systemd."""
     text = (ROOT / "systemd" / unit).read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "KillMode=mixed", "Restart=on-failure",
-                 "WatchdogSec=", "ExecReload=", "StateDirectory=", "RuntimeDirectory="):
+    for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure", "WatchdogSec=",
+                 "ExecReload=", "StateDirectory=",
+                 # a dead or wedged main process: redis-server still gets SIGTERM, and time to save
+                 "ExecStop=/usr/local/bin/tinytownd stop", "KillMode=control-group",
+                 "WatchdogSignal=SIGTERM"):
         assert line in text, line
     assert "MemoryDenyWriteExecute=yes" not in text
+    keys = {line.split("=", 1)[0] for line in _directives(unit)}
+    assert not keys & {"RuntimeDirectory", "LogsDirectory"}     # declared but never used
     stop = int(text.split("TimeoutStopSec=")[1].split()[0])
     assert stop >= config.DaemonSection().drain_timeout_s
+
+
+def _directives(unit: str) -> list[str]:
+    return [line for line in (ROOT / "systemd" / unit).read_text().splitlines()
+            if "=" in line and not line.startswith("#")]
+
+
+def test_systemd_template_matches_the_plain_unit():
+    """The template differs only where the instance name goes in (and its HOME)."""
+    plain = [line.replace("tinytownd.yaml", "%i.yaml") for line in _directives("tinytownd.service")]
+    template = _directives("tinytownd@.service")
+    differ = {line.split("=", 1)[0] for line in set(plain) ^ set(template)}
+    assert differ <= {"Description", "Documentation", "StateDirectory", "Environment"}, differ
+    assert "StateDirectory=tinytownd-%i" in template
