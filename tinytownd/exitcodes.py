@@ -8,6 +8,7 @@ OK = 0
 FAILURE = 1              # generic failure; batch: some tasks failed
 BATCH_USAGE = 2          # batch: usage error or invalid batch file
 NOT_RUNNING = 3          # `status`: the daemon is not running (LSB "program is not running")
+STATUS_UNKNOWN = 4       # `status`: a daemon listens but did not answer in time (LSB "unknown")
 USAGE = 64               # EX_USAGE: bad command line
 DATAERR = 65             # EX_DATAERR: bad input data (unknown task/agent id, bad mission file)
 NOINPUT = 66             # EX_NOINPUT: a named input file does not exist
@@ -24,6 +25,7 @@ TABLE = [
     (FAILURE, "failure (batch: some tasks failed)"),
     (BATCH_USAGE, "batch: usage error or invalid batch file"),
     (NOT_RUNNING, "status: daemon not running"),
+    (STATUS_UNKNOWN, "status: a daemon listens but did not answer in time"),
     (USAGE, "usage error"),
     (DATAERR, "bad input: unknown id, invalid mission file"),
     (NOINPUT, "input file not found"),
@@ -31,7 +33,8 @@ TABLE = [
     (REFUSED, "Redis refused the write (out of memory, cannot save to disk); nothing was applied"),
     (SOFTWARE, "internal error"),
     (CANTCREAT, "another instance holds the pidfile or control socket"),
-    (TEMPFAIL, "timed out (stop --timeout); batch interrupted, resume with --resume ID"),
+    (TEMPFAIL, "timed out (stop --timeout; reload/stop: no answer in time); batch interrupted, "
+               "resume with --resume ID"),
     (NOPERM, "permission denied on the control socket"),
     (CONFIG, "invalid configuration"),
 ]

@@ -134,6 +134,18 @@ def test_control_refuses_other_uid(tmpdir_short):
         out, _ = p.communicate(timeout=20)
         reply = json.loads(out)
         assert reply["ok"] is False and reply["code"] == "noperm"
+        # a peer that sends its request first (as the CLI does), even a big one, still reads the
+        # refusal: the server drains before closing, so no EPIPE / ECONNRESET on the peer's side
+        code = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "s.sendall(json.dumps({'cmd': 'ping', 'pad': 'x' * 200000}).encode() + b'\\n'); "
+                "print(s.makefile().readline())")
+        for _ in range(5):
+            p = subprocess.Popen([PY, "-c", code, str(path)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: os.setuid(65534))
+            out, err = p.communicate(timeout=20)
+            assert p.returncode == 0, err
+            assert json.loads(out)["code"] == "noperm"
         assert control.request(path, "ping")["pong"] is True     # root/our uid is fine
     finally:
         srv.close()

@@ -26,21 +26,24 @@ def register(sub) -> None:
     p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_run")
 
     p = sub.add_parser("status", help="ask the running daemon for its status",
-                       epilog="exit codes: 0 running, 3 not running, 77 permission denied, "
-                              "78 invalid config")
+                       epilog="exit codes: 0 running (also when its Redis is unreachable: "
+                              "the output says so), 3 not running, 4 a daemon listens but did not "
+                              "answer in time, 77 permission denied, 78 invalid config")
     cli.add_config_arg(p)
     cli.add_json_arg(p)
     p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_status")
 
     p = sub.add_parser("reload", help="make the daemon re-read its config file",
                        epilog="exit codes: 0 applied, 1 could not apply everything, "
-                              "69 daemon not running, 78 invalid config (the daemon keeps the old one)")
+                              "69 daemon not running, 75 no answer in time, 77 permission denied, "
+                              "78 invalid config (the daemon keeps the old one)")
     cli.add_config_arg(p)
     cli.add_json_arg(p)
     p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_reload")
 
     p = sub.add_parser("stop", help="stop the daemon (graceful drain) and wait until it is gone",
-                       epilog="exit codes: 0 stopped (or was not running), 75 timed out")
+                       epilog="exit codes: 0 stopped (or was not running), 75 timed out (or "
+                              "no answer in time), 77 permission denied")
     cli.add_config_arg(p)
     p.add_argument("--timeout", type=float, metavar="S",
                    help="seconds to wait (default: daemon.drain_timeout_s + 30)")
@@ -77,7 +80,13 @@ def cmd_run(args) -> int:
     from tinytownd.daemon.lifecycle import Daemon, StartError
 
     pidfile = getattr(args, "pidfile_obj", None) or args.pidfile
-    d = Daemon(cfg, log_file_default=getattr(args, "log_file_default", None), pidfile=pidfile)
+    try:
+        d = Daemon(cfg, log_file_default=getattr(args, "log_file_default", None), pidfile=pidfile)
+    except OSError as e:      # the log file cannot be opened
+        msg = f"cannot open the log file: {e}"
+        _err(f"tinytownd: {msg}")
+        notify_parent(exitcodes.CANTCREAT, msg)
+        return exitcodes.CANTCREAT
     try:
         d.start()
     except StartError as e:
@@ -95,11 +104,15 @@ def cmd_run(args) -> int:
 
 
 # ----------------------------------------------------------------------------- client side
+STATUS_TIMEOUT_S = 5.0     # the daemon answers status within ~0.5 s, whatever Redis does
+
+
 def _ask(args, cmd: str, cargs: dict | None = None, timeout: float = 30.0):
-    """(reply, exit code or None). Prints the problem when there is no reply."""
-    from tinytownd import exitcodes
+    """(cfg, reply, problem): problem is None, or one of "config", "not-running", "noperm",
+    "no-reply", "broken"; the message has been printed (except for "not-running")."""
     from tinytownd.config import ConfigError
-    from tinytownd.daemon.control import ControlError, NotRunning, request
+    from tinytownd.daemon.control import (ControlError, NoReply, NotRunning, PermissionDenied,
+                                          request)
 
     try:
         cfg = _load(args, check_files=False)
@@ -110,59 +123,85 @@ def _ask(args, cmd: str, cargs: dict | None = None, timeout: float = 30.0):
         cfg = _lenient(args)
         if cfg is None:
             _err(str(e))
-            return None, None, exitcodes.CONFIG
+            return None, None, "config"
     try:
         return cfg, request(cfg.control_socket_path, cmd, cargs, timeout=timeout), None
-    except NotRunning as e:
-        return cfg, None, exitcodes.NOT_RUNNING
+    except NotRunning:
+        return cfg, None, "not-running"
+    except PermissionDenied as e:
+        _err(f"tinytownd: {e}")
+        return cfg, None, "noperm"
+    except NoReply as e:
+        _err(f"tinytownd: a daemon listens but did not answer: {e}")
+        return cfg, None, "no-reply"
     except ControlError as e:
         _err(f"tinytownd: {e}")
-        code = exitcodes.NOPERM if "permission denied" in str(e) else exitcodes.UNAVAILABLE
-        return cfg, None, code
+        return cfg, None, "broken"
+
+
+def _code(problem: str, *, no_reply: int, broken: int) -> int:
+    from tinytownd import exitcodes
+    return {"config": exitcodes.CONFIG, "noperm": exitcodes.NOPERM, "no-reply": no_reply,
+            "broken": broken}[problem]
 
 
 def _lenient(args):
     from tinytownd import config
+    from tinytownd.config.load import read_yaml
     path = config.discover(args.config)
     try:
-        import yaml
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = read_yaml(path)
         part = {k: data[k] for k in ("town", "control", "daemon") if k in data}
         return config.from_dict(part, path, check_files=False)
     except Exception:
         return None
 
 
+def _fmt_redis(r: dict) -> list[str]:
+    where = r.get("socket") or r.get("url")
+    head = f"redis: {r.get('mode')}" + (f" pid {r['pid']}" if r.get("pid") else "") + f", {where}"
+    if r.get("reachable") is False:
+        ago = r.get("last_ok_ago_s")
+        since = f"; last answered {ago:.1f}s ago" if isinstance(ago, (int, float)) else ""
+        return [f"{head}, UNREACHABLE ({r.get('error')}{since})",
+                "  Redis is unreachable: figures read from Redis below are the last known ones"]
+    return [f"{head}, {'ready' if r.get('ready') else 'NOT READY'}, version {r.get('version')}"]
+
+
 def _fmt_status(st: dict) -> str:
     r = st.get("redis", {})
-    where = r.get("socket") or r.get("url")
     lines = [
         f"tinytownd: {st.get('state', 'running')} (pid {st['pid']}), town {st['town']}, "
         f"up {st.get('uptime_s', 0):.1f}s",
         f"config: {st['config_path']} (reloads: {st['reloads']})",
-        f"redis: {r.get('mode')}" + (f" pid {r['pid']}" if r.get("pid") else "")
-        + f", {where}, {'ready' if r.get('ready') else 'NOT READY'}, version {r.get('version')}",
+        *_fmt_redis(r),
         "services:",
     ]
     for name, state in sorted(st.get("services", {}).items()):
         lines.append(f"  {name:<28} {state}")
     for name, comp in sorted((st.get("components") or {}).items()):
-        lines.append(f"{name}: {json.dumps(comp, default=str)[:400]}")
+        note = ""
+        if isinstance(comp, dict) and (comp.get("stale") or comp.get("redis_stale")):
+            age = comp.get("age_s", comp.get("redis_age_s"))
+            note = " (stale" + (f", {age:.1f}s old" if isinstance(age, (int, float)) else "") + ")"
+        lines.append(f"{name}{note}: {json.dumps(comp, default=str)[:400]}")
     return "\n".join(lines)
 
 
 def cmd_status(args) -> int:
     from tinytownd import exitcodes
-    cfg, reply, code = _ask(args, "status", timeout=10.0)
-    if code == exitcodes.NOT_RUNNING:
+    cfg, reply, problem = _ask(args, "status", timeout=STATUS_TIMEOUT_S)
+    if problem == "not-running":
         if args.json:
             print(json.dumps({"running": False, "control_socket": str(cfg.control_socket_path)}))
         else:
             print(f"tinytownd: not running (no daemon on {cfg.control_socket_path})")
-        return code
-    if code is not None:
-        return code
+        return exitcodes.NOT_RUNNING
+    if problem is not None:
+        if problem in ("no-reply", "broken") and args.json:
+            print(json.dumps({"running": None, "answering": False,
+                              "control_socket": str(cfg.control_socket_path)}))
+        return _code(problem, no_reply=exitcodes.STATUS_UNKNOWN, broken=exitcodes.STATUS_UNKNOWN)
     if not reply.get("ok"):
         _err(f"tinytownd: status failed: {reply.get('error')}")
         return exitcodes.SOFTWARE
@@ -173,12 +212,12 @@ def cmd_status(args) -> int:
 
 def cmd_reload(args) -> int:
     from tinytownd import exitcodes
-    cfg, reply, code = _ask(args, "reload", timeout=120.0)
-    if code == exitcodes.NOT_RUNNING:
+    cfg, reply, problem = _ask(args, "reload", timeout=120.0)
+    if problem == "not-running":
         _err(f"tinytownd: not running (no daemon on {cfg.control_socket_path})")
         return exitcodes.UNAVAILABLE
-    if code is not None:
-        return code
+    if problem is not None:
+        return _code(problem, no_reply=exitcodes.TEMPFAIL, broken=exitcodes.UNAVAILABLE)
     if args.json:
         print(json.dumps(reply, default=str))
     if not reply.get("ok"):
@@ -207,12 +246,12 @@ def _gone(pid: int) -> bool:
 
 def cmd_stop(args) -> int:
     from tinytownd import exitcodes
-    cfg, reply, code = _ask(args, "stop", {"graceful": not args.now}, timeout=10.0)
-    if code == exitcodes.NOT_RUNNING:
+    cfg, reply, problem = _ask(args, "stop", {"graceful": not args.now}, timeout=10.0)
+    if problem == "not-running":
         print("tinytownd: not running")
         return exitcodes.OK
-    if code is not None:
-        return code
+    if problem is not None:
+        return _code(problem, no_reply=exitcodes.TEMPFAIL, broken=exitcodes.UNAVAILABLE)
     if not reply.get("ok"):
         _err(f"tinytownd: stop failed: {reply.get('error')}")
         return exitcodes.SOFTWARE

@@ -26,7 +26,7 @@ class Change:
 def _flatten(obj: Any, prefix: str, out: dict[str, tuple[Any, bool]], live: bool) -> None:
     if dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
-            if f.name in ("path", "env_redis_url"):
+            if not f.compare:       # path, env_redis_url, ...: not keys of the file
                 continue
             _flatten(getattr(obj, f.name), f"{prefix}{f.name}.", out,
                      live and f.metadata.get("live", True))

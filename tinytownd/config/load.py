@@ -14,7 +14,8 @@ import yaml
 
 from tinytownd.store.wire import RESERVED_AGENT_NAMES
 
-from .checks import ConfigError, Invalid, redis_url_value, is_loopback
+from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, ConfigError,
+                     Invalid, finite, is_loopback, name as check_name, redis_url_value, show, text)
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
                      AgentCli, AgentSpec, Config, ControlSection, DaemonSection, LoggingSection,
                      MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection)
@@ -24,7 +25,7 @@ def discover(path: str | None) -> str:
     return path or os.environ.get(ENV_CONFIG) or DEFAULT_PATH
 
 
-def _coerce(value: Any, hint: str, key: str) -> Any:
+def _coerce(value: Any, hint: str, key: str, max_len: int = MAX_STR) -> Any:
     """Check a scalar against the dataclass annotation (given as a string)."""
     optional = "None" in hint
     if value is None:
@@ -34,22 +35,25 @@ def _coerce(value: Any, hint: str, key: str) -> Any:
     base = hint.replace(" | None", "").replace("None | ", "").strip()
     if base == "bool":
         if not isinstance(value, bool):
-            raise Invalid(f"must be true or false, not {value!r}")
+            raise Invalid(f"must be true or false, not {show(value)}")
         return value
     if base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            if key in ("maxmemory",):  # sizes accept strings; the check converts
-                return value
-            raise Invalid(f"must be an integer, not {value!r}")
+            if key in ("maxmemory",) and isinstance(value, str):   # sizes: the check converts
+                return text(value, 64)
+            raise Invalid(f"must be an integer, not {show(value)}")
         return value
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Invalid(f"must be a number, not {value!r}")
-        return float(value)
+            raise Invalid(f"must be a number, not {show(value)}")
+        try:
+            return finite(float(value))
+        except OverflowError:   # an int too large for a float
+            raise Invalid(f"{show(value)} is out of range") from None
     if base == "str":
         if not isinstance(value, str):
-            raise Invalid(f"must be a string, not {value!r}")
-        return value
+            raise Invalid(f"must be a string, not {show(value)}")
+        return text(value, max_len)
     if base == "dict":
         if not isinstance(value, dict):
             raise Invalid(f"must be a mapping, not {type(value).__name__}")
@@ -61,6 +65,17 @@ def _coerce(value: Any, hint: str, key: str) -> Any:
     return value
 
 
+_FILE_FIELDS = {}
+
+
+def _file_fields(cls) -> dict:
+    """The fields of `cls` that come from the file (not path, env_redis_url, ...)."""
+    got = _FILE_FIELDS.get(cls)
+    if got is None:
+        got = _FILE_FIELDS[cls] = {f.name: f for f in dataclasses.fields(cls) if f.compare}
+    return got
+
+
 def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
     """Build dataclass `cls` from a YAML mapping, collecting problems instead of raising."""
     if data is None:
@@ -68,12 +83,12 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
     if not isinstance(data, dict):
         problems.append((prefix.rstrip("."), f"must be a mapping, not {type(data).__name__}"))
         return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "env_redis_url")}
+    fields = _file_fields(cls)
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
         if k not in fields:
-            close = difflib.get_close_matches(str(k), fields, n=1)
+            close = difflib.get_close_matches(str(k)[:100], fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else \
                 f" (known: {', '.join(sorted(fields))})"
             problems.append((key, f"unknown key{hint}"))
@@ -93,13 +108,15 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
             if k in _SECTION_OF_LIST and cls is Config:
                 kwargs[k] = _build_agents(v, key, problems)
                 continue
-            v = _coerce(v, hint, k)
+            v = _coerce(v, hint, k, f.metadata.get("max_len", MAX_STR))
             check = f.metadata.get("check")
             if check is not None and v is not None:
                 v = check(v)
             kwargs[k] = v
         except Invalid as e:
-            problems.append((key, e.msg))
+            sub = e.sub or ""
+            problems.append((f"{key}{'' if sub.startswith('[') or not sub else '.'}{sub}",
+                             e.msg))
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - schema bug
@@ -113,19 +130,22 @@ def _build_cli_map(data, key, problems) -> dict:
     if not isinstance(data, dict):
         problems.append((key, "must be a mapping of CLI name → {command: …}"))
         return {}
+    if len(data) > MAX_AGENT_CLIS:
+        problems.append((key, f"{len(data)} entries, over the maximum {MAX_AGENT_CLIS}"))
+        return {}
     out = {}
     for name, spec in data.items():
         k = f"{key}.{name}"
+        try:
+            check_name(name, "a CLI name")
+        except Invalid as e:
+            problems.append((k, e.msg))
+            continue
         if isinstance(spec, str):  # shorthand: name: "command"
             spec = {"command": spec}
         cli = _build(AgentCli, spec, f"{k}.", problems)
         if not cli.command.strip():
             problems.append((f"{k}.command", "is required and must not be empty"))
-        if cli.timeout_s is not None and cli.timeout_s <= 0:
-            problems.append((f"{k}.timeout_s", "must be > 0, or null for no limit"))
-        for ek, ev in cli.env.items():
-            if not isinstance(ev, (str, int, float)) or isinstance(ev, bool):
-                problems.append((f"{k}.env.{ek}", "must be a string"))
         out[str(name)] = cli
     return out
 
@@ -136,6 +156,10 @@ def _build_agents(data, key, problems) -> list:
     if not isinstance(data, list):
         problems.append((key, "must be a list of {name, role, cli, count?, workdir?, env?}"))
         return []
+    if len(data) > MAX_AGENTS_TOTAL:
+        problems.append((key, f"{len(data)} entries, over the maximum of {MAX_AGENTS_TOTAL} "
+                              "agents in all"))
+        return []
     out = []
     for i, spec in enumerate(data):
         k = f"{key}[{i}]"
@@ -143,13 +167,23 @@ def _build_agents(data, key, problems) -> list:
         if not a.name:
             problems.append((f"{k}.name", "is required"))
         elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", a.name):
-            problems.append((f"{k}.name", f"{a.name!r}: use letters, digits, '.', '_' or '-'"))
+            problems.append((f"{k}.name", f"{show(a.name)}: use 1-64 letters, digits, '.', '_' "
+                                          "or '-'"))
         elif a.name.strip().lower() in RESERVED_AGENT_NAMES:
             problems.append((f"{k}.name", f"{a.name!r} is reserved by Tinytown"))
         if not a.cli:
             problems.append((f"{k}.cli", "is required (a name from agent_clis)"))
         out.append(a)
+    total = sum(a.count for a in out)
+    if total > MAX_AGENTS_TOTAL:
+        problems.append((key, f"{total} agents in all (counts expanded), over the maximum "
+                              f"{MAX_AGENTS_TOTAL}"))
     return out
+
+
+def _under(p: Path, root: Path) -> bool:
+    p, root = Path(os.path.normpath(p)), Path(os.path.normpath(root))
+    return p == root or root in p.parents
 
 
 def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
@@ -190,6 +224,15 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
         if sock and len(str(sock)) > UNIX_PATH_MAX:
             problems.append(("redis.socket", f"path is {len(str(sock))} bytes, over the "
                                              f"{UNIX_PATH_MAX}-byte unix socket limit: {sock}"))
+    log = cfg.log_file_path
+    if log is not None:
+        if log.is_dir():
+            problems.append(("logging.file", f"{log} is a directory"))
+        elif not log.parent.is_dir():
+            if log.parent.exists():
+                problems.append(("logging.file", f"{log.parent} is not a directory"))
+            elif not _under(log.parent, cfg.root):   # under the root, the daemon creates it
+                problems.append(("logging.file", f"directory {log.parent} does not exist"))
     if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
         problems.append(("control.socket", f"path over the {UNIX_PATH_MAX}-byte unix socket limit"))
     rt = cfg.runtime
@@ -211,6 +254,7 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
     """Validate a parsed YAML document. Raises ConfigError listing every problem."""
     env = os.environ if env is None else env
     problems: list[tuple[str, str]] = []
+    empty = data is None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -218,6 +262,8 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
     cfg = _build(Config, data, "", problems)
     if problems:
         raise ConfigError(path, problems)
+    cfg = dataclasses.replace(cfg, source_empty=empty,
+                              agents_listed=isinstance(data.get("agents"), list))
     # Resolve the town root (absolute) and apply environment overrides.
     root = cfg.town.root or _default_root(path)
     root_p = Path(os.path.expanduser(root))
@@ -248,18 +294,112 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
 def load(path: str | None = None, *, env: dict | None = None, check_files: bool = True) -> Config:
     """Read and validate a config file. Raises ConfigError (exit 78 territory)."""
     path = discover(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(path, [("", "file not found")])
-    except OSError as e:
-        raise ConfigError(path, [("", f"cannot read: {e.strerror}")])
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(path, [("", f"invalid YAML: {where}{problem}")])
-    return from_dict(data, str(path), env=env, check_files=check_files)
+    return from_dict(read_yaml(path), str(path), env=env, check_files=check_files)
 
+
+def read_yaml(path: str) -> Any:
+    """The YAML document in `path`: at most MAX_FILE_BYTES, UTF-8, no duplicate keys. Every
+    problem is a ConfigError (never a traceback)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(path, [("", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, [("", "is a directory, not a config file")]) from None
+    except OSError as e:
+        raise ConfigError(path, [("", f"cannot read: {e.strerror or e}")]) from None
+    except ValueError as e:   # e.g. a NUL in the path
+        raise ConfigError(path, [("", f"cannot read: {e}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(path, [("", f"larger than {MAX_FILE_BYTES} bytes (1 MiB): not a "
+                                      "config file?")])
+    try:
+        text_ = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(path, [("", f"not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line} "
+                                      f"(offset {e.start})")]) from None
+    return parse_yaml(text_, path)
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def parse_yaml(text_: str, path: str = "<string>") -> Any:
+    """yaml.safe_load, but a key given twice in one mapping (at any depth) is an error naming the
+    key and both lines. Merge keys (`<<: *base`) may be overridden, as YAML intends."""
+    loader = _Loader(text_)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        dup = _first_duplicate(node, loader)
+        if dup is not None:
+            key, first, again = dup
+            raise ConfigError(path, [(key, f"duplicate key (line {first}, again at line {again})")])
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [("", f"invalid YAML: {_yaml_problem(e)}")]) from None
+    except RecursionError:
+        raise ConfigError(path, [("", "invalid YAML: nested too deeply")]) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return where + " ".join(str(problem).split())
+
+
+def _key_text(node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    return f"<{node.id}>"
+
+
+def _scalar_key(knode, loader) -> Any:
+    if not isinstance(knode, yaml.ScalarNode):
+        return None
+    try:
+        key = loader.construct_object(knode)
+        hash(key)
+        return ("v", key)
+    except Exception:
+        return ("t", knode.tag, knode.value)
+
+
+def _first_duplicate(root, loader) -> tuple[str, int, int] | None:
+    """(dotted key, first line, second line) of the first key given twice, or None. Iterative,
+    and each node is visited once (aliases share nodes)."""
+    seen_nodes: set[int] = set()
+    stack = [(root, "")]
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[Any, int] = {}
+            for knode, vnode in node.value:
+                if knode.tag == _MERGE:
+                    stack.append((vnode, prefix))
+                    continue
+                name = _key_text(knode)
+                # the key as YAML constructs it: 1 and 0x1 (or 1 and true) would land on the
+                # same dict entry, so they are duplicates too
+                ident = _scalar_key(knode, loader)
+                line = knode.start_mark.line + 1
+                sub = f"{prefix}.{name}" if prefix else name
+                if ident is not None and ident in keys:
+                    return sub, keys[ident], line
+                if ident is not None:
+                    keys[ident] = line
+                stack.append((vnode, sub))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                stack.append((item, f"{prefix}[{i}]"))
+    return None

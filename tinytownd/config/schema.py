@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import (one_of, log_level, in_range, redis_url_value, save_rules, byte_size, town_name, opt,
-                     redact_url)
+from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_NAME, cli_ref, cli_timeout, env_map,
+                     one_of, log_level, in_range, redis_url_value, role_name, save_rules,
+                     byte_size, tag_list, town_name, opt, redact_url)
 
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
 ENV_CONFIG = "TINYTOWND_CONFIG"
@@ -52,7 +53,7 @@ class RedisSection:
         "volatile-lfu", "volatile-random", "volatile-ttl"))
     server: str = opt("redis-server", live=False)
     data_dir: str = opt("redis", live=False, doc="dir for RDB/AOF/log (under the town root)")
-    pool_size: int = opt(64, live=False, check=in_range(4, 10000),
+    pool_size: int = opt(64, live=False, check=in_range(4, 1024),
                          doc="connections for ordinary commands")
     start_timeout_s: float = opt(10.0, check=in_range(0.5, 600))
     restart_backoff_max_s: float = opt(10.0, check=in_range(0.1, 600))
@@ -92,29 +93,30 @@ class RuntimeSection:
     retry_backoff_s: float = opt(1.0, check=in_range(0, 3600))
     retry_backoff_max_s: float = opt(300.0, check=in_range(0, 86400))
     result_tail_bytes: int = opt(4000, check=in_range(0, 1 << 20))
-    max_blocking_connections: int = opt(0, check=in_range(0, 100000),
+    max_blocking_connections: int = opt(0, check=in_range(0, 4096),
                                         doc="0 = one per agent plus headroom")
     backlog_claim: bool = opt(True, doc="idle agents claim backlog tasks that fit their role/tags")
 
 
 @dataclass(frozen=True)
 class AgentCli:
-    command: str = opt("", check=None)
-    timeout_s: float | None = opt(3600.0, doc="per round; null = no limit")
+    command: str = opt("", check=None, max_len=MAX_COMMAND)
+    timeout_s: float | None = opt(3600.0, check=cli_timeout, doc="per round; null = no limit")
     max_attempts: int = opt(3, check=in_range(1, 1000))
-    env: dict = opt(factory=dict)
+    env: dict = opt(factory=dict, check=env_map)
     workdir: str | None = opt(None)
 
 
 @dataclass(frozen=True)
 class AgentSpec:
-    name: str = opt("")
-    role: str = opt("worker")
-    cli: str = opt("")
-    count: int = opt(1, check=in_range(1, 100000))
+    name: str = opt("", max_len=MAX_NAME)
+    role: str = opt("worker", check=role_name)
+    cli: str = opt("", check=cli_ref)
+    count: int = opt(1, check=in_range(1, MAX_AGENT_COUNT))
     workdir: str | None = opt(None)
-    env: dict = opt(factory=dict)
-    tags: list = opt(factory=list, doc="backlog tags this agent claims (besides its role)")
+    env: dict = opt(factory=dict, check=env_map)
+    tags: list = opt(factory=list, check=tag_list,
+                     doc="backlog tags this agent claims (besides its role)")
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,12 @@ class Config:
     agents: list = opt(factory=list, doc="list of AgentSpec")
     adopt: bool = opt(False, doc="also run agents tt registered that nobody runs")
     missions: MissionsSection = opt(factory=MissionsSection)
-    # Not from the file: where it came from and what the environment overrode.
+    # Not from the file's keys (compare=False): where it came from, what the environment
+    # overrode, and what the file said about agents (a reload checks these).
     path: str = field(default="<defaults>", compare=False)
     env_redis_url: bool = field(default=False, compare=False)
+    source_empty: bool = field(default=False, compare=False)   # the document was empty
+    agents_listed: bool = field(default=False, compare=False)  # the file has an `agents:` list
 
     # --- derived values -------------------------------------------------------------
     @functools.cached_property   # (a frozen config: computed once; agents ask every round)

@@ -11,8 +11,9 @@ Server (inside the daemon, gevent): `ControlServer(path, handlers, log).start()`
   `{"ok": false, "id": 1, "error": "...", "code": "..."}`. Malformed, unknown or oversized requests
   get an error reply; the daemon lives on.
 
-Client (the CLI; stdlib only): `request(path, cmd, args)` → reply dict, or raises `NotRunning` /
-`ControlError`.
+Client (the CLI; stdlib only): `request(path, cmd, args)` → reply dict, or raises `NotRunning`
+(nobody listens), `PermissionDenied` (the socket file or the daemon refused our uid), `NoReply`
+(connected, but no answer in time) or `ControlError` (the conversation broke). Never a raw OSError.
 """
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ class NotRunning(Exception):
 
 class ControlError(Exception):
     """The daemon refused us or the conversation broke."""
+
+
+class PermissionDenied(ControlError):
+    """The control socket refused our uid (file mode 0600, or the daemon's SO_PEERCRED check)."""
+
+
+class NoReply(ControlError):
+    """Something listens on the control socket but did not answer in time."""
 
 
 def _alive(path: str) -> bool:
@@ -123,7 +132,7 @@ class ControlServer:
             uid = peer_uid(conn)
             if uid not in (0, os.getuid()):
                 self.log.warning("control connection refused", uid=uid)
-                self._send(conn, {"ok": False, "error": "permission denied", "code": "noperm"})
+                self._refuse(conn)
                 return
             f = conn.makefile("rb")
             while True:
@@ -174,6 +183,25 @@ class ControlServer:
         reply.update(extra)
         return reply
 
+    def _refuse(self, conn: socket.socket) -> None:
+        """Answer `noperm`, then read (and drop) what the peer sends for a moment before closing:
+        closing a unix socket with unread data resets it, and the client would get ECONNRESET
+        instead of the reply."""
+        self._send(conn, {"ok": False, "error": "permission denied", "code": "noperm"})
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(1.0)
+            got = 0
+            while got <= MAX_LINE:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+        except OSError:
+            pass
+
     @staticmethod
     def _send(conn: socket.socket, obj: dict) -> None:
         conn.sendall(json.dumps(obj, default=str, separators=(",", ":")).encode() + b"\n")
@@ -182,31 +210,60 @@ class ControlServer:
 # ----------------------------------------------------------------------------- client
 def request(path: str | os.PathLike, cmd: str, args: dict | None = None, *,
             timeout: float | None = 60.0) -> dict:
-    """One request, one reply. NotRunning when nobody listens; ControlError when refused."""
+    """One request, one reply. NotRunning when nobody listens; PermissionDenied when refused;
+    NoReply when the daemon does not answer within `timeout`; ControlError when the conversation
+    breaks."""
     path = os.fspath(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         try:
             s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
             raise NotRunning(f"no daemon answers on {path} ({e.strerror})") from None
         except PermissionError:
-            raise ControlError(f"permission denied on {path}") from None
-        s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+            raise PermissionDenied(f"permission denied on {path} (the control socket is only "
+                                   "for the daemon's uid and root)") from None
+        except (socket.timeout, TimeoutError):
+            raise NoReply(f"{path}: the daemon did not accept the connection within "
+                          f"{timeout}s") from None
+        except OSError as e:
+            raise ControlError(f"cannot connect to {path}: {e.strerror or e}") from None
+        send_error = None
+        try:
+            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+        except (socket.timeout, TimeoutError):
+            raise NoReply(f"{path}: the daemon did not take the request within {timeout}s") \
+                from None
+        except OSError as e:     # EPIPE/ECONNRESET: it hung up; its reason may still be readable
+            send_error = e
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except (socket.timeout, TimeoutError):
+            raise NoReply(f"{path}: the daemon accepted the connection but did not answer "
+                          f"within {timeout}s") from None
+        except OSError as e:
+            if not buf:
+                err = send_error or e
+                raise ControlError(f"{path}: the daemon closed the connection without a reply "
+                                   f"({err.strerror or err})") from None
         if not buf:
-            raise ControlError(f"the daemon closed the connection on {path} without a reply")
-        reply = json.loads(buf)
+            why = f" ({send_error.strerror or send_error})" if send_error else ""
+            raise ControlError(f"{path}: the daemon closed the connection without a reply{why}")
+        try:
+            reply = json.loads(buf)
+        except ValueError:
+            raise ControlError(f"{path}: the reply is not JSON: {buf[:100]!r}") from None
+        if not isinstance(reply, dict):
+            raise ControlError(f"{path}: the reply is not a JSON object: {buf[:100]!r}")
         if reply.get("code") == "noperm":
-            raise ControlError(f"{path}: {reply.get('error')}")
+            raise PermissionDenied(f"{path}: {reply.get('error')} (the daemon refuses our uid "
+                                   f"{os.getuid()})")
         return reply
-    except (socket.timeout, TimeoutError):
-        raise ControlError(f"no reply on {path} within {timeout}s") from None
     finally:
         s.close()

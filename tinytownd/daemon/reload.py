@@ -24,6 +24,22 @@ def describe(ch: config.Change) -> str:
     return ch.describe()
 
 
+def refuse_drastic(old: config.Config, new: config.Config) -> None:
+    """A reload must not empty the town by accident (an editor that truncated the file, every
+    entry commented out): refuse an empty file, and a file that would remove every agent unless
+    it says so with an explicit `agents: []`. Raises ConfigError."""
+    running = len(old.expanded_agents())
+    if new.source_empty:
+        raise ConfigError(new.path, [("", "the file is empty (only whitespace or comments): a "
+                                          "reload would reset every setting to its default"
+                                          + (f" and remove all {running} agents" if running else "")
+                                          + "; to mean it, write `{}` (or `agents: []`)")])
+    if running and not new.expanded_agents() and not new.agents_listed:
+        raise ConfigError(new.path, [("agents", f"this reload would remove all {running} agents "
+                                                "(no `agents:` list in the file); to mean it, "
+                                                "write `agents: []`")])
+
+
 def reload(d) -> dict:
     """Reload daemon `d`'s config file (the caller holds its reload lock)."""
     t0 = time.monotonic()
@@ -31,6 +47,7 @@ def reload(d) -> dict:
     old = d.cfg
     try:
         new = config.load(old.path)
+        refuse_drastic(old, new)
     except ConfigError as e:
         sdnotify.ready(f"reload failed: {e.problems[0][1] if e.problems else e}")
         d.log.error("reload refused: invalid config", error=str(e))

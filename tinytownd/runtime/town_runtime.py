@@ -232,36 +232,78 @@ class TownRuntime(Component):
                 pass
 
     def status(self) -> dict:
+        """From the runtime's own state (agents, running, pids), plus what Redis says (agent
+        state, counters, queue lengths). The Redis read is bounded (STATUS_REDIS_TIMEOUT_S), at
+        most one runs at a time, and it is waited for STATUS_WAIT_S at most: past that, the last
+        values read are used, with `redis_stale: true` and their age."""
+        STATUS_WAIT_S, STATUS_REDIS_TIMEOUT_S = 0.3, 5.0
+        cache = self.__dict__.setdefault("_status_redis", {"at": None, "agents": {}, "totals": {},
+                                                           "error": None, "g": None})
         k = self.keys
         ws = list(self.workers.values())
-        try:
-            p = self.r.pipeline(transaction=False)
-            for w in ws:
-                p.llen(k.inbox(w.aid))
-                p.llen(k.urgent(w.aid))
-                p.llen(k.inflight(w.aid))
-                p.llen(k.inflight_urgent(w.aid))
-                p.hmget(k.agent(w.aid), "state", "current_task", "rounds_completed",
-                        "tasks_completed")
-            p.llen(k.backlog)
-            p.llen(k.deadletter)
-            p.zcard(k.delayed)
-            res = p.execute()
-        except redis.RedisError as e:
-            return {"error": str(e), "agents_running": len(self.alive())}
+
+        def read():
+            try:
+                with gevent.Timeout(STATUS_REDIS_TIMEOUT_S):
+                    p = self.r.pipeline(transaction=False)
+                    for w in ws:
+                        p.llen(k.inbox(w.aid))
+                        p.llen(k.urgent(w.aid))
+                        p.llen(k.inflight(w.aid))
+                        p.llen(k.inflight_urgent(w.aid))
+                        p.hmget(k.agent(w.aid), "state", "current_task", "rounds_completed",
+                                "tasks_completed")
+                    p.llen(k.backlog)
+                    p.llen(k.deadletter)
+                    p.zcard(k.delayed)
+                    res = p.execute()
+            except gevent.Timeout:
+                cache["error"] = f"no answer from Redis within {STATUS_REDIS_TIMEOUT_S}s"
+                return
+            except redis.RedisError as e:
+                cache["error"] = str(e)
+                return
+            agents = {}
+            for i, w in enumerate(ws):
+                inbox, urgent, inf, infu, (state, cur, rounds, done) = res[5 * i:5 * i + 5]
+                agents[w.aid] = {"state": state, "current_task": cur,
+                                 "rounds_completed": int(rounds or 0),
+                                 "tasks_completed": int(done or 0),
+                                 "queue": {"inbox": inbox, "urgent": urgent,
+                                           "inflight": inf + infu}}
+            backlog, dead, delayed = res[-3:]
+            cache.update(at=time.monotonic(), agents=agents, error=None,
+                         totals={"backlog": backlog, "deadletter": dead, "delayed": delayed})
+
+        t0 = time.monotonic()
+        g = cache["g"]
+        if g is None or g.dead:
+            g = cache["g"] = gevent.spawn(read)
+        g.join(timeout=STATUS_WAIT_S)
+        fresh = cache["at"] is not None and cache["at"] >= t0 and g.dead
         agents = []
-        for i, w in enumerate(ws):
-            inbox, urgent, inf, infu, (state, cur, rounds, done) = res[5 * i:5 * i + 5]
+        for w in ws:
+            got = cache["agents"].get(w.aid) or {
+                "state": None, "current_task": None, "rounds_completed": None,
+                "tasks_completed": None, "queue": {"inbox": None, "urgent": None, "inflight": None}}
             agents.append({"name": w.settings.name, "id": w.aid, "role": w.settings.role,
-                           "cli": w.settings.cli, "state": state, "running": bool(
+                           "cli": w.settings.cli, "running": bool(
                                w.greenlet is not None and not w.greenlet.dead),
-                           "current_task": cur, "rounds_completed": int(rounds or 0),
-                           "tasks_completed": int(done or 0), "pid": w.pid,
-                           "problem": w.problem,
-                           "queue": {"inbox": inbox, "urgent": urgent, "inflight": inf + infu}})
-        backlog, dead, delayed = res[-3:]
-        return {"agents": agents, "agents_running": len(self.alive()),
-                "queues": {"backlog": backlog, "deadletter": dead, "delayed": delayed,
-                           "inbox": sum(a["queue"]["inbox"] for a in agents),
-                           "urgent": sum(a["queue"]["urgent"] for a in agents),
-                           "inflight": sum(a["queue"]["inflight"] for a in agents)}}
+                           "pid": w.pid, "problem": w.problem, **got})
+
+        def total(q):
+            vals = [a["queue"][q] for a in agents if a["queue"][q] is not None]
+            return sum(vals) if vals or not agents else None
+        out = {"agents": agents, "agents_running": len(self.alive()),
+               "queues": {"backlog": cache["totals"].get("backlog"),
+                          "deadletter": cache["totals"].get("deadletter"),
+                          "delayed": cache["totals"].get("delayed"),
+                          "inbox": total("inbox"), "urgent": total("urgent"),
+                          "inflight": total("inflight")}}
+        if not fresh:
+            out["redis_stale"] = True
+            out["redis_age_s"] = (round(time.monotonic() - cache["at"], 3)
+                                  if cache["at"] is not None else None)
+            out["redis_error"] = cache["error"] or \
+                f"Redis did not answer within {STATUS_WAIT_S}s"
+        return out
