@@ -178,7 +178,7 @@ def test_sigterm_drains_then_resume_finishes(tmpdir_short):
     s = json.loads(summ.read_text())
     assert s["interrupted"] is True and 3 <= s["totals"]["completed"] < n
     assert s["totals"]["running"] == 0            # drained: running rounds finished
-    assert "--resume T1" in err
+    assert "--resume T1" in err and "interrupted (drained)" in err
     p = run_batch(str(bf), "--resume", "T1", "--dir", str(run_dir), "--summary",
                   str(tmpdir_short / "s2.json"), "--progress", "none", cwd=tmpdir_short)
     assert p.returncode == 0, p.stderr + p.stdout

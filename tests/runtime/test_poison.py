@@ -190,3 +190,19 @@ def test_agent_records_of_the_wrong_type(harness):
     completes(h2, aid)
     sources = {e["source"] for e in dead(h2)}
     assert {k.agent_names, k.agent("00000000-0000-4000-8000-000000000042")} <= sources
+
+
+def test_junk_on_the_notify_channel(harness):
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null; true"})
+    wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    rb = raw_client(h)
+    k = h.keys
+    junk = [b"\xff\xfe", b"[" * 50_000, b'{"task": ["not", "a", "string"]}', b'"just text"',
+            b'{"state": "completed"}']
+    for raw in junk:
+        rb.publish(k.notify, raw)
+    tid = h.town.backlog_add("after the junk")
+    wait_for(lambda: h.town.get_task(tid)["state"] == "completed", 15, what="backlog task")
+    wait_for(lambda: sum(e["source"] == k.notify for e in dead(h)) == len(junk), 10,
+             what="every junk note dead-lettered")
+    assert not any(g.dead for g in h.greenlets)

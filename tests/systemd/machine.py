@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import subprocess
-import time
 
 import yaml
 

@@ -9,13 +9,13 @@ builds its summary rows (`rows`).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Iterator
 
 import gevent
 
+from tinytownd.store.records import Poison, parse_note
 from tinytownd.store.town import Town
 from tinytownd.store.wire import TASK_TERMINAL, parse_ts
 
@@ -140,11 +140,9 @@ class Batch:
             if msg is None:
                 continue
             try:
-                note = json.loads(msg["data"])
-            except (ValueError, TypeError):
+                yield parse_note(msg["data"])
+            except Poison:        # not a note (the daemon's listener dead-letters it)
                 continue
-            if isinstance(note, dict):
-                yield note
 
     def _resubscribe(self) -> None:
         self.close()

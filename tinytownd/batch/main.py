@@ -168,9 +168,8 @@ def _summarise(batch: Batch, reporter: Reporter, mode: "Mode", *, wall_s: float,
         _write_summary(args.summary, doc)
     table = render_table(doc)
     if interrupted:
-        # NB: one signal drains yet reads "stopped", a second one "drained": the words look
-        # swapped, and are kept as they are while the batch is restructured.
-        how = "drained" if at_once else "stopped"
+        # one signal drains (running rounds finish); a second one stops at once
+        how = "stopped" if at_once else "drained"
         table += (f"\ninterrupted ({how}): continue with"
                   f"  tinytownd batch {batch.file.path} --resume {batch.id}"
                   + (f" --dir {args.dir}" if args.dir else ""))

@@ -96,6 +96,12 @@ class RuntimeSection:
     max_blocking_connections: int = opt(0, check=in_range(0, 4096),
                                         doc="0 = one per agent plus headroom")
     backlog_claim: bool = opt(True, doc="idle agents claim backlog tasks that fit their role/tags")
+    round_log_max_bytes: int = opt(1 << 20, check=in_range(4096, 1 << 30),
+                                   doc="one round's log: its first quarter and last three "
+                                       "quarters are kept, the middle dropped and counted")
+    round_logs_kept: int = opt(50, check=in_range(1, 10000), doc="round logs kept per agent")
+    round_logs_max_bytes: int = opt(64 << 20, check=in_range(1 << 20, 1 << 40),
+                                    doc="all round logs of one agent together")
 
 
 @dataclass(frozen=True)

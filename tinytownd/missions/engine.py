@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import math
 import time
 from datetime import timedelta
@@ -36,12 +35,12 @@ import structlog
 from tinytownd import logs
 from tinytownd.config import Config
 from tinytownd.daemon.component import Component, Context
-from tinytownd.store import records
+from tinytownd.store import quarantine, records
 from tinytownd.store.leases import Leases
 from tinytownd.store.scripts import Scripts
 from tinytownd.store.wire import TASK_TERMINAL, new_id, utcnow
 
-from .storage import MissionStore
+from .storage import MissionStore, UnreadableMission
 from .tick import SchedConfig, TickInput, TickOutput
 from .tick_io import DELETED, LEASE_LOST, TickIO
 from .watch_checks import GhClient, check_due_watches
@@ -272,11 +271,11 @@ class MissionEngine(Component):
                         pass
 
     def on_notify(self, data) -> None:
+        """A task or mission note wakes the mission it concerns. What is not a note is skipped
+        here (the runtime's listener dead-letters it)."""
         try:
-            j = json.loads(data)
-        except (TypeError, ValueError):
-            return
-        if not isinstance(j, dict):
+            j = records.parse_note(data)
+        except records.Poison:
             return
         mid = j.get("mission")
         if not mid and j.get("task"):
@@ -350,16 +349,30 @@ class MissionEngine(Component):
             with gevent.Timeout(max(5.0, self.ttl), TimeoutError("mission tick timed out")):
                 self.tick(mid)
             self.errors.pop(mid, None)
+        except UnreadableMission as e:
+            self.log.error("mission record unreadable: dead-lettered, mission dropped",
+                           reason=e.reason)
+            self.store.bury_mission(e)
+            self.drop(mid, "unreadable mission record")
+        except redis.ResponseError as e:
+            if quarantine.is_wrongtype(e) and quarantine.quarantine(
+                    self.town, self.store.expected_types(mid), log=self.log):
+                self.timer(mid, 0.0)
+                return
+            self._tick_failed(mid, e)
         except Exception as e:  # one mission's failure never stops the others
-            n = self.errors.get(mid, 0) + 1
-            self.errors[mid] = n
-            self.stats["errors"] += 1
-            delay = min(30.0, 0.5 * 2 ** min(n, 6))
-            self.log.error("mission tick failed", error=f"{type(e).__name__}: {e}",
-                           retry_in_s=delay, exc_info=not isinstance(e, (redis.RedisError,
-                                                                          TimeoutError)))
-            if mid in self.owned:
-                self.timer(mid, delay)
+            self._tick_failed(mid, e)
+
+    def _tick_failed(self, mid: str, e: Exception) -> None:
+        n = self.errors.get(mid, 0) + 1
+        self.errors[mid] = n
+        self.stats["errors"] += 1
+        delay = min(30.0, 0.5 * 2 ** min(n, 6))
+        self.log.error("mission tick failed", error=f"{type(e).__name__}: {e}",
+                       retry_in_s=delay, exc_info=not isinstance(e, (redis.RedisError,
+                                                                      TimeoutError)))
+        if mid in self.owned:
+            self.timer(mid, delay)
 
     # ------------------------------------------------------------------ one tick
     def tick(self, mid: str) -> None:

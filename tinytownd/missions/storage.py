@@ -40,6 +40,15 @@ def event_line(text: str, now: datetime | None = None) -> str:
     return f"[{(now or utcnow()).strftime('%Y-%m-%d %H:%M:%S')}] {text}"
 
 
+UNREADABLE = (ValueError, KeyError, TypeError, RecursionError)
+
+
+class UnreadableMission(Exception):
+    def __init__(self, mid: str, raw: str, reason: str):
+        super().__init__(reason)
+        self.mid, self.raw, self.reason = mid, raw, reason
+
+
 @dataclass
 class Snapshot:
     mission: Mission | None
@@ -49,7 +58,9 @@ class Snapshot:
     controls: list[MissionControlMessage] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     task_ids: set[str] = field(default_factory=set)
-    skipped: list[str] = field(default_factory=list)   # unreadable entries (tt skips them too)
+    # unreadable entries (tt skips them; the next tick moves them to the dead-letter list):
+    # (hash key, field, raw JSON, why)
+    skipped: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def parse_task_fields(vals: list) -> dict | None:
@@ -96,12 +107,12 @@ class MissionStore:
                 k.mission_cmd_watches(mid)]
 
     @staticmethod
-    def _parse_into(cls, src: dict, dst: dict, snap: Snapshot) -> None:
+    def _parse_into(cls, key: str, src: dict, dst: dict, snap: Snapshot) -> None:
         for f, raw in src.items():
             try:
                 dst[f] = cls.from_json(raw)
-            except (ValueError, KeyError, TypeError) as e:
-                snap.skipped.append(f"{cls.__name__} {f}: {e}")
+            except UNREADABLE as e:
+                snap.skipped.append((key, f, raw, f"unreadable {cls.__name__}: {e}"[:300]))
 
     def load_watches(self, mid: str) -> Snapshot:
         """Mission + watches only (what the engine needs before a tick, to run checks)."""
@@ -111,10 +122,19 @@ class MissionStore:
         p.hgetall(k.mission_watch(mid))
         p.hgetall(k.mission_cmd_watches(mid))
         raw_m, watch, cmdw = p.execute()
-        snap = Snapshot(mission=Mission.from_json(raw_m) if raw_m else None)
-        self._parse_into(WatchItem, watch, snap.watches, snap)
-        self._parse_into(CommandWatch, cmdw, snap.cmd_watches, snap)
+        snap = Snapshot(mission=self._mission(mid, raw_m))
+        self._parse_into(WatchItem, k.mission_watch(mid), watch, snap.watches, snap)
+        self._parse_into(CommandWatch, k.mission_cmd_watches(mid), cmdw, snap.cmd_watches, snap)
         return snap
+
+    @staticmethod
+    def _mission(mid: str, raw: str | None) -> Mission | None:
+        if not raw:
+            return None
+        try:
+            return Mission.from_json(raw)
+        except UNREADABLE as e:
+            raise UnreadableMission(mid, raw, f"unreadable mission record: {e}"[:300]) from None
 
     def load(self, mid: str, cache: dict | None = None) -> Snapshot:
         """The whole mission. `cache` (wid -> (raw json, WorkItem)) skips re-parsing work items
@@ -129,8 +149,7 @@ class MissionStore:
         p.hgetall(k.mission_meta(mid))
         p.smembers(k.mission_tasks(mid))
         raw_m, work, watch, cmdw, ctrl, meta, tids = p.execute()
-        snap = Snapshot(mission=Mission.from_json(raw_m) if raw_m else None, meta=meta,
-                        task_ids=set(tids))
+        snap = Snapshot(mission=self._mission(mid, raw_m), meta=meta, task_ids=set(tids))
         if cache is not None:
             for f in [f for f in cache if f not in work]:
                 del cache[f]
@@ -142,20 +161,38 @@ class MissionStore:
                 try:
                     snap.items[f] = WorkItem.from_json(raw)
                     cache[f] = (raw, snap.items[f])
-                except (ValueError, KeyError, TypeError) as e:
-                    snap.skipped.append(f"WorkItem {f}: {e}")
+                except UNREADABLE as e:
+                    snap.skipped.append((k.mission_work(mid), f, raw,
+                                         f"unreadable WorkItem: {e}"[:300]))
         else:
-            self._parse_into(WorkItem, work, snap.items, snap)
-        self._parse_into(WatchItem, watch, snap.watches, snap)
-        self._parse_into(CommandWatch, cmdw, snap.cmd_watches, snap)
-        for f, raw in ctrl.items():
-            try:
-                c = MissionControlMessage.from_json(raw)
-            except (ValueError, KeyError, TypeError) as e:
-                snap.skipped.append(f"control {f}: {e}")
-                continue
-            snap.controls.append(c)
+            self._parse_into(WorkItem, k.mission_work(mid), work, snap.items, snap)
+        self._parse_into(WatchItem, k.mission_watch(mid), watch, snap.watches, snap)
+        self._parse_into(CommandWatch, k.mission_cmd_watches(mid), cmdw, snap.cmd_watches, snap)
+        controls: dict = {}
+        self._parse_into(MissionControlMessage, k.mission_control(mid), ctrl, controls, snap)
+        snap.controls.extend(controls.values())
         return snap
+
+    def q_bury(self, p, key: str, field: str, raw: str, reason: str) -> None:
+        """Queue an unreadable hash entry's move to the dead-letter list (in the tick's MULTI)."""
+        self.town.deadletter(reason, key, raw, pipe=p, field=field)
+        p.hdel(key, field)
+
+    def bury_mission(self, e: "UnreadableMission") -> None:
+        """A mission record nobody can read: to the dead-letter list, out of the active set."""
+        p = self.r.pipeline(transaction=True)
+        self.town.deadletter(e.reason, self.keys.mission(e.mid), e.raw, pipe=p)
+        p.srem(self.keys.missions_active, e.mid)
+        p.execute()
+
+    def expected_types(self, mid: str) -> dict[str, str]:
+        """The Redis type of every key of a mission (for quarantine of wrong-typed ones)."""
+        k = self.keys
+        return {k.mission(mid): "string", k.mission_work(mid): "hash",
+                k.mission_watch(mid): "hash", k.mission_cmd_watches(mid): "hash",
+                k.mission_control(mid): "hash", k.mission_meta(mid): "hash",
+                k.mission_tasks(mid): "set", k.mission_lock(mid): "string",
+                k.mission_log(mid): "list", k.missions_active: "set"}
 
     def load_tasks(self, tids) -> dict[str, dict]:
         tids = list(tids)

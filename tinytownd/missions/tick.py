@@ -70,6 +70,7 @@ class TickInput:
     depth: dict[str, int] | None = None    # cached topo depth (engine); computed when None
     cfg: SchedConfig = field(default_factory=SchedConfig)
     new_id: Callable[[], str] = new_id
+    skipped: list = field(default_factory=list)   # unreadable entries (the tick's I/O buries them)
 
 
 @dataclass

@@ -137,8 +137,9 @@ class TickIO:
         snap = self.store.load(mid, cache=self.item_cache.setdefault(mid, {}))
         if snap.mission is None:
             return None
-        for s in snap.skipped:
-            self.log.warning("unreadable mission record skipped", detail=s)
+        for key, f, _raw, why in snap.skipped:
+            self.log.warning("unreadable mission record dead-lettered", key=key, field=f,
+                             reason=why)
         tasks = self.store.load_tasks(snap.task_ids)
         agents = self.agents.read()
         self.agents.add_assignees(agents, tasks)
@@ -151,7 +152,7 @@ class TickIO:
                         controls=[c for c in snap.controls if c.processed_at is None],
                         tasks=tasks, agents=agents, meta=snap.meta, now=utcnow(),
                         watch_results=watch_results, busy_agents=busy_elsewhere, cfg=cfg,
-                        depth=self.depth.get(mid))
+                        depth=self.depth.get(mid), skipped=snap.skipped)
         out = run_tick(inp)
         out.tasks_processed |= snap.task_ids - set(tasks)   # deleted task hashes leave the index
         return inp, out
@@ -159,6 +160,8 @@ class TickIO:
     def queue(self, p, mid: str, inp: TickInput, out: TickOutput) -> dict[str, str]:
         """Queue the tick's writes on `p` (in MULTI); returns wid -> JSON of the items written."""
         store = self.store
+        for key, f, raw, why in inp.skipped:
+            store.q_bury(p, key, f, raw, why)
         written = {wid: store.q_item(p, inp.items[wid]) for wid in out.items_changed}
         for wid in out.watches_changed:
             store.q_watch(p, inp.watches[wid])

@@ -16,6 +16,7 @@ import gevent.event
 import redis
 
 from tinytownd.store import events, fit
+from tinytownd.store.records import Poison, parse_note
 
 CLAIM_SCAN = 100            # backlog entries one claim looks at
 SLOW_RETRY_S = 5.0          # a non-empty backlog nobody could take is tried again this often
@@ -31,25 +32,17 @@ class BacklogClaims:
 
     def run(self) -> None:
         rt = self.rt
-        if not rt.cfg.runtime.backlog_claim:
-            rt.stopping.wait()
-            return
         k = rt.keys
         ps = rt.block.pubsub(ignore_subscribe_messages=True)
         ps.subscribe(k.notify)
-
-        def listen():
-            while not rt.stopping.is_set():
-                try:
-                    m = ps.get_message(timeout=1.0)
-                except (redis.RedisError, OSError, ValueError):
-                    rt.stopping.wait(1.0)
-                    continue
-                if m and m.get("type") == "message" and '"backlog"' in (m.get("data") or ""):
-                    rt.links.backlog.waiting = True
-                    self._wake.set()
-
-        listener = gevent.spawn(listen)
+        listener = gevent.spawn(self._listen, ps)
+        if not rt.cfg.runtime.backlog_claim:     # notes are still read (bad ones dead-lettered)
+            try:
+                rt.stopping.wait()
+            finally:
+                listener.kill(block=False)
+                ps.close()
+            return
         last_len = -1
         last_try = 0.0
         try:
@@ -72,6 +65,32 @@ class BacklogClaims:
                 ps.close()
             except Exception:
                 pass
+
+    def _listen(self, ps) -> None:
+        """The notify channel: a backlog note wakes the claims; a message that is not a note
+        (any client can PUBLISH) goes to the dead-letter list."""
+        rt = self.rt
+        while not rt.stopping.is_set():
+            try:
+                m = ps.get_message(timeout=1.0)
+            except (redis.RedisError, OSError, ValueError):
+                rt.stopping.wait(1.0)
+                continue
+            if not m or m.get("type") != "message":
+                continue
+            data = m.get("data")
+            try:
+                note = parse_note(data)
+            except Poison as e:
+                try:
+                    rt.town.deadletter(e.reason, rt.keys.notify, data if isinstance(data, str)
+                                       else str(data), reader="runtime")
+                except redis.RedisError:
+                    pass
+                continue
+            if note.get("backlog"):
+                rt.links.backlog.waiting = True
+                self._wake.set()
 
     def claim_for_idle(self) -> int:
         """Give fitting backlog tasks to idle local agents (one each). Returns claims made."""

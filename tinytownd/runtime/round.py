@@ -26,7 +26,7 @@ from tinytownd.store.wire import TASK_TERMINAL, hash_ts
 from . import outcome, runner
 from .process import close_fd
 from .prompt import round_prompt
-from .round_logs import ROUND_LOG_HEAD_BYTES, ROUND_LOG_TAIL_BYTES, RoundLogs
+from .round_logs import RoundLogs
 
 MAX_INBOX_PER_ROUND = 100
 
@@ -208,8 +208,10 @@ class Round:
         env = links.env.get(s, prompt_path, cfg.path)
         w.round_started = time.monotonic()
         w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
+        rt = cfg.runtime
         if w.round_logs is None:
             w.round_logs = RoundLogs(logs_dir, s.name)
+        w.round_logs.kept, w.round_logs.max_bytes = rt.round_logs_kept, rt.round_logs_max_bytes
         log_path = w.round_logs.path(rnd)
 
         def on_start(pid):
@@ -220,8 +222,9 @@ class Round:
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
                             tail_bytes=cfg.runtime.result_tail_bytes,
-                            log_head_bytes=ROUND_LOG_HEAD_BYTES,
-                            log_tail_bytes=ROUND_LOG_TAIL_BYTES, lifeline=links.lifeline)
+                            log_head_bytes=rt.round_log_max_bytes // 4,
+                            log_tail_bytes=rt.round_log_max_bytes - rt.round_log_max_bytes // 4,
+                            lifeline=links.lifeline)
         w.pid = None
         w.round_started = None
         try:

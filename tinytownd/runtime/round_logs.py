@@ -10,10 +10,8 @@ import collections
 import os
 import re
 
-ROUND_LOG_HEAD_BYTES = 256 << 10    # of each round log: the first bytes of the output ...
-ROUND_LOG_TAIL_BYTES = 768 << 10    # ... and the last (1 MiB a round at most)
-ROUND_LOGS_KEPT = 50                # per agent
-ROUND_LOGS_MAX_BYTES = 64 << 20     # per agent, all its round logs together
+ROUND_LOGS_KEPT = 50                # per agent (runtime.round_logs_kept)
+ROUND_LOGS_MAX_BYTES = 64 << 20     # per agent, all its logs together (runtime.round_logs_max_bytes)
 
 
 class RoundLogs:

@@ -256,6 +256,42 @@ def decode_message(raw: Any) -> dict:
     return msg
 
 
+NOTE_MAX_BYTES = 64 << 10
+_NOTE_FIELDS = {"task": str, "state": str, "mission": str, "batch": str, "event": str,
+                "backlog": bool}
+
+
+def parse_note(data: Any) -> dict:
+    """A message of the notify channel ({"task", "state", "mission"?, "backlog"?, ...}); Poison
+    when it is not one (any client can PUBLISH there). Unknown keys are dropped."""
+    if not isinstance(data, str):
+        raise Poison("not a string")
+    if len(data) > NOTE_MAX_BYTES:
+        raise Poison(f"over {NOTE_MAX_BYTES} bytes")
+    if not utf8_clean(data):
+        raise Poison("not UTF-8")
+    try:
+        note = json.loads(data)
+    except ValueError as e:
+        raise Poison(f"bad JSON: {getattr(e, 'msg', e)}") from None
+    except RecursionError:
+        raise Poison("JSON nested too deep") from None
+    if not isinstance(note, dict):
+        raise Poison("not a JSON object")
+    out = {}
+    for k, kind in _NOTE_FIELDS.items():
+        if k in note:
+            v = note[k]
+            if not isinstance(v, kind) or (kind is str and (len(v) > 256 or not utf8_clean(v))):
+                raise Poison(f"field {k!r} is not a short {kind.__name__}")
+            out[k] = v
+    if "state" in out and out["state"] not in TASK_STATES:
+        raise Poison(f"unknown task state {out['state']!r}")
+    if not out.get("task") and not out.get("mission"):
+        raise Poison("neither a task nor a mission")
+    return out
+
+
 def message_text(msg: dict) -> str:
     """The human text of a message (for prompts and listings)."""
     t = msg.get("type")
