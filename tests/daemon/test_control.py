@@ -91,3 +91,23 @@ def test_bind_refuses_live_socket_and_clears_stale(tmpdir_short):
     s = control.bind_socket(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     s.close()
+
+
+def test_many_idle_connections_and_deep_json_leave_status_working(daemon):
+    """500 connections held open idle do not keep a new request from an answer (the longest
+    idle is closed at the limit), and JSON nested too deep is a bad request, not a hang."""
+    daemon.start()
+    path = str(daemon.control_sock)
+    held = []
+    try:
+        for _ in range(500):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            held.append(s)
+        assert daemon.request("status", timeout=5)["state"] == "running"
+        assert _conv(path, b"[" * 200_000 + b"\n")[0]["code"] == "bad_request"
+        assert daemon.request("ping", timeout=5)["ok"] is True
+    finally:
+        for s in held:
+            s.close()
+    assert daemon.proc.poll() is None

@@ -21,9 +21,11 @@ import json
 import os
 import socket
 import struct
+import time
 from typing import Any, Callable
 
 MAX_LINE = 1 << 20   # 1 MiB
+MAX_CONNECTIONS = 128
 
 
 class SocketInUse(Exception):
@@ -104,6 +106,7 @@ class ControlServer:
         self.timeout = timeout
         self._server = None
         self._sock: socket.socket | None = None
+        self._open: dict = {}          # connection → when it was last used (time.monotonic())
 
     def start(self) -> None:
         from gevent.server import StreamServer
@@ -126,8 +129,21 @@ class ControlServer:
     def _help(self, args: dict) -> dict:
         return {"commands": {name: self.docs.get(name, "") for name in sorted(self.handlers)}}
 
+    def _make_room(self) -> None:
+        """At MAX_CONNECTIONS, the connection idle the longest is closed: clients that hold
+        connections open (or flood them) never keep a new `status` from being answered."""
+        while len(self._open) >= MAX_CONNECTIONS:
+            oldest = min(self._open, key=self._open.get)
+            self._open.pop(oldest, None)
+            try:
+                oldest.close()
+            except OSError:
+                pass
+
     def _handle(self, conn: socket.socket, addr: Any) -> None:
         conn.settimeout(self.timeout)
+        self._make_room()
+        self._open[conn] = time.monotonic()
         try:
             uid = peer_uid(conn)
             if uid not in (0, os.getuid()):
@@ -145,12 +161,14 @@ class ControlServer:
                     return   # cannot find the next request boundary: hang up
                 if not line.strip():
                     continue
+                self._open[conn] = time.monotonic()
                 self._send(conn, self._dispatch(line))
         except (socket.timeout, TimeoutError):
             return
         except OSError:
             return
         finally:
+            self._open.pop(conn, None)
             try:
                 conn.close()
             except OSError:
@@ -161,6 +179,8 @@ class ControlServer:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             return {"ok": False, "code": "bad_request", "error": f"not JSON: {e}"}
+        except RecursionError:
+            return {"ok": False, "code": "bad_request", "error": "not JSON: nested too deep"}
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "code": "bad_request",
                     "error": 'expected an object like {"cmd": "status", "args": {}}'}
