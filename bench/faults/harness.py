@@ -626,7 +626,11 @@ class Site:
                     crashes += 1
                 if j.get("level") in ("error", "critical"):
                     exc = j.get("exception") or ""
-                    last = exc.strip().splitlines()[-1] if exc else ""
+                    if isinstance(exc, list) and exc and isinstance(exc[-1], dict):
+                        exc = f"{exc[-1].get('exc_type')}: {exc[-1].get('exc_value')}"
+                    elif not isinstance(exc, str):
+                        exc = json.dumps(exc)[-300:]
+                    last = exc.strip().splitlines()[-1] if exc.strip() else ""
                     text = f"{j.get('event')}: {j.get('error') or ''} {last}".strip()
                     text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<id>", text)
                     if text not in seen:
@@ -666,6 +670,10 @@ class Trial:
         self.budget = Deadline(budget_s)
         self.result = Result()
         self.sites: list[Site] = []
+
+    def log(self, msg: str) -> None:
+        """A progress line (worker.log; its tail is kept when a trial overruns its deadline)."""
+        print(f"[{time.strftime('%H:%M:%S')} {self.cls}] {msg}", file=sys.stderr, flush=True)
 
     def site(self, *a, **kw) -> Site:
         s = Site(self, *a, **kw)

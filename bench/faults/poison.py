@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
@@ -31,7 +31,6 @@ from .classes import fault
 from .harness import Site, Trial, tt, wait_until
 
 from tinytownd.store import records
-from tinytownd.store.wire import hash_ts, json_ts
 
 MISSION = """objective: poison probe
 policy: {max_parallel_items: 1, reviewer_required: false, max_attempts: 1}
@@ -70,7 +69,7 @@ class Poisoner:
         self.mission_file = trial.dir / "mission.yaml"
         self.mission_file.write_text(MISSION)
         self.missions = missions
-        self.probe_s = trial.pick(5.0, 8.0)
+        self.probe_s = trial.pick(4.0, 8.0)
         self.fail_limit = trial.pick(1, 3)
 
     # --- markers ------------------------------------------------------------------------
@@ -193,7 +192,8 @@ class Poisoner:
             kind.failures += 1
             parts = crashed + pwhy + why
             if bad and not accounted:
-                parts.append("not dead-lettered" if kind.deadletter else "not refused")
+                parts.append("not dead-lettered with a reason" if kind.deadletter else
+                             "not refused (no terminal state / dead letter / removal)")
             self.res.note(f"{kind.name}: {describe(value)} -> " + "; ".join(parts))
         try:
             kind.undo(self, token)
@@ -341,7 +341,6 @@ def _backlog_accounted(p: Poisoner, v, vals, dls) -> bool:
 
 
 def _backlog_values(p: Poisoner):
-    wrong = str(uuid.uuid4())
     return st.one_of(S.hostile_bytes(), st.just(str(uuid.uuid4()).encode()),
                      st.builds(lambda: _wrong_typed_task(p)))
 
@@ -409,7 +408,7 @@ def _task_accounted(p: Poisoner, v, tok, dls) -> bool:
 
 def _tstate(p: Poisoner, tid: str):
     try:
-        return p.raw.hget(p.k.task(tid), "state").decode()
+        return p.raw.hget(p.k.task(tid), "state").decode("utf-8", "replace")
     except (redis.RedisError, AttributeError):
         return None
 
@@ -756,8 +755,12 @@ _poison("poison-agents", AGENT_KINDS, "agent hashes, daemon agent info, agent_na
 _poison("poison-delayed", DELAYED_KINDS, "the retry zset: hostile envelopes (garbage, WRONGTYPE "
         "targets, keys outside the town), the zset of the wrong type")
 _poison("poison-notify", NOTIFY_KINDS, "hostile PUBLISHes on the notify channel")
-_poison("poison-missions", MISSION_KINDS, "mission record / work / watch / control / meta / "
-        "tasks / cmdwatch / dispatch_lock, mission:active, mission:engines: hostile values and "
-        "wrong types", bq=150, bf=900)
+_MREC = ("mission-record", "mission-work", "mission-watch", "mission-control")
+_poison("poison-missions", [k for k in MISSION_KINDS if k.name.startswith(_MREC)],
+        "tt's mission records: the mission JSON, :work, :watch, :control (hostile values, wrong "
+        "types)", bq=120, bf=700)
+_poison("poison-mission-meta", [k for k in MISSION_KINDS if not k.name.startswith(_MREC)],
+        "mission bookkeeping: daemon meta, bound tasks, cmdwatch, dispatch_lock, mission:active, "
+        "mission:engines (hostile values, wrong types)", bq=120, bf=700)
 _poison("poison-write-targets", WRITE_KINDS, "keys the daemon writes (events streams, activity, "
         "dead-letter list, daemon registry) of the wrong Redis type")

@@ -170,8 +170,10 @@ def run_trial(name: str, index: int, quick: bool, budget_s: float) -> dict:
         res["evidence"] = [(d / "worker.log").read_text(errors="replace")[-1500:]]
     if timed_out:
         res["hangs"] = res.get("hangs", 0) + 1
+        tail = (d / "worker.log").read_text(errors="replace").strip().splitlines()[-6:]
         res.setdefault("evidence", []).append(
-            f"trial exceeded its deadline of {budget_s:g}s and was killed")
+            f"trial exceeded its deadline of {budget_s:g}s and was killed; worker log: "
+            + " | ".join(tail))
     res["seconds"] = round(time.monotonic() - t0, 1)
     for n in cleanup_dir(d):
         res.setdefault("evidence", []).append(n)
