@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, metavar="N", help="trials per class (default: per class)")
     ap.add_argument("--json", metavar="OUT", help="write every trial's measurements as JSON")
     ap.add_argument("--jobs", type=int, metavar="N",
-                    help="trials run at once (default 3 with --quick, else 1)")
+                    help="trials run at once (default 4 with --quick, else 3)")
     ap.add_argument("--list", action="store_true", help="list the fault classes and exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--trial", type=int, default=0, help=argparse.SUPPRESS)
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     rows, doc = [], {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
                      "quick": args.quick, "loadavg_start": load, "classes": {}}
     ok = True
-    jobs = args.jobs if args.jobs else (3 if args.quick else 1)
+    jobs = args.jobs if args.jobs else (4 if args.quick else 3)
     plan = [(name, i, args.trials or classes.CLASSES[name].trials(args.quick))
             for name in names
             for i in range(args.trials or classes.CLASSES[name].trials(args.quick))]
