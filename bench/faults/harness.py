@@ -486,7 +486,21 @@ class Site:
         except OSError:
             pass
         open_ = sum(1 for k in starts if starts[k] > ends.get(k, 0))
-        return max(len(groups), open_)
+        return max(len(groups), open_, self.inflight_tasks())
+
+    def inflight_tasks(self) -> int:
+        """Agents whose in-flight list holds a task-bearing message: rounds the daemon has not
+        ended yet (their CLI may have exited already; a crash now re-runs them)."""
+        try:
+            r = self.client(timeout=1.0)
+            n = 0
+            for key in r.scan_iter(match=f"tt:{TOWN}:tinytownd:inflight:*", count=1000):
+                if any('"task_assign"' in m or '"type":"task"' in m
+                       for m in r.lrange(key, 0, -1)):
+                    n += 1
+            return n
+        except (redis.RedisError, OSError):
+            return 0
 
     def ended(self) -> int:
         try:
