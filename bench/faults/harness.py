@@ -577,7 +577,15 @@ class Site:
         res.lost += len(lost)
         res.stuck += len(stuck)
         if lost:
-            res.note(f"lost (not terminal, in no queue): {len(lost)}, e.g. {lost[:3]}")
+            descr = []
+            for t, s in lost[:3]:
+                try:
+                    h = self.r.hmget(self.keys.task(t), "description", "assigned_to")
+                except redis.RedisError:
+                    h = [None, None]
+                descr.append((t, s, h[0], h[1]))
+            res.note(f"lost (not terminal, in no queue): {len(lost)}, e.g. (task, state, "
+                     f"description, assigned_to) {descr}")
         if stuck:
             res.note(f"stuck (queued/running after the deadline): {len(stuck)}, e.g. {stuck[:3]}")
         execs = self.executions()
@@ -661,7 +669,7 @@ class Site:
             return out
         for b in raw:
             try:
-                out.append(json.loads(b))
+                out.append(json.loads(b.decode("utf-8", "replace")))
             except ValueError:
                 out.append({"unparsable": b[:200]})
         return out

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from . import strategies as S
 from .classes import fault
+from . import harness
 from .harness import Site, Trial, tt, wait_until
 
 from tinytownd.store import records
@@ -93,9 +94,9 @@ class Poisoner:
         except redis.RedisError:
             return []
         out = []
-        for b in raw:
+        for b in raw:     # leniently: an entry holding invalid UTF-8 still counts as one
             try:
-                out.append(json.loads(b))
+                out.append(json.loads(b.decode("utf-8", "replace")))
             except ValueError:
                 out.append({"unparsable": True})
         return out
@@ -121,11 +122,11 @@ class Poisoner:
         tids, mids, why = [], [], []
         try:
             if "victim" in kind.probes:
-                tids.append(town.assign(self.victim, "probe for the poisoned agent"))
+                tids.append(town.assign(self.victim, f"probe ({kind.name}) for the poisoned agent"))
             if "retry" in kind.probes:
-                tids.append(town.assign(self.victim, f"probe FAILONCE-{uuid.uuid4()}"))
+                tids.append(town.assign(self.victim, f"probe ({kind.name}) FAILONCE-{uuid.uuid4()}"))
             if "backlog" in kind.probes:
-                tids.append(town.backlog_add("backlog probe"))
+                tids.append(town.backlog_add(f"backlog probe ({kind.name})"))
             if "mission" in kind.probes:
                 mids.append(self.new_mission())
         except redis.RedisError as e:
@@ -224,6 +225,11 @@ class Poisoner:
     def finish(self) -> None:
         self.site.wait_terminal(self.all_tids, trial_left(self.trial, 15))
         self.site.measure(self.all_tids)
+        # what was dead-lettered must stay readable by the operator
+        r = tt("deadletter", "list", "--json", "-c", self.site.d.cfg_path, timeout=30)
+        self.res.check(r.returncode == 0 and not harness.has_traceback(r.stderr),
+                       f"`tinytownd deadletter list` reads the dead letters (exit {r.returncode}:"
+                       f" {r.stderr.decode(errors='replace').strip()[-200:]!r})")
         per = {k.name: f"{k.examples - k.failures}/{k.examples}" for k in self.kinds}
         self.res.note(f"examples ok per kind: {per}")
 
@@ -353,8 +359,8 @@ def _wrong_typed_task(p: Poisoner) -> bytes:
 
 BACKLOG_KINDS = [
     Kind("backlog-entry", _backlog_values, _backlog_inject, _backlog_undo,
-         explicit=lambda p: [b"\xff\xfe", b"", str(uuid.uuid4()).encode(), _wrong_typed_task(p),
-                             [f"ghost-{i}".encode() for i in range(150)]],
+         explicit=lambda p: [[f"ghost-{i}".encode() for i in range(150)], b"\xff\xfe", b"",
+                             str(uuid.uuid4()).encode(), _wrong_typed_task(p)],
          probes=("backlog",), accounted=_backlog_accounted),
     _type_kind("backlog-wrong-type", lambda p: p.k.backlog, "list", probes=("victim",)),
 ]
