@@ -111,13 +111,14 @@ tasks:
        trials_full=3, budget_quick=70)
 def kill_batch(trial: Trial) -> None:
     res = trial.result
-    probe = Site(trial, "batch", agents=1)            # only for its agent script and exec log
+    bdir, summ = trial.dir / "bd", trial.dir / "summary.json"
+    # not started: its agent script, exec log, and a client of the batch's redis (in-flight count)
+    probe = Site(trial, "batch", agents=1, redis={"url": f"unix://{bdir / 'redis.sock'}"})
     n = trial.pick(15, 40)
     bf = trial.dir / "b.yaml"
     bf.write_text(BATCH_FILE.format(agent=probe.agent_path, log=probe.exec_log, sleep=0.3,
                                     tasks="\n".join(f"  - {{id: t{i}, description: task {i}}}"
                                                     for i in range(n))))
-    bdir, summ = trial.dir / "bd", trial.dir / "summary.json"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TINYTOWND_CONFIG")}
     out = open(trial.dir / "batch1.log", "wb")
     p = subprocess.Popen(harness.tinytownd_cmd() + ["batch", str(bf), "--id", "fb", "--dir",

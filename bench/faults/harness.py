@@ -494,7 +494,7 @@ class Site:
         try:
             r = self.client(timeout=1.0)
             n = 0
-            for key in r.scan_iter(match=f"tt:{TOWN}:tinytownd:inflight:*", count=1000):
+            for key in r.scan_iter(match="tt:*:tinytownd:inflight:*", count=1000):
                 if any('"task_assign"' in m or '"type":"task"' in m
                        for m in r.lrange(key, 0, -1)):
                     n += 1
