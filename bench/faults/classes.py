@@ -318,7 +318,7 @@ def _conv(path, payload: bytes, timeout: float = 5.0) -> tuple[str, dict | None]
 @fault("control-abuse", "control socket: generated garbage, a 10 MB line, 500 idle connections, "
        "another uid", trials_full=2, budget_quick=90, budget_full=180)
 def control_abuse(trial: Trial) -> None:
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import HealthCheck, Phase, example, given, settings
     from . import strategies as S
 
     res = trial.result
@@ -332,6 +332,10 @@ def control_abuse(trial: Trial) -> None:
 
     @settings(max_examples=trial.pick(25, 150), deadline=None, database=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @example(S._deep(100_000, "list"))
+    @example(b"\xff\xfe")
+    @example(b"")
+    @example(b'{"cmd": "status", "args": [1]}')
     @given(S.control_lines())
     def garbage(line):
         res.bad_inputs += 1
