@@ -124,6 +124,11 @@ def _ask(args, cmd: str, cargs: dict | None = None, timeout: float = 30.0):
         if cfg is None:
             _err(str(e))
             return None, None, "config"
+    from tinytownd.config import UNIX_PATH_MAX
+    if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
+        _err(f"{cfg.path}: control.socket: path is over the {UNIX_PATH_MAX}-byte unix socket "
+             f"limit: {cfg.control_socket_path}")
+        return None, None, "config"
     try:
         return cfg, request(cfg.control_socket_path, cmd, cargs, timeout=timeout), None
     except NotRunning:

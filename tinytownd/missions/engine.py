@@ -185,6 +185,9 @@ class MissionEngine(Component):
                 self.ctx.progress("missions.leases")
                 period = min(1.0, self.ttl / 3)
             except (redis.RedisError, OSError) as e:
+                if quarantine.is_wrongtype(e) and quarantine.quarantine(
+                        self.town, self.store.engine_keys(), log=self.log):
+                    continue
                 self.log.warning("mission lease round failed; retrying", error=str(e),
                                  retry_in_s=backoff)
                 period, backoff = backoff, min(backoff * 2, 30.0)

@@ -22,7 +22,7 @@ import redis
 from tinytownd.store import events, records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
-from tinytownd.store.wire import SUPERVISOR_ID, TASK_TERMINAL, json_ts, utcnow
+from tinytownd.store.wire import is_uuid, SUPERVISOR_ID, TASK_TERMINAL, json_ts, utcnow
 
 from .mission import HELP_MARKER, Mission, MissionControlMessage
 from .watch import CommandWatch, WatchItem
@@ -304,7 +304,7 @@ class MissionStore:
 
     def bump_fence(self, mid: str) -> None:
         """A new holder of the mission's lease bumps its fence counter."""
-        self.r.hincrby(self.keys.mission_meta(mid), "fence", 1)
+        self.town.scripts.counter(keys=[self.keys.mission_meta(mid)], args=["fence", 1])
 
     def engine_heartbeat(self, token: str, stale_after_s: float) -> tuple[int, set[str]]:
         """Register engine `token` as alive now and forget engines silent for `stale_after_s`.
@@ -317,7 +317,21 @@ class MissionStore:
         p.zcard(k.mission_engines)
         p.smembers(k.missions_active)
         _, _, engines, active = p.execute()
+        bad = [m for m in active if not is_uuid(m) or not records.utf8_clean(m)]
+        if bad:     # a member that is not a mission id would fail every key built from it
+            p = self.r.pipeline(transaction=True)
+            for m in bad:
+                self.town.deadletter("active-set member is not a mission id",
+                                     k.missions_active, m, pipe=p)
+                p.srem(k.missions_active, records.to_bytes(m))
+            p.execute()
+            active = active - set(bad)
         return engines, active
+
+    def engine_keys(self) -> dict[str, str]:
+        """The keys every engine reads, with their Redis type (quarantine)."""
+        k = self.keys
+        return {k.missions_active: "set", k.mission_engines: "zset", k.deadletter: "list"}
 
     def engine_leave(self, token: str) -> None:
         self.r.zrem(self.keys.mission_engines, token)

@@ -16,6 +16,7 @@ import redis
 
 from tinytownd.config import AgentSpec
 from tinytownd.store import agent_control, quarantine
+from tinytownd.store.refusals import transient
 from tinytownd.store.wire import AGENT_TERMINAL, hash_ts
 
 BEAT_CHUNK = 100           # agents per heartbeat pipeline (see AgentsService.beat)
@@ -27,22 +28,30 @@ class AgentsService:
 
     def run(self) -> None:
         rt = self.rt
-        if not rt.initial_done:
-            self._guarded(lambda: rt.sync(initial=True))
-            rt.initial_done = True
         cfg = rt.cfg.runtime
         next_ensure = 0.0
+        pause = 0.0
         while not rt.stopping.is_set():
             interval = min(cfg.heartbeat_interval_s, rt.cfg.runtime.lease_ttl_s / 3)
-            self._guarded(self.beat)
-            now = time.monotonic()
-            if now >= next_ensure:
-                self._guarded(self.ensure)
-                next_ensure = now + max(interval, 1.0)
+            try:
+                if not rt.initial_done:
+                    self.guarded(lambda: rt.sync(initial=True))
+                    rt.initial_done = True
+                self.guarded(self.beat)
+                now = time.monotonic()
+                if now >= next_ensure:
+                    self.guarded(self.ensure)
+                    next_ensure = now + max(interval, 1.0)
+                pause = 0.0
+            except redis.RedisError as e:
+                if not transient(e):
+                    raise
+                pause = rt.patience.failed(e, pause)
+                interval = min(interval, pause)
             rt.progress("agents")
             rt.stopping.wait(interval)
 
-    def _guarded(self, fn) -> None:
+    def guarded(self, fn):
         """Run `fn`; a key of the wrong type among the agents' records (a client wrote one) is
         moved to the dead-letter list and `fn` runs again, instead of failing every pass."""
         for _ in range(3):
@@ -106,11 +115,10 @@ class AgentsService:
             p.exists(k.stop(w.aid))
             p.hget(k.agent(w.aid), "state")
             p.llen(k.urgent(w.aid))
-        try:
-            res = p.execute(raise_on_error=False)
-        except redis.RedisError as e:
-            rt.log.warning("heartbeat failed", error=str(e))
-            return
+        res = p.execute(raise_on_error=False)
+        failed = next((x for x in res if isinstance(x, redis.RedisError) and transient(x)), None)
+        if failed is not None:
+            raise failed            # the run loop waits it out
         if any(isinstance(x, redis.exceptions.NoScriptError) for x in res):
             rt.scripts.reload()
         wake = []

@@ -15,7 +15,8 @@ import gevent
 import gevent.event
 import redis
 
-from tinytownd.store import events, fit
+from tinytownd.store import events, fit, quarantine
+from tinytownd.store.refusals import transient
 from tinytownd.store.records import Poison, parse_note
 
 CLAIM_SCAN = 100            # backlog entries one claim looks at
@@ -45,17 +46,27 @@ class BacklogClaims:
             return
         last_len = -1
         last_try = 0.0
+        pause = 0.0
         try:
             while not rt.stopping.is_set():
-                self._wake.wait(timeout=max(0.2, rt.cfg.runtime.block_timeout_s))
+                self._wake.wait(timeout=max(0.2, rt.cfg.runtime.block_timeout_s, pause))
                 woken = self._wake.is_set()
                 self._wake.clear()
-                n = rt.r.llen(k.backlog)
-                now = time.monotonic()
-                if n and (woken or n != last_len or now - last_try > SLOW_RETRY_S):
-                    last_try = now
-                    self.claim_for_idle()
+                try:
                     n = rt.r.llen(k.backlog)
+                    now = time.monotonic()
+                    if n and (woken or n != last_len or now - last_try > SLOW_RETRY_S):
+                        last_try = now
+                        self.claim_for_idle()
+                        n = rt.r.llen(k.backlog)
+                    pause = 0.0
+                except redis.RedisError as e:
+                    if quarantine.is_wrongtype(e) and self._quarantine():
+                        continue
+                    if not transient(e):
+                        raise
+                    pause = rt.patience.failed(e, pause)
+                    n = last_len
                 last_len = n
                 rt.links.backlog.waiting = bool(n)
                 rt.progress("backlog")
@@ -91,6 +102,19 @@ class BacklogClaims:
             if note.get("backlog"):
                 rt.links.backlog.waiting = True
                 self._wake.set()
+
+    def _quarantine(self) -> bool:
+        """The backlog (or an idle agent's inbox or a task's meta, which a claim writes) holds
+        the wrong type: moved away (store/quarantine.py)."""
+        rt, k = self.rt, self.rt.keys
+        expected = {k.backlog: "list", k.deadletter: "list"}
+        for w in rt.alive():
+            expected[k.inbox(w.aid)] = "list"
+        moved = quarantine.quarantine(rt.town, expected, log=rt.log)
+        if not moved:   # the claimed task's meta: find it among the first backlog entries
+            for tid in rt.r.lrange(k.backlog, 0, CLAIM_SCAN - 1):
+                moved += quarantine.quarantine(rt.town, {k.task_meta(tid): "hash"}, log=rt.log)
+        return bool(moved)
 
     def claim_for_idle(self) -> int:
         """Give fitting backlog tasks to idle local agents (one each). Returns claims made."""

@@ -11,7 +11,9 @@ import time
 
 import redis
 
+from tinytownd.store import quarantine
 from tinytownd.store.records import DEADLETTER_KEPT
+from tinytownd.store.refusals import transient
 from tinytownd.store.wire import json_ts
 
 MOVE_MAX = 100
@@ -20,14 +22,23 @@ IDLE_WAIT_S = 0.2
 
 def retry_timer(rt) -> None:
     k = rt.keys
+    pause = 0.0
     while not rt.stopping.is_set():
         try:
             n = int(rt.scripts.move_due(keys=[k.delayed, k.deadletter],
                                         args=[int(time.time() * 1000), MOVE_MAX, json_ts(),
                                               k.prefix, DEADLETTER_KEPT]))
+            pause = 0.0
         except redis.RedisError as e:
-            rt.log.warning("retry timer failed", error=str(e))
             n = 0
+            if quarantine.is_wrongtype(e):
+                quarantine.quarantine(rt.town, {k.delayed: "zset", k.deadletter: "list"},
+                                      log=rt.log)
+            elif transient(e):
+                pause = rt.patience.failed(e, pause)
+            else:
+                rt.log.warning("retry timer failed", error=str(e))
+                pause = 1.0
         rt.progress("retry-timer")
         if n < MOVE_MAX:
-            rt.stopping.wait(IDLE_WAIT_S)
+            rt.stopping.wait(max(IDLE_WAIT_S, pause))

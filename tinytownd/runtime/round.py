@@ -252,7 +252,7 @@ class Round:
             w.log.warning("round interrupted; messages requeued", round=rnd)
             w.extra_ack = []
             if self.attempts_key:
-                w.r.hincrby(self.attempts_key, "attempts", -1)
+                self.links.scripts.counter(keys=[self.attempts_key], args=["attempts", -1])
             if not w.lost:
                 p = w.r.pipeline(transaction=False)
                 if tid:
@@ -322,7 +322,7 @@ class Round:
         w.problem = why
         w.log.warning("round deferred: the daemon cannot run it", reason=why, retry_in_s=backoff)
         if self.attempts_key:
-            w.r.hincrby(self.attempts_key, "attempts", -1)
+            self.links.scripts.counter(keys=[self.attempts_key], args=["attempts", -1])
         self._retry(backoff, why, runner.CliResult(None, False, False, 0.0, None, error=why),
                     activity=f"⏸️ deferred ({why}); retry in {backoff:g}s")
 

@@ -25,7 +25,7 @@ from tinytownd.daemon.component import Component, Context
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.logs import get_logger
 from tinytownd.store.leases import Leases, owner_token
-from tinytownd.store.refusals import refusal
+from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
 
@@ -69,11 +69,13 @@ class TownRuntime(Component):
         self.restart_at: dict[str, float] = {}
         self.backlog = BacklogClaims(self)
         self.lifeline = Lifeline(ctx.config.root, log=self.log)
+        self.patience = Patience(self.log)
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
             progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
-            backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline)
+            backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
+            patience=self.patience)
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
@@ -201,7 +203,7 @@ class TownRuntime(Component):
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:
         self.leases.ttl_s = new.runtime.lease_ttl_s
-        return self.sync(initial=False)
+        return self.agents.guarded(lambda: self.sync(initial=False))
 
     def drain(self, deadline: float) -> None:
         for w in self.workers.values():

@@ -29,6 +29,7 @@ from tinytownd.store.leases import Leases
 from tinytownd.store.scripts import Scripts
 from tinytownd.store.town import Town
 from tinytownd.store.records import DEADLETTER_KEPT, MESSAGE_MAX_BYTES
+from tinytownd.store.refusals import transient
 from tinytownd.store.wire import hash_ts, json_ts
 
 from .cli_env import CliEnvCache
@@ -62,6 +63,7 @@ class WorkerLinks:
     backlog: BacklogSignal
     log: object                        # the runtime's logger
     lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
+    patience: object = None            # refusals.Patience: waiting out Redis, logged once
 
 
 def idle_park_s(cfg: Config) -> float:
@@ -119,9 +121,21 @@ class Worker:
     def run(self) -> None:
         with structlog.contextvars.bound_contextvars(agent=self.settings.name, agent_id=self.aid):
             self.log = self.links.log.bind()
+            pause = 0.0
             try:
-                self._start()
-                self._loop()
+                while True:
+                    try:
+                        self._start()
+                        self._loop()
+                        return
+                    except redis.RedisError as e:
+                        # Redis away or refusing writes: not this agent's fault, and no crash;
+                        # once it is back, start over (in-flight messages are requeued)
+                        if not transient(e) or self.leaving():
+                            raise
+                        self.next_take = None
+                        pause = self.links.patience.failed(e, pause)
+                        self.links.stopping.wait(pause)
             except gevent.GreenletExit:
                 self.exit_reason = self.exit_reason or "killed"
                 raise
@@ -202,6 +216,7 @@ class Worker:
                 if self._quarantine(e):
                     continue
                 raise
+            links.patience.ok()
             status = res[0]
             if status == "lost":
                 self.lost = True
@@ -265,7 +280,8 @@ class Worker:
         out = {k.urgent(a): "list", k.inbox(a): "list", k.inflight_urgent(a): "list",
                k.inflight(a): "list", k.agent(a): "hash", k.agent_info(a): "hash",
                k.agent_lease(a): "string", k.activity(a): "list", k.delayed: "zset",
-               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream"}
+               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream",
+               k.stop(a): "string"}
         for tid in self.round_tasks:
             out[k.task(tid)] = out[k.task_meta(tid)] = "hash"
         return out

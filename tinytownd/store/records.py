@@ -48,12 +48,12 @@ def encode_tags(tags) -> str:
 
 
 def decode_tags(text: str | None) -> list[str]:
-    """tt's lenient read: anything unparsable is []."""
-    if not text:
+    """tt's lenient read: anything unparsable (or absurd: over 64 KiB) is []."""
+    if not text or len(text) > 65536:
         return []
     try:
         v = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     return [str(t) for t in v] if isinstance(v, list) else []
 

@@ -44,3 +44,41 @@ def refusal(e: BaseException) -> str | None:
         if kind:
             return kind
     return None
+
+
+def transient(e: BaseException) -> bool:
+    """Redis away (connection refused or broken, a timeout) or refusing writes for a while: wait
+    and try again; nothing about the request itself is wrong."""
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        return not isinstance(e, redis.AuthenticationError)
+    return refusal(e) is not None
+
+
+class Patience:
+    """Waiting out a Redis that is away or refusing writes, shared by every loop of a daemon:
+    one log line when it starts and one when it ends (not one per agent per second), and a pause
+    that grows to MAX_S for each waiter."""
+
+    MAX_S = 5.0
+
+    def __init__(self, log):
+        self.log = log
+        self.since: float | None = None
+        self.last_error = ""
+
+    def failed(self, e: BaseException, delay: float) -> float:
+        """Note a failure; returns the next pause for a waiter whose last pause was `delay`."""
+        import time
+        self.last_error = f"{type(e).__name__}: {e}"[:300]
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.warning("Redis unavailable; waiting", error=self.last_error,
+                             kind=refusal(e) or "unreachable")
+        return min(self.MAX_S, max(0.25, delay * 2))
+
+    def ok(self) -> None:
+        if self.since is not None:
+            import time
+            self.log.info("Redis available again",
+                          after_s=round(time.monotonic() - self.since, 3))
+            self.since = None

@@ -6,6 +6,11 @@
 -- ARGV[1] = owner token; then groups of 4: list ('u' | 'i'), raw, score ('' = plain ack), envelope
 -- Returns 1, or 0 (nothing done) when the lease is not ours: the new owner redelivers.
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
+-- (a script's writes stay when it fails half-way: check the zset's type before the first LREM)
+local zt = redis.call('TYPE', KEYS[6])['ok']
+if zt ~= 'zset' and zt ~= 'none' then
+  return redis.error_reply('WRONGTYPE the delayed zset holds a ' .. zt)
+end
 for i = 2, #ARGV, 4 do
   local src = KEYS[2]
   if ARGV[i] == 'u' then src = KEYS[1] end

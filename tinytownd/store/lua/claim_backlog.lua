@@ -50,6 +50,15 @@ for _, tid in ipairs(ids) do
           if words[t] then fits = true end
         end
       end
+      if fits then
+        -- every key written below must take the write, or the LREM would lose the task
+        for _, key in ipairs({ARGV[1] .. 'inbox:' .. ARGV[2], ARGV[1] .. 'tinytownd:task:' .. tid}) do
+          local kt = redis.call('TYPE', key)['ok']
+          if kt ~= 'none' and kt ~= (string.find(key, ':inbox:', 1, true) and 'list' or 'hash') then
+            return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kt)
+          end
+        end
+      end
       if fits and redis.call('LREM', KEYS[1], 1, tid) == 1 then
         redis.call('HSET', tkey, 'state', 'assigned', 'assigned_to', ARGV[2], 'updated_at', ARGV[3])
         redis.call('HSET', ARGV[1] .. 'tinytownd:task:' .. tid, 'agent', ARGV[2])

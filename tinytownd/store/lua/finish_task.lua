@@ -7,6 +7,7 @@
 -- Single-field writes only: HSET state/result/completed_at/updated_at; on the assignee's agent hash
 -- HDEL current_task if it names this task, HINCRBY tasks_completed 1 (completed only) and HSET
 -- last_heartbeat, as `tt task complete` does.
+--#include counter
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then
   if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
@@ -22,7 +23,7 @@ if aid then
     if redis.call('HGET', akey, 'current_task') == ARGV[5] then
       redis.call('HDEL', akey, 'current_task')
     end
-    if ARGV[2] == 'completed' then redis.call('HINCRBY', akey, 'tasks_completed', 1) end
+    if ARGV[2] == 'completed' then counter({akey}, {'tasks_completed', 1}) end
     redis.call('HSET', akey, 'last_heartbeat', ARGV[4])
   end
 end

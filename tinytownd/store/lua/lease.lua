@@ -11,7 +11,11 @@ local cur = redis.call('GET', KEYS[1])
 local op = ARGV[1]
 if op == 'acquire' then
   if cur == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1 end
-  if not cur then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end
+  -- no lease, or one without an expiry (every lease is written with PX: that is junk, and would
+  -- keep the agent from running for ever)
+  if not cur or redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1
+  end
   return 0
 elseif op == 'renew' then
   if cur == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1 end

@@ -17,8 +17,9 @@ if tid ~= '' then
 else
   redis.call('HSET', KEYS[1], 'state', 'working', 'last_active_at', now, 'last_heartbeat', now)
 end
+--#include counter
 local attempt = 1
-if ARGV[3] == '1' then attempt = redis.call('HINCRBY', KEYS[4], 'attempts', 1) end
+if ARGV[3] == '1' then attempt = counter({KEYS[4]}, {'attempts', 1}) end
 redis.call('HSET', KEYS[2], 'round', ARGV[4], 'round_started_at', now, 'task', tid)
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event_type', 'agent_state_changed',
            'data', ARGV[5])
