@@ -52,7 +52,10 @@ p="$(cat)"
 case "$p" in
   *FAILONCE-*)   # fail the first attempt of this task (exercises the retry path)
     m=$(printf '%s' "$p" | grep -o 'FAILONCE-[0-9a-f-]*' | head -n 1)
-    if [ ! -e "$FA_DIR/$m" ]; then : > "$FA_DIR/$m"; echo "failing once"; exit 1; fi;;
+    if [ ! -e "$FA_DIR/$m" ]; then
+      : > "$FA_DIR/$m"; echo "FAIL ${TINYTOWN_TASK_ID:-none} $$" >> "$FA_LOG"
+      echo "failing once"; exit 1
+    fi;;
 esac
 sleep "${FA_SLEEP:-0.2}"
 echo "END ${TINYTOWN_TASK_ID:-none} $$" >> "$FA_LOG"
@@ -463,12 +466,16 @@ class Site:
 
     # --- observation ---------------------------------------------------------------------
     def executions(self) -> collections.Counter:
+        """Executions per task, as the agent counted them; a planned failure (FAILONCE: the
+        attempt failed on purpose, and was retried) is not an extra execution."""
         c = collections.Counter()
         try:
             for line in self.exec_log.read_text(errors="replace").splitlines():
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "START":
                     c[parts[1]] += 1
+                elif len(parts) >= 2 and parts[0] == "FAIL":
+                    c[parts[1]] -= 1
         except OSError:
             pass
         return c

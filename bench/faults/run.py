@@ -97,6 +97,11 @@ def cleanup_dir(d: Path) -> list[str]:
         time.sleep(0.3)
     for mp in _mounts_under(d):
         subprocess.run(["umount", "-l", mp], capture_output=True)
+    if os.environ.get("FAULTS_KEEP_LOGS"):      # (debugging: keep the daemons' logs)
+        keep = Path(os.environ["FAULTS_KEEP_LOGS"]) / d.name
+        for log in d.rglob("*.log"):
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, keep / f"{log.parent.name}-{log.name}")
     shutil.rmtree(d, ignore_errors=True)
     if d.exists():
         notes.append(f"could not remove {d}")

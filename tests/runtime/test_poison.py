@@ -206,3 +206,14 @@ def test_junk_on_the_notify_channel(harness):
     wait_for(lambda: sum(e["source"] == k.notify for e in dead(h)) == len(junk), 10,
              what="every junk note dead-lettered")
     assert not any(g.dead for g in h.greenlets)
+
+
+def test_event_streams_of_the_wrong_type(harness):
+    h, aid = one_agent(harness)
+    r, k = h.town.r, h.keys
+    for key in (k.events, k.agent_events(aid)):
+        r.delete(key)
+        r.sadd(key, "a set, not a stream")
+    completes(h, aid)
+    assert {k.events, k.agent_events(aid)} <= {e["source"] for e in dead(h)}
+    assert not any(g.dead for g in h.greenlets) and h.rt.workers[aid].crashes == 0

@@ -19,6 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tinytownd.config import Config, redact_url
+from tinytownd.store.packing import EscapingPacker
 
 MIN_VERSION = (7, 0)
 
@@ -122,8 +123,8 @@ def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | N
     # surrogateescape: a value that is not UTF-8 reads as text with surrogate escapes instead of
     # failing the whole reply (records.utf8_clean tells them apart; records.to_bytes undoes it)
     kw = dict(max_connections=max_connections, timeout=timeout, decode_responses=True,
-              encoding_errors="surrogateescape", socket_connect_timeout=5.0,
-              **_tls_kwargs(cfg, url))
+              encoding_errors="surrogateescape", command_packer=EscapingPacker(),
+              socket_connect_timeout=5.0, **_tls_kwargs(cfg, url))
     if blocking:
         kw.update(socket_timeout=None, socket_read_size=4096)
     else:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import redis
 
-from tinytownd.store import events, records
+from tinytownd.store import events, quarantine, records
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 from tinytownd.store.wire import is_uuid, SUPERVISOR_ID, TASK_TERMINAL, json_ts, utcnow
@@ -342,18 +342,29 @@ class MissionStore:
         """Write a whole mission in one MULTI/EXEC, so nothing is ever half-written; it joins the
         active set last."""
         k = self.keys
-        p = self.r.pipeline(transaction=True)
-        self.q_mission(p, m)
-        if items:
-            p.hset(k.mission_work(m.id), mapping={it.id: it.to_json() for it in items})
-        if cmd_watches:
-            p.hset(k.mission_cmd_watches(m.id), mapping={w.id: w.to_json() for w in cmd_watches})
-        self.q_meta(p, m.id, meta)
-        for line in log:
-            self.q_log(p, m.id, line)
-        self.q_active(p, m.id, True)
-        self.q_wake(p, m.id, "started")
-        p.execute()
+        for tries_left in (1, 0):
+            p = self.r.pipeline(transaction=True)
+            self.q_mission(p, m)
+            if items:
+                p.hset(k.mission_work(m.id), mapping={it.id: it.to_json() for it in items})
+            if cmd_watches:
+                p.hset(k.mission_cmd_watches(m.id),
+                       mapping={w.id: w.to_json() for w in cmd_watches})
+            self.q_meta(p, m.id, meta)
+            for line in log:
+                self.q_log(p, m.id, line)
+            self.q_active(p, m.id, True)
+            self.q_wake(p, m.id, "started")
+            try:
+                p.execute()
+                return
+            except redis.ResponseError as e:
+                # a shared key of the wrong type (the active set, a stream): moved away, once
+                if not (tries_left and quarantine.is_wrongtype(e) and quarantine.quarantine(
+                        self.town, {**self.engine_keys(), **self.expected_types(m.id),
+                                    k.events: "stream",
+                                    k.mission_events_stream(m.id): "stream"})):
+                    raise
 
     def update_mission(self, mid: str, fn: Callable[[Mission, object], object],
                        retries: int = 50):

@@ -71,6 +71,7 @@ class Round:
     def run(self) -> None:
         w, k, a = self.w, self.k, self.aid
         town = self.links.town
+        w.round_tasks, w.round_streams = [], []
         good: list[tuple[str, str, dict]] = []
         poison: list[tuple[str, str, str]] = []
         for which, raw in self.taken:
@@ -121,6 +122,12 @@ class Round:
             else:
                 meta = w.r.hgetall(k.task_meta(mid))
         self.msgs, self.task_msg, self.tid, self.task = this_round, task_msg, tid, task
+        if task:    # streams the round's end writes besides the agent's own (quarantine)
+            mission = records.mission_of(records.decode_tags(task.get("tags")))
+            if task.get("assigned_to"):
+                w.round_streams.append(k.agent_events(task["assigned_to"]))
+            if mission:
+                w.round_streams.append(k.mission_events_stream(mission))
         with structlog.contextvars.bound_contextvars(task=tid):
             self._run_cli(meta)
 

@@ -97,6 +97,7 @@ class Worker:
         self.next_take = None         # the next round's take_round reply, taken by round_ok_take
         self.take_keys: list[str] = []
         self.round_tasks: list[str] = []   # task ids the current round reads (quarantine)
+        self.round_streams: list[str] = []  # event streams its end writes besides the agent's
         self.round_logs = None        # RoundLogs, made with the first round
         self.problem: str | None = None    # why rounds cannot run now (shown in status)
         self.deferrals = 0            # rounds deferred in a row (their backoff grows)
@@ -128,6 +129,16 @@ class Worker:
                         self._start()
                         self._loop()
                         return
+                    except redis.exceptions.NoScriptError:
+                        self.links.scripts.reload()     # Redis restarted without our scripts
+                        self.next_take = None
+                    except redis.ResponseError as e:
+                        if not self._quarantine(e):   # a key of the wrong type: moved away
+                            if not transient(e) or self.leaving():
+                                raise
+                            pause = self.links.patience.failed(e, pause)
+                            self.links.stopping.wait(pause)
+                        self.next_take = None
                     except redis.RedisError as e:
                         # Redis away or refusing writes: not this agent's fault, and no crash;
                         # once it is back, start over (in-flight messages are requeued)
@@ -280,10 +291,11 @@ class Worker:
         out = {k.urgent(a): "list", k.inbox(a): "list", k.inflight_urgent(a): "list",
                k.inflight(a): "list", k.agent(a): "hash", k.agent_info(a): "hash",
                k.agent_lease(a): "string", k.activity(a): "list", k.delayed: "zset",
-               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream",
-               k.stop(a): "string"}
+               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream"}
         for tid in self.round_tasks:
             out[k.task(tid)] = out[k.task_meta(tid)] = "hash"
+        for key in self.round_streams:
+            out[key] = "stream"
         return out
 
     def _quarantine(self, e: redis.ResponseError) -> bool:
@@ -292,7 +304,7 @@ class Worker:
         if not quarantine.is_wrongtype(e):
             return False
         moved = quarantine.quarantine(self.links.town, self.expected_types(), log=self.log)
-        self.round_tasks = []
+        self.round_tasks, self.round_streams = [], []
         return bool(moved)
 
     def _drop_next_take(self) -> None:

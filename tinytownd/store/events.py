@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .keys import Keys
-from .records import dumps
+from .records import dumps, utf8_clean
 from .wire import EVENT_TYPES, debug_state, json_ts
 
 TOWN_MAXLEN = 1000
@@ -38,6 +38,14 @@ class Event:
         return {"event_type": self.event_type, "data": self.data}
 
 
+def _text(v):
+    """Event JSON is UTF-8 for every reader: bytes that were not (read from a junk record)
+    become U+FFFD."""
+    if isinstance(v, str) and not utf8_clean(v):
+        return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return v
+
+
 def build(event_type: str, message: str, *, timestamp: str | None = None,
           **fields: Any) -> Event:
     """Any TownEvent (the typed builders below are what the daemon uses)."""
@@ -45,11 +53,11 @@ def build(event_type: str, message: str, *, timestamp: str | None = None,
         raise ValueError(f"unknown event type {event_type!r}")
     if not _OPTIONAL.issuperset(fields):
         raise ValueError(f"unknown event fields: {', '.join(sorted(set(fields) - _OPTIONAL))}")
-    data: dict[str, Any] = {"event_type": event_type, "message": str(message),
+    data: dict[str, Any] = {"event_type": event_type, "message": _text(str(message)),
                             "timestamp": timestamp or json_ts()}
     for k in OPTIONAL_FIELDS:          # serde's field order
         if fields.get(k) is not None:
-            data[k] = fields[k]
+            data[k] = _text(fields[k])
     agents: list[str] = []
     for f in _AGENT_FIELDS:
         a = fields.get(f)

@@ -30,8 +30,8 @@ class Poison(ValueError):
     """A record tt could not read. `reason` is short and stable (used in dead-letter entries)."""
 
     def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
+        self.reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        super().__init__(self.reason)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)   # (json.dumps with
@@ -201,7 +201,16 @@ def deadletter_entry(reason: str, source: str, raw: str | bytes, **extra: Any) -
 # ----------------------------------------------------------------------------- decoding
 def decode_message(raw: Any) -> dict:
     """Parse a queued message as tt does; raise Poison(reason) if tt could not read it (or it
-    is too large, or nested too deep for a JSON reader)."""
+    is too large, or nested too deep for a JSON reader). Never raises anything else."""
+    try:
+        return _decode_message(raw)
+    except Poison:
+        raise
+    except Exception as e:   # a shape no check above foresaw: still poison, never a crash
+        raise Poison(f"unreadable message: {type(e).__name__}") from None
+
+
+def _decode_message(raw: Any) -> dict:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "surrogateescape")
     if not isinstance(raw, str):
@@ -227,9 +236,9 @@ def decode_message(raw: Any) -> dict:
         if not isinstance(msg[f], str) or not _ANY_UUID_RE.match(msg[f].lower()):
             raise Poison(f"field {f!r} is not a UUID")
     mtype = msg["type"]
-    if mtype not in MESSAGE_FIELDS:
+    if not isinstance(mtype, str) or mtype not in MESSAGE_FIELDS:
         raise Poison(f"unknown message type {mtype!r}")
-    if msg["priority"] not in PRIORITIES:
+    if not isinstance(msg["priority"], str) or msg["priority"] not in PRIORITIES:
         raise Poison(f"unknown priority {msg['priority']!r}")
     try:
         parse_ts(msg["created_at"])

@@ -25,10 +25,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover
-    _pack = None
+from .packing import pack as _pack
 
 KEEP = 4   # connections the runtime's Scripts keeps out of its client's pool (fast path)
 
@@ -104,7 +101,7 @@ class Scripts:
 
     def __init__(self, r: redis.Redis, keep: int = 0):
         self.r = r
-        self.keep = keep if _pack is not None else 0
+        self.keep = keep
         self.loaded = False
         self._free: list = []      # connections kept out of r's pool (fast path)
         self._pid = os.getpid()

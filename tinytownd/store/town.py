@@ -16,10 +16,7 @@ from typing import Any
 
 import redis
 
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover
-    _pack = None
+from .packing import pack as _pack
 
 from . import events, records
 from .agents import AgentRecords
@@ -50,11 +47,6 @@ class Town(AgentRecords, TaskRecords):
         packing, no per-command redis-py bookkeeping). Raises the first error reply after
         reading them all. With `transaction`, the commands go inside MULTI/EXEC and the reply
         is EXEC's (an error queueing any command aborts them all)."""
-        if _pack is None:
-            p = self.r.pipeline(transaction=transaction)
-            for c in cmds:
-                p.execute_command(*c)
-            return p.execute()
         if transaction:
             cmds = [("MULTI",), *cmds, ("EXEC",)]
         pool = self.r.connection_pool

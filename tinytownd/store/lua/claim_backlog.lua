@@ -16,6 +16,10 @@
 -- task_assign message exactly as `tt backlog claim` sends it is RPUSHed to the agent's inbox.
 -- Returns {task id or false, entries dead-lettered, finished entries dropped}.
 --#include deadletter
+-- an agent that is stopping or not taking work gets nothing (the task would wait in its inbox)
+if redis.call('EXISTS', ARGV[1] .. 'stop:' .. ARGV[2]) == 1 then return {false, 0, 0} end
+local ast = redis.pcall('HGET', ARGV[1] .. 'agent:' .. ARGV[2], 'state')
+if ast == 'paused' or ast == 'stopped' or ast == 'draining' then return {false, 0, 0} end
 local words = {}
 for i = 9, #ARGV do words[ARGV[i]] = true end
 local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)

@@ -60,9 +60,8 @@ if not holder and ARGV[7] then
   if redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[7], 'NX') then holder = ARGV[1] end
 end
 if holder ~= ARGV[1] then requeue_all() return {'lost', holder or ''} end
-local stop = redis.call('TYPE', KEYS[5])['ok']
-if stop == 'string' then requeue_all() return {'stop'} end
-if stop ~= 'none' then return redis.error_reply('WRONGTYPE the stop flag holds a ' .. stop) end
+-- the stop flag: any value of any type means stop, as tt reads it (EXISTS)
+if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
 local st = redis.call('HGET', KEYS[6], 'state')
 if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
 local tasks = 0
