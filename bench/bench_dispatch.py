@@ -134,7 +134,7 @@ def _pickup(h: Harness, rate: float, duration: float) -> dict:
     aids = sorted(w.aid for w in h.rt.workers.values())
     sent: dict[str, float] = {}
     started: dict[str, float] = {}
-    h.rt.spawn_hooks.append(lambda w, tid, pid: started.__setitem__(tid, time.perf_counter()))
+    h.rt.links.spawn_hooks.append(lambda w, tid, pid: started.__setitem__(tid, time.perf_counter()))
     n = int(rate * duration)
     cpu0 = sum(os.times()[:2])
     t_start = time.perf_counter()

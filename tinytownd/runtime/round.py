@@ -223,6 +223,8 @@ class Round:
 
         def on_start(pid):
             w.pid = pid
+            for hook in links.spawn_hooks:
+                hook(w, tid, pid)
 
         result = runner.run(s.command, prompt=prompt, env=env, cwd=s.workdir,
                             exports={"TINYTOWN_TASK_ID": tid} if tid else None,

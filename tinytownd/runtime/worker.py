@@ -15,7 +15,7 @@ duplicate run after a crash is possible.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import gevent
@@ -62,6 +62,7 @@ class WorkerLinks:
     env: CliEnvCache                   # CLI environments
     backlog: BacklogSignal
     log: object                        # the runtime's logger
+    spawn_hooks: list = field(default_factory=list)   # hook(worker, task id, pid) at each CLI start
     lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
     patience: object = None            # refusals.Patience: waiting out Redis, logged once
 
