@@ -305,8 +305,8 @@ def _conv(path, payload: bytes, timeout: float = 5.0) -> tuple[str, dict | None]
             if not chunk:
                 return ("closed", None) if not buf else ("partial", None)
             buf += chunk
-        try:
-            return "reply", json.loads(buf)
+        try:   # (a generated line may hold a newline: two requests, two replies)
+            return "reply", json.loads(buf.split(b"\n", 1)[0])
         except ValueError:
             return "garbled", None
     except (socket.timeout, TimeoutError):
