@@ -43,9 +43,10 @@ class TaskBatch(Batch):
     def submit(self, on_chunk=None) -> tuple[int, int]:
         """Submit every file task not yet submitted; return (new, already there).
 
-        Each chunk is one MULTI/EXEC: task hash + daemon task meta + backlog entry + the
-        `batch:<bid>:ids` mapping + the `batch:<bid>:tasks` list, so after a crash a file id is
-        either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
+        Each chunk is one MULTI/EXEC: the task hashes + daemon task meta (only for tasks with
+        limits or a role to record) + one RPUSH of the backlog entries + one HSET of the
+        `batch:<bid>:ids` mappings + one RPUSH of the `batch:<bid>:tasks` list, so after a crash
+        a file id is either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
         after each chunk lands (the dispatcher starts handing out the first tasks while the
         rest are still being submitted).
         """
@@ -84,20 +85,24 @@ class TaskBatch(Batch):
         new_ids: dict[str, str] = {}
         for t in specs:
             # A task fits an agent when it has no tags or one of its tags is one of the agent's
-            # words (store/fit.py), so the batch link lives in the task meta (and
-            # batch:<bid>:tasks), never in the tags.
+            # words (store/fit.py), so the batch link lives in batch:<bid>:ids and
+            # batch:<bid>:tasks, never in the tags.
             tid, hset = town.create_task_cmd(t.description, tags=fit.role_tags(t.tags, t.role))
-            meta = ["HSET", k.task_meta(tid), "batch", self.id, "batch_task", t.id]
+            cmds.append(hset)
+            meta = []
             if t.max_attempts is not None:
                 meta += ("max_attempts", str(t.max_attempts))
             if t.timeout_s is not None:
                 meta += ("timeout_s", repr(float(t.timeout_s)))
             if t.role:
                 meta += ("role", t.role)
-            cmds += (hset, tuple(meta), town.backlog_push_cmd([tid]),
-                     ("HSET", k.batch_ids(self.id), t.id, tid),
-                     ("RPUSH", k.batch_tasks(self.id), tid))
+            if meta:
+                cmds.append(("HSET", k.task_meta(tid), *meta))
             new_ids[t.id] = tid
+        tids = list(new_ids.values())
+        ids = [x for fid, tid in new_ids.items() for x in (fid, tid)]
+        cmds += (town.backlog_push_cmd(tids), ("HSET", k.batch_ids(self.id), *ids),
+                 ("RPUSH", k.batch_tasks(self.id), *tids))
         return cmds, new_ids
 
     def requeue_lost(self) -> int:

@@ -54,6 +54,23 @@ def _write_file(path: str, data: bytes) -> None:
         close_fd(fd)
 
 
+def started_of(info):
+    """(tid, attempt, task state before, started_at before) when take_round's reply says it
+    started the round of a task_assign (lua/take_round.lua), else None."""
+    if info and len(info) >= 7 and info[0] == "task_assign":
+        return info[1], int(info[4]), info[5], info[6]
+    return None
+
+
+def unstart(w, started) -> None:
+    """lua/round_unstart.lua for a start take_round made (Round.started) that is not run."""
+    if not started:
+        return
+    k, tid = w.keys, started[0]
+    w.links.scripts.round_unstart(keys=[k.task(tid), k.task_meta(tid), k.agent(w.aid)],
+                                  args=[tid, started[2] or "", started[3] or "", hash_ts()])
+
+
 class Round:
     """One round of worker `w` (it reads and updates the worker's state: pid, state, rounds,
     current_task, lost, extra_ack, next_take)."""
@@ -65,7 +82,11 @@ class Round:
         self.links = w.links
         self.k, self.aid = w.keys, w.aid
         self.taken = [("u", x) for x in urgent_raw] + [("i", x) for x in inbox_raw]
+        self.took_urgent = bool(urgent_raw)   # inflight_urgent needs emptying by the ack
         self.info = info
+        # take_round started the round of this task already (agent working, task running,
+        # attempts += 1): (tid, attempt, task state before, started_at before)
+        self.started = started_of(info)
 
     # ------------------------------------------------------------------ 1. the messages
     def run(self) -> None:
@@ -110,6 +131,8 @@ class Round:
             elif records.parse_task(task)["state"] in TASK_TERMINAL:
                 w.log.info("task already finished; skipping", task=tid, state=task.get("state"))
                 task_msg, tid, task = None, None, None
+        if self.started and self.started[0] != tid:
+            self.unstart()      # the daemon runs another task (or none) in this round
         if task_msg is None and not [g for g in actionable if g[2]["type"] not in TASK_BEARING]:
             # Nothing to run: non-actionable mail is consumed (as tt does), the rest acked.
             self._ack([(wh, raw, "", "") for wh, raw, _m in this_round])
@@ -143,15 +166,29 @@ class Round:
         for _w, _raw, reason in poison:
             self.w.log.warning("poison message dead-lettered", reason=reason)
 
+    def unstart(self) -> None:
+        """Take back take_round's start of a round this worker does not run."""
+        started, self.started = self.started, None
+        unstart(self.w, started)
+
+    def _ack_groups(self, entries) -> list:
+        """ack_round's groups: the entries, the worker's extra acks, and the 'U' flag when
+        the round took urgent messages."""
+        w = self.w
+        entries = list(entries) + w.extra_ack
+        w.extra_ack = []
+        if self.took_urgent:
+            entries.append(("U", "", "", ""))
+        out = []
+        for e in entries:
+            out.extend(e)
+        return out
+
     def _ack(self, entries, pipe=None):
         """entries: (which, raw, score, envelope). Fenced by the lease. With `pipe`, only
         queued (the caller checks the reply with _acked)."""
-        k, a, w = self.k, self.aid, self.w
-        args = [self.links.owner]
-        entries = list(entries) + w.extra_ack
-        w.extra_ack = []
-        for e in entries:
-            args.extend(e)
+        k, a = self.k, self.aid
+        args = [self.links.owner, *self._ack_groups(entries)]
         res = self.links.scripts.ack_round(
             keys=[k.inflight_urgent(a), k.inflight(a), k.urgent(a), k.inbox(a), k.agent_lease(a),
                   k.delayed], args=args, client=pipe)
@@ -188,13 +225,21 @@ class Round:
         w.rounds += 1
         rnd = w.rounds
         old_state = w.state if w.state in ("idle", "paused", "starting") else "idle"
-        data = events.agent_state_changed(a, old_state, "working").data
-        # One call: agent working + current_task, task running, attempts += 1, agent info, event.
-        attempt = int(links.scripts.round_start(
-            keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
-                  attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
-            args=[now, tid or "", "1" if attempts_key else "0", rnd, data, events.TOWN_MAXLEN,
-                  events.AGENT_MAXLEN]))
+        lifecycle = cfg.runtime.task_events == "lifecycle"
+        ev = events.agent_state_changed(a, old_state, "working")
+        if self.started and self.started[0] == tid:
+            attempt = self.started[1]    # take_round started it; only the event is left
+            if lifecycle:
+                links.town.emit(ev)
+        else:
+            # One call: agent working + current_task, task running, attempts += 1, event.
+            attempt = int(links.scripts.round_start(
+                keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
+                      attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
+                args=[now, tid or "", "1" if attempts_key else "0", rnd,
+                      ev.data if lifecycle else "", events.TOWN_MAXLEN, events.AGENT_MAXLEN]))
+        self.wrote_info = not (self.started and self.started[0] == tid)   # round_start's task
+        self.started = None
         w.state = "working"
         w.current_task = tid
         others = [m for _w, _r, m in self.msgs if task_msg is None or m is not task_msg[2]]
@@ -339,6 +384,7 @@ class Round:
         """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
         ack, round bookkeeping, activity, the events and the notify."""
         w, k, a, tid, links = self.w, self.k, self.aid, self.tid, self.links
+        mode = links.config().runtime.task_events
         now = hash_ts()
         ts = now.replace("+00:00", "Z")
         exp_aid = exp_tags = task_data = mission = note = ""
@@ -346,17 +392,20 @@ class Round:
             task = self.task or {}
             exp_aid, exp_tags = task.get("assigned_to") or "", task.get("tags") or "[]"
             mission = records.mission_of(records.decode_tags(exp_tags)) or ""
-            task_data = events.task_completed(tid, exp_aid, mission=mission or None,
-                                              timestamp=ts).data
+            if mode != "none":
+                task_data = events.task_completed(tid, exp_aid, mission=mission or None,
+                                                  timestamp=ts).data
             note = links.town.task_note(tid, "completed", mission or None)
-        idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data
+        idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data \
+            if mode == "lifecycle" else ""
         args = [k.prefix, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
                 k.notify, note, idle_data, f"Round {w.rounds}: ✅ completed", links.owner,
-                events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN]
-        entries = [(wh, raw, "", "") for wh, raw, _m in self.msgs] + w.extra_ack
-        w.extra_ack = []
-        for e in entries:
-            args.extend(e)
+                events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN,
+                "1" if w.last_exit != "0" or self.wrote_info else "0",
+                "1" if w.crashes_to_clear else "0", "1" if w.activity_expiry_due() else "0",
+                *self._ack_groups((wh, raw, "", "") for wh, raw, _m in self.msgs)]
+        w.crashes_to_clear = False
+        w.last_exit = "0"
         keys = [k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
                 k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
                 k.agent_info(a), k.activity(a), k.events, k.agent_events(a)]
@@ -377,7 +426,7 @@ class Round:
             # assigned_to or tags changed during the round: the events from what Redis holds
             p2 = w.r.pipeline(transaction=False)
             links.town.finish_result(p2, tid, "completed", result_text, [1, fa, fb])
-            if old == "working":
+            if old == "working" and mode == "lifecycle":
                 links.town.emit(events.agent_state_changed(a, "working", "idle"), pipe=p2)
             try:
                 p2.execute()
@@ -390,12 +439,14 @@ class Round:
         now = hash_ts()
         p = w.r.pipeline(transaction=False)
         links.scripts.agent_round_end(keys=[k.agent(a)], args=[now, self.tid or ""], client=p)
-        p.hset(k.agent_info(a), mapping={"last_exit": "" if result.exit_code is None
-                                         else str(result.exit_code), "task": ""})
-        p.hdel(k.agent_info(a), "crashes")    # the round ended: the worker survived it
+        w.last_exit = "" if result.exit_code is None else str(result.exit_code)
+        p.hset(k.agent_info(a), mapping={"last_exit": w.last_exit, "task": ""})
+        if w.crashes_to_clear:
+            p.hdel(k.agent_info(a), "crashes")    # the round ended: the worker survived it
+            w.crashes_to_clear = False
         links.town.log_activity(a, f"Round {w.rounds}: {activity}", pipe=p)
         old = p.execute()[0]
         w.current_task = None
         w.state = "idle" if old in ("working", "idle", "starting", None) else old
-        if old == "working":
+        if old == "working" and links.config().runtime.task_events == "lifecycle":
             links.town.emit(events.agent_state_changed(a, "working", "idle"))

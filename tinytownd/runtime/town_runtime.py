@@ -56,7 +56,8 @@ class TownRuntime(Component):
         # kept connections (see scripts.py), at most 1 per 16 of the pool's
         pool_max = getattr(self.r.connection_pool, "max_connections", 0) or 0
         self.scripts = Scripts(self.r, keep=min(KEEP, pool_max // 16))
-        self.town = Town(self.r, self.keys, log=get_logger("town", town=ctx.keys.town))
+        self.town = Town(self.r, self.keys, log=get_logger("town", town=ctx.keys.town),
+                         task_events=ctx.config.runtime.task_events)
         self.owner = owner_token(ctx.instance_id)
         self.leases = Leases(self.r, self.keys.agent_lease, self.owner,
                              ctx.config.runtime.lease_ttl_s, self.scripts)
@@ -203,6 +204,7 @@ class TownRuntime(Component):
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:
         self.leases.ttl_s = new.runtime.lease_ttl_s
+        self.town.task_events = new.runtime.task_events
         return self.agents.guarded(lambda: self.sync(initial=False))
 
     def drain(self, deadline: float) -> None:
