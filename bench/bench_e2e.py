@@ -345,7 +345,7 @@ try:
     if variant == "claim":
         batch = TaskBatch(bf, "cc", r, d.ctx.keys)
     else:
-        batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg))
+        batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg), link_meta=False)
         batch.wait_agents()
     batch.town.task_events = cfg.runtime.task_events
     t0 = time.monotonic()

@@ -10,7 +10,7 @@ import gevent
 import pytest
 
 from tests.support.helpers import wait_for
-from tinytownd.batch.agents import agent_sections, embedded_config, roster
+from tinytownd.batch.agents import agent_sections, embedded_config, roster, uses_workspaces
 from tinytownd.batch.dispatch import DispatchedBatch
 from tinytownd.batch.file import parse
 from tinytownd.config import schema
@@ -34,7 +34,8 @@ def _run(root, task_events: str | None):
     d.start()
     g = gevent.spawn(d.run)
     r = d.ctx.clients.cmd
-    batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg))
+    batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg),
+                            link_meta=uses_workspaces(cfg))
     batch.town.task_events = cfg.runtime.task_events
     try:
         batch.wait_agents()

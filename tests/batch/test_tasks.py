@@ -35,8 +35,8 @@ def test_submit_writes_each_task_once_in_file_order(town, monkeypatch):
     assert r.lrange(k.backlog, 0, -1) == tids == r.lrange(k.batch_tasks("b1"), 0, -1)
     assert r.hgetall(k.batch_ids("b1")) == b.ids
     meta = r.hgetall(k.task_meta(tids[0]))
-    assert meta == {"max_attempts": "2", "timeout_s": "5.0", "role": "reviewer"}
-    # (the batch link is batch:<bid>:ids; a task with nothing to record has no meta at all)
+    assert meta == {"batch": "b1", "batch_task": "t0", "max_attempts": "2", "timeout_s": "5.0",
+                    "role": "reviewer"}
     task = town.get_task(tids[0])
     assert task["state"] == "pending" and json.loads(task["tags"]) == ["role:reviewer"]
     assert all_records_valid_town(town) == []
@@ -115,3 +115,30 @@ def test_a_stop_request_ends_the_follow(town):
     assert [row["state"] for row in b.rows()] == ["pending", "pending"]
     unsubmitted = _batch(town, n=3, bid="b2")
     assert [row["state"] for row in unsubmitted.rows()] == ["unsubmitted"] * 3
+
+
+def test_without_the_meta_link_a_task_with_nothing_to_record_has_no_meta(town):
+    """An embedded batch whose agents use no worktree (agents.uses_workspaces) leaves the batch
+    link to batch:<bid>:ids: a task without limits or a role gets no daemon meta at all (one
+    command per task less); one with limits gets just those."""
+    bf = parse({"tasks": [{"id": "plain", "description": "x"},
+                          {"id": "limited", "description": "y", "max_attempts": 2}]}, "b.yaml")
+    b = tasks.TaskBatch(bf, "b2", town.r, town.keys, link_meta=False)
+    assert b.submit() == (2, 0)
+    assert town.r.exists(town.keys.task_meta(b.ids["plain"])) == 0
+    assert town.r.hgetall(town.keys.task_meta(b.ids["limited"])) == {"max_attempts": "2"}
+    assert town.r.hgetall(town.keys.batch_ids("b2")) == b.ids
+
+
+def test_uses_workspaces_follows_the_agents_and_their_clis(tmp_path):
+    from tinytownd.batch.agents import uses_workspaces
+    from tinytownd.config import from_dict
+
+    def cfg(cli: dict, agent: dict):
+        return from_dict({"town": {"name": "w", "root": str(tmp_path)},
+                          "agent_clis": {"c": {"command": "true", **cli}},
+                          "agents": [{"name": "a", "cli": "c", **agent}]},
+                         str(tmp_path / "c.yaml"), env={}, check_files=False)
+    ws = {"workspace": {"repo": str(tmp_path)}}
+    assert not uses_workspaces(cfg({}, {}))
+    assert uses_workspaces(cfg({}, ws)) and uses_workspaces(cfg(ws, {}))

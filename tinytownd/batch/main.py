@@ -35,7 +35,8 @@ from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
-from .agents import agent_sections, check_agents, embedded_config, roster
+from . import artifacts
+from .agents import agent_sections, check_agents, embedded_config, roster, uses_workspaces
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
 from .follow import Batch
@@ -164,9 +165,13 @@ def _summarise(batch: Batch, reporter: Reporter, mode: "Mode", *, wall_s: float,
                            **mode.summary_extra()})
     totals = doc["totals"]
     code = doc["exit_code"] = exit_code(totals, interrupted)
+    notes = artifacts.write(batch, doc, patches_dir=getattr(args, "patches", None),
+                            junit_path=getattr(args, "junit", None))
     if args.summary:
         _write_summary(args.summary, doc)
     table = render_table(doc)
+    if notes:
+        table += "\n" + "\n".join(notes)
     if interrupted:
         # one signal drains (running rounds finish); a second one stops at once
         how = "stopped" if at_once else "drained"
@@ -295,7 +300,8 @@ class Embedded(Mode):
                                  roles={a.role for a in self.cfg.expanded_agents()})
         else:
             batch = DispatchedBatch(self.file, self.batch_id, r, keys, log=log,
-                                    roster=roster(self.cfg))
+                                    roster=roster(self.cfg),
+                                    link_meta=uses_workspaces(self.cfg))
         batch.town.task_events = self.cfg.runtime.task_events
         return batch
 

@@ -16,6 +16,8 @@ import gevent
 from tinytownd.store import fit
 from tinytownd.store.wire import TASK_TERMINAL
 
+from tinytownd.workspaces.records import summary_fields
+
 from .follow import Batch, duration_s
 
 SUBMIT_CHUNK = 250          # tasks per MULTI/EXEC
@@ -30,8 +32,12 @@ NO_KEY = "tt:-"             # read in place of a task that was never submitted (
 class TaskBatch(Batch):
     """The tasks of a task file on one town: submission, progress following and summary rows."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, link_meta: bool = True, **kw):
+        """`link_meta`: write batch/batch_task into each task's daemon meta (a worktree's
+        branch name reads them: agents.uses_workspaces); without it the link is only
+        batch:<bid>:ids and a task without limits or a role gets no meta at all."""
         super().__init__(*a, **kw)
+        self.link_meta = link_meta
         self.total = len(self.file.tasks)
         self._states_loaded = False           # self.state holds every task's state already
 
@@ -44,7 +50,7 @@ class TaskBatch(Batch):
         """Submit every file task not yet submitted; return (new, already there).
 
         Each chunk is one MULTI/EXEC: the task hashes + daemon task meta (only for tasks with
-        limits or a role to record) + one RPUSH of the backlog entries + one HSET of the
+        something to record: the batch link (link_meta), limits, a role) + one RPUSH of the backlog entries + one HSET of the
         `batch:<bid>:ids` mappings + one RPUSH of the `batch:<bid>:tasks` list, so after a crash
         a file id is either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
         after each chunk lands (the dispatcher starts handing out the first tasks while the
@@ -85,11 +91,11 @@ class TaskBatch(Batch):
         new_ids: dict[str, str] = {}
         for t in specs:
             # A task fits an agent when it has no tags or one of its tags is one of the agent's
-            # words (store/fit.py), so the batch link lives in batch:<bid>:ids and
-            # batch:<bid>:tasks, never in the tags.
+            # words (store/fit.py), so the batch link lives in batch:<bid>:ids,
+            # batch:<bid>:tasks and (link_meta) the task meta, never in the tags.
             tid, hset = town.create_task_cmd(t.description, tags=fit.role_tags(t.tags, t.role))
             cmds.append(hset)
-            meta = []
+            meta = ["batch", self.id, "batch_task", t.id] if self.link_meta else []
             if t.max_attempts is not None:
                 meta += ("max_attempts", str(t.max_attempts))
             if t.timeout_s is not None:
@@ -221,5 +227,6 @@ class TaskBatch(Batch):
                 "agent": self._agent_name(task.get("assigned_to") or meta.get("agent")),
                 "duration_s": duration_s(task), "result": task.get("result"),
                 "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
+                **summary_fields(meta),
                 **({"error": meta["last_error"]} if meta.get("last_error") and
                    st != "completed" else {})}
