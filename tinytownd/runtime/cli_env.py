@@ -10,6 +10,8 @@ variables), plus the agent's `env`, plus the town's variables:
   TINYTOWN_TASK_ID                                      set per round by the shell line (runner)
   TINYTOWN_WORKSPACE, TINYTOWN_BRANCH, TINYTOWN_BASE    worktree mode: the task's worktree, its
                                                         branch and base commit (same way)
+  TINYTOWND_LIFELINE                                    which daemon started it (lifeline.py: the
+                                                        watcher ends what carries it)
 
 The directory of the running `tinytownd` goes first on PATH when it is not there, so a CLI can
 call `tinytownd task complete` of the same installation.
@@ -21,11 +23,11 @@ import sys
 
 DROPPED = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
            "WATCHDOG_PID", "TINYTOWN_TASK_ID", "TINYTOWN_PROMPT_FILE", "TINYTOWN_WORKSPACE",
-           "TINYTOWN_BRANCH", "TINYTOWN_BASE")
+           "TINYTOWN_BRANCH", "TINYTOWN_BASE", "TINYTOWND_LIFELINE")
 
 
 def build(settings, *, town: str, redis_url: str, config_path: str | None,
-          prompt_path: str) -> dict:
+          prompt_path: str, marker: str | None = None) -> dict:
     """A new environment dict for one agent's CLI."""
     env = {k: v for k, v in os.environ.items() if k not in DROPPED}
     env.update(settings.env)
@@ -37,6 +39,8 @@ def build(settings, *, town: str, redis_url: str, config_path: str | None,
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     if config_path and not config_path.startswith("<"):
         env["TINYTOWND_CONFIG"] = os.path.abspath(config_path)
+    if marker:
+        env["TINYTOWND_LIFELINE"] = marker
     return env
 
 
@@ -48,9 +52,10 @@ class CliEnvCache:
     spawner keeps the encoded form of a dict by its identity. Callers must not modify it.
     """
 
-    def __init__(self, town: str, redis_url: str):
+    def __init__(self, town: str, redis_url: str, marker: str | None = None):
         self.town = town
         self.redis_url = redis_url
+        self.marker = marker          # TINYTOWND_LIFELINE of this daemon (lifeline.py)
         self._by_agent: dict[str, tuple] = {}
 
     def get(self, settings, prompt_path: str, config_path: str | None) -> dict:
@@ -60,6 +65,7 @@ class CliEnvCache:
         c = self._by_agent.get(settings.aid)
         if c is None or c[0] != src or c[1] != sig:
             c = (dict(src), sig, build(settings, town=self.town, redis_url=self.redis_url,
-                                       config_path=config_path, prompt_path=prompt_path))
+                                       config_path=config_path, prompt_path=prompt_path,
+                                       marker=self.marker))
             self._by_agent[settings.aid] = c
         return c[2]
