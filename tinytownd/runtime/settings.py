@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinytownd.config import AgentSpec, Config
+from tinytownd.config import AgentCli, AgentSpec, Config
 
 # fields a reload may change in place (the next round uses them)
-LIVE_FIELDS = ("role", "cli", "command", "timeout_s", "max_attempts", "workdir", "env", "tags")
+LIVE_FIELDS = ("role", "cli", "command", "timeout_s", "max_attempts", "workdir", "env", "tags",
+               "agent_cli")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class AgentSettings:
     env: dict = field(default_factory=dict)
     tags: list = field(default_factory=list)
     adopted: bool = False        # an agent tt registered that this daemon runs (`adopt: true`)
+    agent_cli: AgentCli = field(default_factory=AgentCli)   # prompt, output, failure classes
 
     def update_from(self, new: "AgentSettings") -> list[str]:
         """Take the live fields of `new`; return the names of those that changed."""
@@ -46,4 +48,4 @@ def resolve(cfg: Config, a: AgentSpec, aid: str, *, adopted: bool = False) -> Ag
     return AgentSettings(name=a.name, aid=aid, role=a.role or "worker", cli=a.cli,
                          command=cli.command, timeout_s=cli.timeout_s,
                          max_attempts=cli.max_attempts, workdir=str(workdir), env=env,
-                         tags=[str(t) for t in a.tags], adopted=adopted)
+                         tags=[str(t) for t in a.tags], adopted=adopted, agent_cli=cli)
