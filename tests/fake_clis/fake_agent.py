@@ -10,6 +10,8 @@ tests/fixtures/agent_cli, see SOURCES.md there), with the exit status given.
     --exit N                   exit status (default 0)
     --first N:FIXTURE:EXIT     the first N rounds (counted in --counter) print FIXTURE and exit
                                EXIT instead
+    --fail-while PATH:FIXTURE:EXIT  while PATH exists, print FIXTURE and exit EXIT instead
+                               (a broken API key, fixed by removing PATH)
     --counter PATH             a file counting this CLI's rounds (shared by every agent)
     --record PATH              append "start|end <epoch> <agent>" lines (overlap checks)
     --sleep S                  sleep before printing
@@ -51,6 +53,7 @@ def main() -> int:
     ap.add_argument("--print", dest="fixture")
     ap.add_argument("--exit", type=int, default=0)
     ap.add_argument("--first")
+    ap.add_argument("--fail-while")
     ap.add_argument("--counter")
     ap.add_argument("--record")
     ap.add_argument("--sleep", type=float, default=0.0)
@@ -76,6 +79,10 @@ def main() -> int:
             fixture, code = fx or None, int(ex)
     elif a.counter:
         bump(a.counter)
+    if a.fail_while:
+        path, fx, ex = a.fail_while.split(":")
+        if os.path.exists(path):
+            fixture, code = fx, int(ex)
     if a.sleep:
         time.sleep(a.sleep)
     if a.usage and os.environ.get("TINYTOWN_USAGE_FILE"):

@@ -65,7 +65,10 @@ notify                             channel PUBLISH of {"task": tid, "state": s, 
                                            task reaches a terminal state, so mission owners wake at once;
                                            and {"task": tid, "state": "pending", "backlog": true} when a
                                            task is put on the backlog (runtime claims wake on it).
-batch:<bid>                        hash    batch run meta: state created_at file totals...
+batch:<bid>                        hash    batch run meta: state created_at file totals...; the usage
+                                           sums of its tasks' rounds (input_tokens … cost_usd), added
+                                           at each round's end (lua/add_usage.lua), which
+                                           --max-cost-usd compares with its budget; stop_reason.
 batch:<bid>:tasks                  list    task ids of the batch, in file order.
 batch:<bid>:ids                    hash    batch-file task id → task uuid (idempotent submission).
 mission:<mid>                      hash    daemon bookkeeping of a mission: fence (token counter),

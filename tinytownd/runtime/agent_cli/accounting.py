@@ -36,7 +36,8 @@ def queue_usage(pipe, scripts, keys, *, aid: str, meta_key: str | None, mission:
         targets.append(meta_key)
     if mission:
         targets.append(keys.mission_meta(mission))
-    scripts.add_usage(keys=targets, args=[usage_arg(u), 2 if meta_key else 0], client=pipe)
+    scripts.add_usage(keys=targets, args=[usage_arg(u), 2 if meta_key else 0,
+                                          keys.daemon_prefix], client=pipe)
 
 
 def failures_after(meta: dict, cls: str, error: str) -> str:

@@ -22,7 +22,8 @@
 -- ARGV[17] = the round's usage, JSON {"n": {count field: int}, "f": {cost_usd: float},
 --            "s": {label field: string}} or '' (none): counts and cost are added to the task's
 --            daemon meta, the agent's info (KEYS[9]) and, with a mission (ARGV[8]), the mission's
---            daemon meta; labels (model, session_id) are set on the task's meta
+--            daemon meta and the task's batch (add_usage.lua); labels (model, session_id) are
+--            set on the task's meta
 -- ARGV[18..] = ack groups of 4: list ('u' | 'i'), raw, score ('' = plain ack), envelope
 -- Returns {finish code, a, b, events written (1/0), acked (1/0), old agent state or false}:
 -- finish code -2 no task, -3 the task key is unreadable (not a hash), -1 no task hash,
@@ -60,7 +61,7 @@ if ARGV[17] ~= '' then
   local targets = {KEYS[9]}
   if tid ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:task:' .. tid end
   if ARGV[8] ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:mission:' .. ARGV[8] end
-  add_usage(targets, {ARGV[17], tid ~= '' and 2 or 0})
+  add_usage(targets, {ARGV[17], tid ~= '' and 2 or 0, prefix .. 'tinytownd:'})
 end
 -- 4., 5.
 redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '')
