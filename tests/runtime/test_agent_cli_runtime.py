@@ -222,3 +222,26 @@ def test_fatal_fails_the_task_at_once_and_pauses_the_cli_for_the_town(harness, t
     assert "paused" in (h.rt.workers[a2].problem or "")
     CliState(h.town.r, h.keys).resume("auth")
     wait_for(lambda: all(task_state(h, t) == "completed" for t in later), timeout=20)
+
+
+def test_usage_of_mission_tasks_is_summed_on_the_mission(harness, tmpdir_short):
+    """round_ok.lua (exit 0) and add_usage.lua (a failed round) both add to the mission's meta,
+    which the mission budget reads; junk of the wrong type there never fails a round's end."""
+    counter = tmpdir_short / "n"
+    h = harness([{"name": "m", "cli": "cl"}],
+                {"cl": {"command": fake(f"--counter {counter}", "--first",
+                                        "1:claude_error.json:1", "--print claude_success.json",
+                                        "--usage '{\"cost_usd\": 0.5}'"),
+                        "output": "claude-json"}})
+    aid = first_aid(h)
+    mid = "0b8f1c9e-5e0b-4c52-9d3e-2f4a8b6c7d11"
+    tid = h.town.assign(aid, "mission work", tags=[f"mission:{mid}"])
+    wait_for(lambda: task_state(h, tid) == "completed", timeout=30)
+    meta = h.town.r.hgetall(h.keys.mission_meta(mid))
+    assert float(meta["cost_usd"]) == pytest.approx(0.5 + 0.5 + 0.0123)
+    assert meta["input_tokens"] == "1200"
+    h.town.r.delete(h.keys.mission_meta(mid))
+    h.town.r.rpush(h.keys.mission_meta(mid), "junk")           # the wrong type
+    t2 = h.town.assign(aid, "more", tags=[f"mission:{mid}"])
+    wait_for(lambda: task_state(h, t2) == "completed", timeout=30)
+    assert float(h.town.get_task_meta(t2)["cost_usd"]) == pytest.approx(0.5123)
