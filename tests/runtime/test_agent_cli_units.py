@@ -283,3 +283,18 @@ def test_presets():
     assert all(c.rate_limit_patterns and c.fatal_patterns for c in b.values())
     for name, c in b.items():       # every preset's placeholder agrees with its mode
         assert _cfg({"command": c.command}).prompt == c.prompt, name
+
+
+def test_readme_documents_every_preset():
+    """The README table names each preset's exact command, and marks unverified the presets
+    whose flags could not be confirmed (config/agent_cli.py PRESET_SOURCES)."""
+    from tinytownd.config.agent_cli import PRESET_SOURCES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert set(PRESET_SOURCES) == set(config.BUILTIN_CLIS)
+    for name, cli in config.BUILTIN_CLIS.items():
+        row = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{name}` |")), None)
+        assert row and f"`{cli.command}`" in row, name
+        verified, unconfirmed = PRESET_SOURCES[name]
+        if not verified:
+            assert "**unverified**" in row, name

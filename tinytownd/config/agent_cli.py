@@ -40,23 +40,29 @@ def implied_prompt_mode(command: str) -> str | None:
     return found.pop() if found else None
 
 
-# name → (verified flags with their source, flags or behaviour not confirmed by a source read)
+# name → (the flags the preset relies on, confirmed in the tool's own documentation, with where;
+# what could not be confirmed there: the README table marks that preset "unverified").
 PRESET_SOURCES: dict[str, tuple[str, str]] = {
-    "claude": ("`-p`/`--print`, `--output-format json` (one result object: `result`, `is_error`, "
-               "`total_cost_usd`, `usage`, `num_turns`, `session_id`), prompt on stdin "
-               "(`echo … | claude -p`): docs.anthropic.com/en/docs/claude-code/sdk/sdk-headless, "
-               "Agent SDK cost tracking (platform.claude.com/docs/en/agent-sdk/cost-tracking)",
-               "`--dangerously-skip-permissions` (not in the pages read)"),
-    "codex": ("`codex exec`, `--json` (JSONL: `thread.started`, `turn.completed` with `usage`, "
-              "`turn.failed`, `item.completed` with `agent_message`, `error`), `--sandbox "
-              "danger-full-access`, prompt `-` on stdin: developers.openai.com/codex/noninteractive,"
-              " openai/codex codex-rs/exec/src/exec_events.rs", ""),
-    "aider": ("`--message-file FILE`, `--yes`, `--no-auto-commits`: aider.chat/docs/scripting.html",
-              ""),
-    "gemini": ("`-p`/`--prompt` (headless): geminicli.com/docs/cli/headless",
-               "`--yolo` (auto-approve; only secondary sources, deprecated for "
-               "`--approval-mode=yolo`); its `--output-format json` is not parsed (output: text)"),
-    "auggie": ("", "`auggie --print` with the prompt on stdin (no source read)"),
-    "copilot": ("", "`copilot -p PROMPT --allow-all-tools` (secondary sources only)"),
-    "cursor": ("", "`cursor-agent -p PROMPT` (no source read)"),
+    "claude": ("`-p` (print, headless), prompt on stdin, `--output-format json` (one result "
+               "object: `result`, `is_error`, `total_cost_usd`, `usage`, `num_turns`, "
+               "`session_id`): docs.anthropic.com/en/docs/claude-code/sdk/sdk-headless, "
+               "docs.anthropic.com/en/docs/claude-code/cli-reference",
+               "`--dangerously-skip-permissions` is in the CLI reference, not in the pages read"),
+    "codex": ("`codex exec`, `--json` (JSONL events `thread.started`, `turn.completed` with "
+              "`usage`, `turn.failed`, `item.completed` with `agent_message`, `error`), "
+              "`--sandbox danger-full-access`, `--skip-git-repo-check`, prompt `-` = stdin: "
+              "developers.openai.com/codex/noninteractive, openai/codex docs/exec.md and "
+              "codex-rs/exec/src/exec_events.rs", ""),
+    "aider": ("`--message-file FILE` (one message, then exit), `--yes`, `--no-auto-commits`: "
+              "aider.chat/docs/scripting.html", ""),
+    "gemini": ("`-p`/`--prompt PROMPT` (headless): geminicli.com/docs/cli/headless",
+               "`--yolo` (auto-approve) only from `gemini --help` output quoted elsewhere; its "
+               "`--output-format json` (`response`, `stats`) is not parsed: output text"),
+    "auggie": ("", "`auggie --print` with the prompt on stdin: no page of "
+                   "docs.augmentcode.com read documents it"),
+    "copilot": ("prompt piped on stdin, `-s` (only the agent's answer), `--allow-all-tools`, "
+                "`--no-ask-user`: docs.github.com/en/copilot/how-tos/copilot-cli/"
+                "automate-copilot-cli/run-cli-programmatically and .../cli-programmatic-reference",
+                ""),
+    "cursor": ("", "`cursor-agent -p PROMPT`: only third-party wrappers document it"),
 }

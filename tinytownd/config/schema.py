@@ -260,11 +260,12 @@ def _preset(command: str, *, prompt: str = "stdin", output: str = "text") -> Age
 BUILTIN_CLIS: dict[str, AgentCli] = {
     "claude": _preset("claude -p --output-format json --dangerously-skip-permissions",
                       output="claude-json"),
-    "codex": _preset("codex exec --json --sandbox danger-full-access -", output="codex-jsonl"),
+    "codex": _preset("codex exec --json --sandbox danger-full-access --skip-git-repo-check -",
+                     output="codex-jsonl"),
     "auggie": _preset("auggie --print"),
     "aider": _preset("aider --yes --no-auto-commits --message-file {prompt_file}", prompt="file"),
     "gemini": _preset("gemini --yolo -p {prompt}", prompt="arg"),
-    "copilot": _preset("copilot --allow-all-tools -p {prompt}", prompt="arg"),
+    "copilot": _preset("copilot -s --allow-all-tools --no-ask-user"),
     "cursor": _preset("cursor-agent -p {prompt}", prompt="arg"),
 }
 
