@@ -245,3 +245,18 @@ def test_usage_of_mission_tasks_is_summed_on_the_mission(harness, tmpdir_short):
     t2 = h.town.assign(aid, "more", tags=[f"mission:{mid}"])
     wait_for(lambda: task_state(h, t2) == "completed", timeout=30)
     assert float(h.town.get_task_meta(t2)["cost_usd"]) == pytest.approx(0.5123)
+
+
+def test_a_reload_ends_the_pause_of_the_configs_clis(harness):
+    h = harness([{"name": "r", "cli": "ok"}], {"ok": "cat >/dev/null; echo fine"})
+    aid = first_aid(h)
+    st = CliState(h.town.r, h.keys)
+    st.pause("ok", "Invalid API key")
+    st.pause("elsewhere", "not ours")
+    tid = h.town.assign(aid, "x")
+    wait_for(lambda: "paused" in (h.rt.workers[aid].problem or ""))
+    assert task_state(h, tid) == "assigned"
+    notes = h.rt.sync(initial=False)
+    assert "agent CLI ok: pause ended" in notes
+    wait_for(lambda: task_state(h, tid) == "completed")
+    assert h.town.r.hget(h.keys.cli("elsewhere"), "paused") == "1"   # not a CLI of this config

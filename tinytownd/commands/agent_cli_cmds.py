@@ -24,7 +24,12 @@ def cmd_resume_cli(args) -> int:
     def go():
         from tinytownd.store.cli_state import CliState
 
-        town, _cfg = common.open_town(args)
+        town, cfg = common.open_town(args)
+        known = set(cfg.clis()) if cfg is not None else set()
+        if args.name not in known and not town.r.exists(town.keys.cli(args.name)):
+            raise LookupError(f"unknown agent CLI {args.name!r}: not in agent_clis or the "
+                              f"built-in presets ({', '.join(sorted(known)) or 'no config'}), "
+                              "and no state of it in the town")
         was = CliState(town.r, town.keys).resume(args.name)
         what = []
         if was.get("paused"):
