@@ -348,6 +348,11 @@ def render_table(summary: dict, *, max_rows: int = 20) -> str:
     widths = [max(2, min(24, max(len(str(r.get("id"))) for r in shown))), 9, 5,
               max(5, min(20, max(len(str(r.get("agent") or "")) for r in shown))), 7] + \
         ([9] if costs else []) + [50]
+    branches = any(r.get("base") for r in tasks)      # workspaces on: BRANCH and its diffstat
+    if branches:
+        header = header[:5] + ("BRANCH", "CHANGES") + header[5:]
+        widths[5:5] = [max(6, min(40, max(len(str(r.get("branch") or "-")) for r in shown))), 11]
+        widths[-1] = 36
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines.append("")
     lines.append(fmt.format(*header).rstrip())
@@ -356,6 +361,8 @@ def render_table(summary: dict, *, max_rows: int = 20) -> str:
                  _cell(r.get("attempts"), widths[2]), _cell(r.get("agent") or "-", widths[3]),
                  _cell("-" if r.get("duration_s") is None else f"{r['duration_s']:.2f}",
                        widths[4])]
+        if branches:
+            cells += [_cell(r.get("branch") or "-", widths[5]), _cell(diffstat(r), widths[6])]
         if costs:
             cells.append(_cell(f"${r['cost_usd']:.4f}" if "cost_usd" in r else "-", 9))
         cells.append(_cell(r.get("result") or "", widths[-1]))
@@ -363,6 +370,13 @@ def render_table(summary: dict, *, max_rows: int = 20) -> str:
     if len(rows) > len(shown):
         lines.append(f"… {len(rows) - len(shown)} more (all in --summary JSON)")
     return "\n".join(lines)
+
+
+def diffstat(row: dict) -> str:
+    """`3f +12 -4` (files, insertions, deletions of the task's branch), `-` without changes."""
+    if not row.get("files_changed"):
+        return "-"
+    return f"{row['files_changed']}f +{row.get('insertions') or 0} -{row.get('deletions') or 0}"
 
 
 def _fmt_s(v: float | None) -> str:

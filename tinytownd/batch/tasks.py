@@ -17,6 +17,8 @@ from tinytownd.runtime.agent_cli.usage import USAGE_FIELDS, usage_view
 from tinytownd.store import fit
 from tinytownd.store.wire import TASK_TERMINAL
 
+from tinytownd.workspaces.records import summary_fields
+
 from .follow import Batch, duration_s
 
 SUBMIT_CHUNK = 250          # tasks per MULTI/EXEC
@@ -217,6 +219,7 @@ class TaskBatch(Batch):
                 "agent": self._agent_name(task.get("assigned_to") or meta.get("agent")),
                 "duration_s": duration_s(task), "result": task.get("result"),
                 "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
+                **summary_fields(meta),
                 **({"error": meta["last_error"]} if meta.get("last_error") and
                    st != "completed" else {}),
                 **usage_view({f: meta.get(f) for f in USAGE_FIELDS}),

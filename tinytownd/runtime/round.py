@@ -44,6 +44,13 @@ def _pairs(flat) -> dict:
     return dict(zip(it, it))
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _write_file(path: str, data: bytes) -> None:
     """Create/truncate `path` with `data` (its directory is made when missing): three syscalls
     instead of open()'s text-file setup."""
@@ -231,6 +238,13 @@ class Round:
             too_long = None
         usage_path = os.path.join(logs_dir, f"{s.name}_usage.json")
         env = links.env.get(s, prompt_path, cfg.path, usage_path)
+        exports = {"TINYTOWN_TASK_ID": tid} if tid else None
+        self.ws = None
+        if s.workspace is not None and tid:     # worktree mode: the task's own worktree
+            if not self._workspace(meta, env, cfg):
+                _unlink(prompt_path)
+                return
+            exports.update(self.ws.exports())
         w.round_started = time.monotonic()
         w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
         rt = cfg.runtime
@@ -245,8 +259,9 @@ class Round:
                 hook(w, tid, pid)
 
         parser = output.collector(cli.output)
-        result = runner.run(command, prompt=stdin_text, env=env, cwd=s.workdir,
-                            exports={"TINYTOWN_TASK_ID": tid} if tid else None,
+        result = runner.run(command, prompt=stdin_text, env=env,
+                            cwd=self.ws.path if self.ws is not None else s.workdir,
+                            exports=exports,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
                             tail_bytes=cfg.runtime.result_tail_bytes,
@@ -257,10 +272,7 @@ class Round:
                             observer=parser.feed if parser is not None else None)
         w.pid = None
         w.round_started = None
-        try:
-            os.unlink(prompt_path)
-        except OSError:
-            pass
+        _unlink(prompt_path)
         w.round_logs.add(log_path, result.log_bytes)
         if result.log_error:
             w.log.warning("round log incomplete", error=result.log_error)
@@ -278,6 +290,12 @@ class Round:
         rt = cfg.runtime
         verdict = verdict if verdict is not None else report.Verdict(
             failure=None if result.ok else ("timeout" if result.timed_out else "error"))
+        ws = getattr(self, "ws", None)
+        if ws is not None and result.ok and verdict.failure is None and not w.lost:
+            result = self._commit(ws, result)   # before the task completes; may fail the round
+            if not result.ok:
+                verdict = report.Verdict(failure="error", error=result.error or "workspace",
+                                         usage=verdict.usage)
         self.verdict = verdict
         task_state = w.r.hget(k.task(tid), "state") if tid and verdict.failure and \
             not (result.killed or w.lost) else None
@@ -286,6 +304,8 @@ class Round:
                              max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
                              backoff_max_s=rt.retry_backoff_max_s, failure=verdict.failure,
                              error=verdict.error)
+        if ws is not None and out.kind != "ok":
+            self._workspace_end(ws, out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -378,6 +398,60 @@ class Round:
                       "CLI cools down", cli=s.cli, cooldown_s=secs, level=cd["level"],
                       named_s=self.verdict.retry_after_s, failure_class="rate_limited")
         self._round_end(f"⏳ rate limited ({err}); CLI {s.cli} cools down {secs:g}s", result)
+
+    # ------------------------------------------------------------------ worktree mode
+    def _workspace(self, meta: dict, env: dict, cfg) -> bool:
+        """The task's workspace for this round (self.ws); False when the round ended here: the
+        daemon is at fault (deferred), the task cannot have one (failed now), or the setup
+        command failed (as a failed round)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        try:
+            self.ws = self.links.workspaces.prepare(self.w.settings, self.tid, self.task, meta,
+                                                    env=env, logs_dir=cfg.logs_dir_str)
+            return True
+        except WorkspaceError as e:
+            if e.kind == "daemon":
+                self._defer(f"workspace: {e}", cfg)
+                return False
+            self.ws = e.workspace
+            if e.kind == "task":
+                self.max_attempts = self.attempt     # another attempt would meet the same
+            self._end(runner.CliResult(None, False, False, 0.0, None, error=str(e),
+                                       output=e.output), cfg)
+        except OSError as e:
+            self._defer(f"workspace: {e}", cfg)
+        return False
+
+    def _commit(self, ws, result):
+        """Exit 0: commit and record the workspace, apply its keep policy. A failure turns the
+        round into a failed one (the worktree keeps the agent's changes for the retry)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        s = self.w.settings
+        try:
+            self.links.workspaces.complete(ws, agent=s.name,
+                                           description=(self.task or {}).get("description", ""))
+            return result
+        except (WorkspaceError, OSError) as e:
+            self.w.log.warning("workspace commit failed", error=str(e))
+            return runner.CliResult(None, False, False, result.duration_s, result.pid,
+                                    error=f"workspace: {e}", output=result.output)
+
+    def _workspace_end(self, ws, kind: str, task_state: str | None) -> None:
+        """The round did not complete the task: the keep policy when the task has ended, else
+        the worktree waits for the next round."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        mgr, s = self.links.workspaces, self.w.settings
+        try:
+            if kind == "cli_finished" and task_state == "completed":
+                mgr.complete(ws, agent=s.name,
+                             description=(self.task or {}).get("description", ""))
+            elif kind in ("failed", "cli_finished"):
+                mgr.ended(ws, task_state if kind == "cli_finished" else "failed")
+            else:
+                mgr.release(ws)
+        except (WorkspaceError, OSError) as e:   # the sweep tries again
+            mgr.release(ws)
+            self.w.log.warning("workspace end failed", error=str(e))
 
     def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
         """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in

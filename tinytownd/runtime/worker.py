@@ -69,6 +69,7 @@ class WorkerLinks:
     lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
     patience: object = None            # refusals.Patience: waiting out Redis, logged once
     cli_state: object = None           # store.cli_state.CliState: CLI cooldowns and pauses
+    workspaces: object = None          # workspaces.manager.WorkspaceManager (worktree mode)
 
 
 def idle_park_s(cfg: Config) -> float:

@@ -48,11 +48,20 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent batch; last_class and failures (JSON list
-                                           of {class, error, at}, newest 20) of failed rounds; usage
-                                           summed over rounds: input_tokens output_tokens
-                                           cached_tokens cache_write_tokens turns cost_usd, and the
-                                           last model and session_id (runtime/agent_cli/usage.py).
+                                           last_error agent batch batch_task; its workspace (worktree
+                                           mode, workspaces/records.py): branch base head
+                                           files_changed insertions deletions workspace (the path,
+                                           while it exists) workspace_repo workspace_git
+                                           workspace_dir workspace_keep workspace_commit
+                                           workspace_setup workspace_ended; last_class and failures
+                                           (JSON list of {class, error, at}, newest 20) of failed
+                                           rounds; usage summed over rounds: input_tokens
+                                           output_tokens cached_tokens cache_write_tokens turns
+                                           cost_usd, and the last model and session_id
+                                           (runtime/agent_cli/usage.py).
+workspaces                         set     ids of tasks whose worktree may exist (SADD before it is
+                                           made, SREM once it is removed): `tinytownd workspaces`
+                                           and the daemon's sweep of ended tasks read it.
 cli:<name>                         hash    an agent CLI's state for the whole town (every daemon on
                                            the Redis): cooldown_until (ms, Redis clock) cooldown_level
                                            cooldown_reason cooldown_at cooldown_s after a rate limit;
@@ -197,6 +206,10 @@ class Keys:
     @property
     def deadletter(self) -> str:
         return f"{self.daemon_prefix}deadletter"
+
+    @property
+    def workspaces(self) -> str:
+        return f"{self.daemon_prefix}workspaces"
 
     @property
     def notify(self) -> str:
