@@ -51,6 +51,9 @@ def test_claude_json_result_and_usage_recorded(harness):
     assert meta["session_id"] == "3f0b7c2e-6d0a-4a5e-9a51-1c2d3e4f5a6b"
     info = h.town.r.hgetall(h.keys.agent_info(aid))
     assert info["input_tokens"] == "2400" and float(info["cost_usd"]) == pytest.approx(0.0246)
+    agent = wait_for(lambda: next((a for a in h.rt.status()["agents"]
+                                   if a["usage"].get("input_tokens") == 2400), None))
+    assert agent["usage"]["cost_usd"] == pytest.approx(0.0246)
 
 
 def test_codex_jsonl_and_failure_classes(harness, tmpdir_short):
