@@ -189,6 +189,12 @@ def test_retry_after_any_text(text):
     assert s is None or 0 <= s <= failure.MAX_RETRY_AFTER_S
 
 
+def test_named_cooldown_floor():
+    from tinytownd.runtime.agent_cli.cooldown import MIN_NAMED_S, cooldown_named_s
+    assert cooldown_named_s(None) is None and cooldown_named_s(0) == MIN_NAMED_S
+    assert cooldown_named_s(7) == 7.0
+
+
 def test_agent_wait_steps_and_spread():
     assert agent_wait_s(60_000, 0, 0.5) == RECHECK_S
     assert agent_wait_s(1_000, 0, 1.0) == 1.0 + RETURN_SPREAD_S

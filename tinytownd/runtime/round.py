@@ -30,7 +30,7 @@ from tinytownd.store.wire import TASK_TERMINAL, hash_ts
 
 from . import outcome, runner
 from .agent_cli import accounting, delivery, output, report, usage as usage_mod
-from .agent_cli.cooldown import JITTER
+from .agent_cli.cooldown import JITTER, cooldown_named_s
 from .process import close_fd
 from .prompt import round_prompt
 from .round_logs import RoundLogs
@@ -380,7 +380,7 @@ class Round:
         cli = s.agent_cli
         cd = self.links.cli_state.rate_limited(
             s.cli, cooldown_s=cli.cooldown_s, cooldown_max_s=cli.cooldown_max_s,
-            named_s=self.verdict.retry_after_s, reason=err, jitter=JITTER)
+            named_s=cooldown_named_s(self.verdict.retry_after_s), reason=err, jitter=JITTER)
         secs = round((cd["until_ms"] - cd["now_ms"]) / 1000, 1)
         w.extra_ack = []
         p = w.r.pipeline(transaction=False)

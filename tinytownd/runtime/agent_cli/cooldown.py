@@ -12,6 +12,13 @@ from __future__ import annotations
 JITTER = 0.2                  # of the computed cooldown, added at random
 RETURN_SPREAD_S = 2.0         # agents come back within this much after the end
 RECHECK_S = 2.0               # a waiting agent looks again this often (resume-cli ends it early)
+MIN_NAMED_S = 1.0             # a named wait shorter than this ("retry after 0s") is this long
+
+
+def cooldown_named_s(named: float | None) -> float | None:
+    """The wait a rate-limit message named, at least MIN_NAMED_S (a CLI that always says
+    "retry after 0" must not spin)."""
+    return None if named is None else max(float(named), MIN_NAMED_S)
 
 
 def agent_wait_s(until_ms: int, now_ms: int, rand: float) -> float:
