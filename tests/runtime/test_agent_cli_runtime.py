@@ -263,3 +263,53 @@ def test_a_reload_ends_the_pause_of_the_configs_clis(harness):
     assert "agent CLI ok: pause ended" in notes
     wait_for(lambda: task_state(h, tid) == "completed")
     assert h.town.r.hget(h.keys.cli("elsewhere"), "paused") == "1"   # not a CLI of this config
+
+
+def test_cooldown_across_two_daemon_processes(redis_server, tmpdir_short):
+    """Two `tinytownd run` processes on one Redis, one agent of the same CLI each: a 429 that
+    one of them sees cools the CLI down for the other too (no round of it starts meanwhile)."""
+    from tests.support.daemon import DaemonProcess
+    from tinytownd.store.keys import Keys
+    from tinytownd.store.town import Town
+
+    counter, rec = tmpdir_short / "n", tmpdir_short / "rec"
+    clis = {"rl": {"command": fake(f"--counter {counter} --record {rec}", "--first",
+                                   "2:codex_rate_limited.jsonl:75", "--print codex_success.jsonl"),
+                   "output": "codex-jsonl", "cooldown_s": 1.5, "cooldown_max_s": 3}}
+    daemons = []
+    for name in ("a", "b"):
+        root = tmpdir_short / name
+        root.mkdir()
+        cfg = write_config(root, redis_server.url, town="duo", clis=clis,
+                           agents=[{"name": f"rl-{name}", "cli": "rl"}])
+        daemons.append(DaemonProcess(root, config=cfg))
+    town = Town(redis_server.client(), Keys("duo"))
+    try:
+        for d in daemons:
+            d.start()
+        watch = CooldownWatch(town.r, town.keys.cli("rl"))
+
+        def aid(n):
+            try:
+                return town.resolve_agent(n)
+            except LookupError:
+                return None
+        aids = [wait_for(lambda n=n: aid(n), 30) for n in ("rl-a", "rl-b")]
+        wait_for(lambda: all((town.get_agent(a) or {}).get("state") == "idle" for a in aids), 30)
+        tids = [town.assign(aids[i % 2], f"t{i}") for i in range(6)]
+        wait_for(lambda: all((town.get_task(t) or {}).get("state") == "completed"
+                             for t in tids), 90)
+        cooldowns = watch.stop()
+        assert all(town.get_task_meta(t)["attempts"] == "1" for t in tids)
+        assert cooldowns
+        starts = _starts(rec)
+        assert {who for _t, who in starts} == {"rl-a", "rl-b"}
+        for t, who in starts:
+            for begin, end in cooldowns:
+                assert not (begin + 0.3 < t < end), (who, t, begin, end)
+        # the rounds after the first cooldown ran on both daemons' agents
+        assert {who for t, who in starts if t >= cooldowns[0][1]} == {"rl-a", "rl-b"}
+    finally:
+        for d in daemons:
+            d.terminate()
+            d.cleanup()
