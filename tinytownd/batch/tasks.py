@@ -13,6 +13,7 @@ import time
 
 import gevent
 
+from tinytownd.runtime.agent_cli.usage import USAGE_FIELDS, usage_view
 from tinytownd.store import fit
 from tinytownd.store.wire import TASK_TERMINAL
 
@@ -33,9 +34,12 @@ class TaskBatch(Batch):
     """The tasks of a task file on one town: submission, progress following and summary rows."""
 
     def __init__(self, *a, link_meta: bool = True, **kw):
-        """`link_meta`: write batch/batch_task into each task's daemon meta (a worktree's
-        branch name reads them: agents.uses_workspaces); without it the link is only
-        batch:<bid>:ids and a task without limits or a role gets no meta at all."""
+        """`link_meta`: write batch/batch_task into each task's daemon meta: a worktree's
+        branch name reads them (agents.uses_workspaces), and so does add_usage.lua, which sums
+        the rounds' usage into batch:<bid> (the cost budget, --max-cost-usd, reads that sum).
+        Without it (an embedded batch with neither) the link is only batch:<bid>:ids, a task
+        without limits or a role gets no meta at all, and the summary's usage totals come from
+        the task rows as always."""
         super().__init__(*a, **kw)
         self.link_meta = link_meta
         self.total = len(self.file.tasks)
@@ -229,4 +233,18 @@ class TaskBatch(Batch):
                 "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
                 **summary_fields(meta),
                 **({"error": meta["last_error"]} if meta.get("last_error") and
-                   st != "completed" else {})}
+                   st != "completed" else {}),
+                **usage_view({f: meta.get(f) for f in USAGE_FIELDS}),
+                **_failure_classes(meta)}
+
+
+def _failure_classes(meta: dict) -> dict:
+    """{"failures": [class of each failed round, oldest first]} (nothing when none failed)."""
+    import json
+
+    try:
+        got = json.loads(meta.get("failures") or "[]")
+    except ValueError:
+        return {}
+    classes = [f.get("class") for f in got if isinstance(f, dict)] if isinstance(got, list) else []
+    return {"failures": classes} if classes else {}

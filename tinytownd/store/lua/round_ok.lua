@@ -5,9 +5,9 @@
 --  2. ack_round.lua, fenced by the agent lease (not ours → nothing acked, reply 0);
 --  3. agent_round_end.lua's bookkeeping on the worker's agent, read with one HMGET and written
 --     with one HSET (counters computed here; junk counts as 0, as counter.lua does);
---  4. agent info last_exit 0 + task "" when asked (the last exit recorded differs, or the round
+--  4. the round's usage (add_usage.lua); agent info last_exit 0 + task "" when asked (the last exit recorded differs, or the round
 --     start wrote task), crashes HDEL'd when asked;
---  5. the activity line (LPUSH + LTRIM 0 9, + EXPIRE 3600 when ARGV[19] = "1": the worker
+--  5. the activity line (LPUSH + LTRIM 0 9, + EXPIRE 3600 when ARGV[20] = "1": the worker
 --     refreshes the expiry at most once a minute, so the list still expires an hour (less at
 --     most that minute) after the agent's last activity);
 --  6. on a transition: the notify PUBLISH and, when ARGV[7] is not "", task_completed on the
@@ -29,9 +29,14 @@
 -- ARGV[7] = task_completed event data or ""   ARGV[8] = mission id or ""   ARGV[9] = notify channel
 -- ARGV[10] = notify JSON   ARGV[11] = Working -> Idle event data or ""   ARGV[12] = activity text
 -- ARGV[13] = owner token   ARGV[14..16] = MAXLEN ~ of town, agent, mission streams
--- ARGV[17] = "1" to write agent info last_exit/task   ARGV[18] = "1" to HDEL agent info crashes
--- ARGV[19] = "1" to refresh the activity list's expiry
--- ARGV[20..] = ack groups of 4: list ('u' | 'i' | 'U'), raw, score ('' = plain ack), envelope
+-- ARGV[17] = the round's usage, JSON {"n": {count field: int}, "f": {cost_usd: float},
+--            "s": {label field: string}} or '' (none): counts and cost are added to the task's
+--            daemon meta, the agent's info (KEYS[9]) and, with a mission (ARGV[8]), the mission's
+--            daemon meta and the task's batch (add_usage.lua); labels (model, session_id) are
+--            set on the task's meta
+-- ARGV[18] = "1" to write agent info last_exit/task   ARGV[19] = "1" to HDEL agent info crashes
+-- ARGV[20] = "1" to refresh the activity list's expiry
+-- ARGV[21..] = ack groups of 4: list ('u' | 'i' | 'U'), raw, score ('' = plain ack), envelope
 -- Returns {finish code, a, b, no event fallback needed (1/0), acked (1/0), old agent state or
 -- false}: finish code -2 no task, -3 the task key is unreadable (not a hash), -1 no task hash,
 -- 0 already terminal (a = its state), 1 completed (a = assigned_to or "", b = tags or "[]").
@@ -76,7 +81,7 @@ end
 -- 2. ack
 --#include ack_round
 local ack_args = {ARGV[13]}
-for i = 20, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
+for i = 21, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
 local acked = ack_round({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, ack_args)
 -- 3. agent round end
 local ag = redis.call('HMGET', KEYS[8], 'state', 'current_task', 'rounds_completed',
@@ -104,12 +109,20 @@ if (ag[1] or ag[2] or ag[3] or ag[4] or ag[5]) or redis.call('EXISTS', KEYS[8]) 
   end
 end
 if fused then fused.acked = acked == 1 end
+-- usage
+--#include add_usage
+if ARGV[17] ~= '' then
+  local targets = {KEYS[9]}
+  if tid ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:task:' .. tid end
+  if ARGV[8] ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:mission:' .. ARGV[8] end
+  add_usage(targets, {ARGV[17], tid ~= '' and 2 or 0, prefix .. 'tinytownd:'})
+end
 -- 4., 5.
-if ARGV[17] == '1' then redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '') end
-if ARGV[18] == '1' then redis.call('HDEL', KEYS[9], 'crashes') end
+if ARGV[18] == '1' then redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '') end
+if ARGV[19] == '1' then redis.call('HDEL', KEYS[9], 'crashes') end
 redis.call('LPUSH', KEYS[10], ARGV[12])
 redis.call('LTRIM', KEYS[10], 0, 9)
-if ARGV[19] == '1' then redis.call('EXPIRE', KEYS[10], 3600) end
+if ARGV[20] == '1' then redis.call('EXPIRE', KEYS[10], 3600) end
 -- 6.
 if evd == 1 then
   if ARGV[7] ~= '' then

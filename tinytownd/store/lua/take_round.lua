@@ -11,6 +11,9 @@
 -- Run after round_ok in one call (scripts.py COMPOSITES), `...` is round_ok's `fused` table:
 -- the lease was checked and the in-flight lists emptied by its ack (fused.acked), and the agent's
 -- state is fused.state, so neither is read again; the agent hash is written once, at the end.
+-- KEYS[9] = the state hash of the agent's CLI (optional): while the CLI is paused (a fatal error)
+-- or cooling down (a rate limit), in-flight items go back to their queues and
+-- {'cli_paused', reason} | {'cooldown', until ms, now ms, reason} is returned (Redis clock).
 -- If the lease is another daemon's, the stop flag is set, or the agent is paused/stopped, in-flight
 -- items go back to their queues (head, order kept) and {'lost', holder}|{'stop'}|{'paused'}|
 -- {'stopped'} is returned.
@@ -99,6 +102,17 @@ if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
 local st
 if known then st = fused.state else st = redis.call('HGET', KEYS[6], 'state') end
 if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
+if KEYS[9] then
+  local c = redis.call('HMGET', KEYS[9], 'paused', 'paused_reason', 'cooldown_until',
+                       'cooldown_reason')
+  if c[1] then requeue_all() return {'cli_paused', c[2] or ''} end
+  if c[3] then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local untl = tonumber(c[3]) or 0
+    if now < untl then requeue_all() return {'cooldown', untl, now, c[4] or ''} end
+  end
+end
 -- what is in flight: read unless the fused ack just emptied the lists; then what moves in
 -- (the lists are only written here meanwhile, so this is their content, without a re-read)
 local ulist, ilist = {}, {}
