@@ -11,8 +11,6 @@ variables), plus the agent's `env`, plus the town's variables:
   TINYTOWN_TASK_ID                                      set per round by the shell line (runner)
   TINYTOWN_WORKSPACE, TINYTOWN_BRANCH, TINYTOWN_BASE    worktree mode: the task's worktree, its
                                                         branch and base commit (same way)
-  TINYTOWND_LIFELINE                                    which daemon started it (lifeline.py: the
-                                                        watcher ends what carries it)
 
 The directory of the running `tinytownd` goes first on PATH when it is not there, so a CLI can
 call `tinytownd task complete` of the same installation.
@@ -24,11 +22,11 @@ import sys
 
 DROPPED = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
            "WATCHDOG_PID", "TINYTOWN_TASK_ID", "TINYTOWN_PROMPT_FILE", "TINYTOWN_USAGE_FILE",
-           "TINYTOWN_WORKSPACE", "TINYTOWN_BRANCH", "TINYTOWN_BASE", "TINYTOWND_LIFELINE")
+           "TINYTOWN_WORKSPACE", "TINYTOWN_BRANCH", "TINYTOWN_BASE")
 
 
 def build(settings, *, town: str, redis_url: str, config_path: str | None,
-          prompt_path: str, usage_path: str | None = None, marker: str | None = None) -> dict:
+          prompt_path: str, usage_path: str | None = None) -> dict:
     """A new environment dict for one agent's CLI."""
     env = {k: v for k, v in os.environ.items() if k not in DROPPED}
     env.update(settings.env)
@@ -42,8 +40,6 @@ def build(settings, *, town: str, redis_url: str, config_path: str | None,
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     if config_path and not config_path.startswith("<"):
         env["TINYTOWND_CONFIG"] = os.path.abspath(config_path)
-    if marker:
-        env["TINYTOWND_LIFELINE"] = marker
     return env
 
 
@@ -55,10 +51,9 @@ class CliEnvCache:
     spawner keeps the encoded form of a dict by its identity. Callers must not modify it.
     """
 
-    def __init__(self, town: str, redis_url: str, marker: str | None = None):
+    def __init__(self, town: str, redis_url: str):
         self.town = town
         self.redis_url = redis_url
-        self.marker = marker          # TINYTOWND_LIFELINE of this daemon (lifeline.py)
         self._by_agent: dict[str, tuple] = {}
 
     def get(self, settings, prompt_path: str, config_path: str | None,
@@ -70,6 +65,6 @@ class CliEnvCache:
         if c is None or c[0] != src or c[1] != sig:
             c = (dict(src), sig, build(settings, town=self.town, redis_url=self.redis_url,
                                        config_path=config_path, prompt_path=prompt_path,
-                                       usage_path=usage_path, marker=self.marker))
+                                       usage_path=usage_path))
             self._by_agent[settings.aid] = c
         return c[2]

@@ -1,12 +1,11 @@
 """The lifeline watcher: a small process that ends the daemon's agent CLIs when the daemon dies.
 
-Run by lifeline.py as `python -I -S lifeline_watcher.py STATE_FILE GRACE_S MARKER` with a pipe
-on stdin (stdlib only: it must not import the daemon's package). The daemon writes `+PGID` for a
-CLI's process group (led by the CLI's shell) that runs, `-PGID` when that group is gone (lazily:
-lifeline.py). The watcher keeps the table, with each group's start time, in STATE_FILE (so that
-a daemon started after a crash of both finds them). EOF on stdin means the daemon is gone: every
-group still listed, and the group of every process whose environment has
-TINYTOWND_LIFELINE=MARKER, gets SIGTERM, then SIGKILL after GRACE_S, and the watcher exits.
+Run by lifeline.py as `python -I -S lifeline_watcher.py STATE_FILE GRACE_S` with a pipe on stdin
+(stdlib only: it must not import the daemon's package). The daemon writes `+PGID` when it starts
+a CLI (its own process group, led by the CLI's shell) and `-PGID` when that group is gone. The
+watcher keeps the table, with each group's start time, in STATE_FILE (so that a daemon started
+after a crash of both finds them). EOF on stdin means the daemon is gone: every group still
+listed gets SIGTERM, then SIGKILL after GRACE_S, and the watcher exits.
 """
 import json
 import os
@@ -26,32 +25,6 @@ def start_time(pid):
     except OSError:
         return None
     return int(data.rsplit(b")", 1)[1].split()[19])
-
-
-def marked_groups(prefix, exclude=b"", exact=False):
-    """Process groups of the processes whose TINYTOWND_LIFELINE starts with `prefix` (bytes;
-    `exact`: is it) and is not `exclude` (this watcher and its daemon are never among them: the
-    marker is only in the CLIs' environment)."""
-    want = b"TINYTOWND_LIFELINE=" + prefix
-    out = set()
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        for var in env.split(b"\0"):
-            if (var == want if exact else var.startswith(want)) and \
-                    var != b"TINYTOWND_LIFELINE=" + exclude:
-                try:
-                    out.add(os.getpgid(int(name)))
-                except OSError:
-                    pass
-                break
-    return out
 
 
 def end_groups(groups, grace_s):
@@ -99,7 +72,7 @@ def _stop(*_):
     raise Stop
 
 
-def main(path, grace_s, marker=""):
+def main(path, grace_s):
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)     # a terminal's ^C is for the daemon, not for us
     signal.signal(signal.SIGTERM, _stop)       # told to go: end what is listed, as on EOF
@@ -108,10 +81,6 @@ def main(path, grace_s, marker=""):
         watch(path, groups)
     except Stop:
         pass
-    if marker:
-        for g in marked_groups(marker.encode(), exact=True):
-            if g not in groups and g != os.getpgid(0):
-                groups[g] = start_time(g)
     end_groups(groups, grace_s)
     try:
         os.unlink(path)
@@ -144,4 +113,4 @@ def watch(path, groups):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
+    main(sys.argv[1], float(sys.argv[2]))

@@ -81,8 +81,7 @@ class TownRuntime(Component):
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
-            progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url,
-                                                           marker=self.lifeline.marker),
+            progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
             patience=self.patience, cli_state=self.cli_state,
             workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline))
