@@ -7,7 +7,7 @@ and the batch) against the same CLI printing plain text (`output: text`), in the
 
 Both CLIs are `cat FILE` (one fork/exec each, like `true`); FILE is the claude-json fixture of
 the tests (tests/fixtures/agent_cli/claude_success.json) or its `result` text. Runs alternate
-(text, json, text, json, ...) so load changes hit both; each run is `tinytownd batch` embedded
+(text json, json text, text json, ...) so load changes and order hit both; each run is `tinytownd batch` embedded
 (its own redis-server, W agents), the rate is the summary's completed / wall_time_s. Prints one
 JSON line per run and a last line with the medians and their ratio (goal: json >= 0.9 x text).
 """
@@ -74,8 +74,8 @@ def main() -> int:
         with open(os.path.join(d, "out.txt"), "w") as f:
             f.write(doc["result"] + "\n")
         rows = {"text": [], "claude-json": []}
-        for i in range(a.runs):
-            for fmt in ("text", "claude-json"):
+        for i in range(a.runs):        # ABBA: which goes first alternates
+            for fmt in (("text", "claude-json") if i % 2 == 0 else ("claude-json", "text")):
                 rows[fmt].append(one(a.n, a.w, fmt, d, i))
     med = {k: statistics.median(r["tasks_per_s"] for r in v) for k, v in rows.items()}
     bad = [r for r in rows["claude-json"] if r["completed"] != a.n or
