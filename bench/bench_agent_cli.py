@@ -4,6 +4,7 @@ prints a claude-json result (`output: claude-json`: parsed, usage summed on the 
 and the batch) against the same CLI printing plain text (`output: text`), in the same run.
 
     python bench/bench_agent_cli.py [-n 2000] [-w 8] [--runs 3]
+    python bench/bench_agent_cli.py --micro     # the same work in-process, µs per task
 
 Both CLIs are `cat FILE` (one fork/exec each, like `true`); FILE is the claude-json fixture of
 the tests (tests/fixtures/agent_cli/claude_success.json) or its `result` text. Runs alternate
@@ -60,7 +61,43 @@ def one(n: int, w: int, fmt: str, d: str, i: int) -> dict:
     return row
 
 
+def micro(number: int = 20000) -> dict:
+    """Per task, in-process: claude-json (feed + parse + verdict + usage-file probe + the usage
+    argument of round_ok.lua) against text (verdict + usage-file probe); min of 5 repeats."""
+    import timeit
+
+    sys.path.insert(0, ROOT)
+    from tinytownd import config
+    from tinytownd.runtime.agent_cli import output, report, usage
+    from tinytownd.runtime.agent_cli.accounting import usage_arg
+    from tinytownd.runtime.runner import CliResult
+
+    data = open(FIXTURE, "rb").read()
+    res = CliResult(exit_code=0, timed_out=False, killed=False, duration_s=1.0, pid=1,
+                    output=data.decode())
+    claude, plain = config.BUILTIN_CLIS["claude"], config.AgentCli(command="x")
+    nofile = "/nonexistent/usage.json"
+
+    def structured():
+        c = output.collector("claude-json")
+        c.feed(data)
+        v = report.judge(res, claude, c.parse(), usage.from_file(nofile), time.time())
+        usage_arg(v.usage)
+
+    def text():
+        report.judge(res, plain, None, usage.from_file(nofile), time.time())
+    out = {"micro": True}
+    for name, fn in (("claude_json_us", structured), ("text_us", text)):
+        out[name] = round(min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6, 1)
+    out["load"] = os.getloadavg()
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> int:
+    if "--micro" in sys.argv:
+        micro()
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("-w", type=int, default=8)
