@@ -34,8 +34,11 @@ READ_CHUNK = 500
 
 
 class WorkspaceManager:
-    def __init__(self, r: redis.Redis, keys, *, log, lifeline=None):
+    def __init__(self, r: redis.Redis, keys, *, log, lifeline=None, dirs=None):
+        """`dirs()`: the configured workspace dirs — a directory that is not a worktree is removed
+        only below one of them (records in Redis are anyone's to write)."""
         self.r = r
+        self.dirs = dirs
         self.keys = keys
         self.log = log
         self.lifeline = lifeline
@@ -136,9 +139,9 @@ class WorkspaceManager:
         inside `dir`."""
         if not os.path.lexists(ws.path):
             return
-        if not naming.inside(ws.path, ws.dir):
-            raise WorkspaceError(f"{ws.path} is outside workspace.dir {ws.dir}: not touched",
-                                 "daemon")
+        why = self.not_removable(ws)
+        if why:
+            raise WorkspaceError(f"{ws.path}: {why}: not touched", "daemon")
         if os.path.lexists(os.path.join(ws.path, ".git")):
             try:
                 git.worktree_remove(ws.repo, ws.path)
@@ -146,6 +149,18 @@ class WorkspaceManager:
                 pass
         if os.path.lexists(ws.path):
             _rmtree(ws.path)
+
+    def not_removable(self, ws: Workspace) -> str | None:
+        """Why the directory at ws.path may not be deleted, or None: only a task's own
+        directory (dir/<task id>) strictly inside `dir`, and `dir` one the config names."""
+        if os.path.realpath(ws.path) != os.path.realpath(naming.worktree_path(ws.dir, ws.tid)):
+            return "not the task's own directory in its workspace.dir"
+        if not naming.inside(ws.path, ws.dir):
+            return f"outside workspace.dir {ws.dir}"
+        dirs = self.dirs() if self.dirs is not None else ()
+        if os.path.realpath(ws.dir) not in {os.path.realpath(d) for d in dirs}:
+            return f"{ws.dir} is not a workspace.dir of this config"
+        return None
 
     def _setup(self, ws: Workspace, command: str, s, env: dict, logs_dir: str) -> None:
         log_path = os.path.join(logs_dir, f"{s.name}_setup.log")
@@ -194,8 +209,9 @@ class WorkspaceManager:
         remove, delete = policy.end_actions(ws.keep, state, head != ws.base)
         removed = deleted = False
         if remove and os.path.lexists(ws.path):
-            if not naming.inside(ws.path, ws.dir):
-                self.log.warning("workspace outside its dir; not removed", path=ws.path)
+            why = self.not_removable(ws)
+            if why:
+                self.log.warning("workspace not removed", path=ws.path, reason=why)
             else:
                 if present:
                     git.worktree_remove(ws.repo, ws.path)
@@ -206,7 +222,7 @@ class WorkspaceManager:
             removed = True
         if remove and not present:
             git.worktree_prune(ws.repo)
-        if delete:
+        if delete and removed:       # (a branch a worktree still has checked out stays)
             deleted = git.delete_branch(ws.repo, ws.branch, ws.base)
         p = self.r.pipeline(transaction=True)
         records.q_head(p, self.keys, ws.tid, head, stats)
@@ -241,7 +257,7 @@ class WorkspaceManager:
                 continue
             if state is not None and state not in ENDED:
                 continue                 # in flight: its next round finds the worktree
-            if meta.get("workspace_ended") and not (kept and meta.get("workspace")):
+            if meta.get("workspace_ended") and not (kept and meta.get("worktree")):
                 continue
             if kept:
                 ws.keep = "never"
