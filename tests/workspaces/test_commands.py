@@ -86,7 +86,7 @@ def test_startup_after_crash_prunes_reattaches_and_applies_keep(ws_harness, repo
     h2 = ws_harness(_agents(repo, keep="never"),
                     {"c": {"command": 'cat partial.txt > seen.txt'}}, root_name="town")
     wait_for(lambda: not ended_wt.exists(), 30, what="ended task's worktree removed")
-    assert "tt/ended" not in branches(repo)               # no commits: deleted with it
+    wait_for(lambda: "tt/ended" not in branches(repo), 20)   # no commits: deleted with it
     wait_for(lambda: h2.town.get_task(live)["state"] == "completed", 60)
     meta = h2.town.get_task_meta(live)
     assert git(repo, "show", f"{meta['branch']}:seen.txt") == "partial\n"

@@ -68,11 +68,15 @@ class WorkspaceManager:
             top, common = self.repo_dirs(cfg.repo)
             ws = Workspace(tid, top, common, cfg.dir, naming.worktree_path(cfg.dir, tid), "", "",
                            cfg.keep, cfg.commit)
-        with repo_lock(ws.common):
-            if ws.branch:
+        if ws.branch and git.checked_out(ws.path) == ws.branch:
+            pass                        # a retry on its worktree: nothing to do (no git run)
+        elif ws.branch:
+            with repo_lock(ws.common):
                 self._reattach(ws)
-            else:
-                self._create(ws, cfg, s, task, meta)
+        else:
+            base = git.resolve(ws.repo, cfg.base)       # (reads only: outside the lock)
+            with repo_lock(ws.common):
+                self._create(ws, cfg, s, task, meta, base)
         self.active.add(tid)
         try:
             if cfg.setup and (ws.created or meta.get("workspace_setup") != "done"):
@@ -86,8 +90,8 @@ class WorkspaceManager:
             raise
         return ws
 
-    def _create(self, ws: Workspace, cfg, s, task: dict | None, meta: dict) -> None:
-        base = git.resolve(ws.repo, cfg.base)
+    def _create(self, ws: Workspace, cfg, s, task: dict | None, meta: dict,
+                base: str | None) -> None:
         if base is None:
             raise WorkspaceError(f"workspace.base {cfg.base!r} names no commit in {ws.repo}",
                                  "task")
@@ -179,19 +183,19 @@ class WorkspaceManager:
     def complete(self, ws: Workspace, *, agent: str, description: str) -> None:
         """After an exit-0 round: commit (commit: auto), record, apply the keep policy."""
         try:
-            with repo_lock(ws.common):
-                if ws.commit == "auto" and git.dirty(ws.path):
-                    git.commit_all(ws.path, naming.commit_message(description, ws.tid, agent),
-                                   naming.author(agent, self.keys.town))
-                self._end(ws, "completed")
+            # the commit touches only the worktree's own index and branch (git locks its ref):
+            # no need for the repository's lock
+            if ws.commit == "auto":
+                git.commit_all(ws.path, naming.commit_message(description, ws.tid, agent),
+                               naming.author(agent, self.keys.town))
+            self._end(ws, "completed")
         finally:
             self.active.discard(ws.tid)
 
     def ended(self, ws: Workspace, state: str) -> None:
         """The task ended another way (failed, cancelled): record and apply the keep policy."""
         try:
-            with repo_lock(ws.common):
-                self._end(ws, state)
+            self._end(ws, state)
         finally:
             self.active.discard(ws.tid)
 
@@ -201,12 +205,29 @@ class WorkspaceManager:
             self.active.discard(ws.tid)
 
     def _end(self, ws: Workspace, state: str | None) -> None:
-        """Record head and counts, then remove what the keep policy says (the caller holds the
-        repository's lock)."""
+        """Record head and counts (reads: outside the lock), then remove what the keep policy
+        says (under the repository's lock)."""
         present = git.checked_out(ws.path) == ws.branch
         head = git.head(ws.path) if present else (git.branch_sha(ws.repo, ws.branch) or ws.base)
         stats = git.shortstat(ws.repo, ws.base, head)
         remove, delete = policy.end_actions(ws.keep, state, head != ws.base)
+        if remove or delete:
+            with repo_lock(ws.common):
+                removed, deleted = self._remove(ws, present, remove, delete)
+        else:
+            removed = deleted = False
+        p = self.r.pipeline(transaction=True)
+        records.q_head(p, self.keys, ws.tid, head, stats)
+        records.q_ended(p, self.keys, ws.tid, state, removed=removed, branch_deleted=deleted)
+        p.execute()
+        self.log.info("workspace ended", task=ws.tid, state=state, branch=ws.branch,
+                      head=head[:12], files_changed=stats[0], removed=removed,
+                      branch_deleted=deleted)
+
+    def _remove(self, ws: Workspace, present: bool, remove: bool,
+                delete: bool) -> tuple[bool, bool]:
+        """The worktree directory and (without commits) the branch, as the policy said; whether
+        each went. The caller holds the repository's lock."""
         removed = deleted = False
         if remove and os.path.lexists(ws.path):
             why = self.not_removable(ws)
@@ -224,13 +245,7 @@ class WorkspaceManager:
             git.worktree_prune(ws.repo)
         if delete and removed:       # (a branch a worktree still has checked out stays)
             deleted = git.delete_branch(ws.repo, ws.branch, ws.base)
-        p = self.r.pipeline(transaction=True)
-        records.q_head(p, self.keys, ws.tid, head, stats)
-        records.q_ended(p, self.keys, ws.tid, state, removed=removed, branch_deleted=deleted)
-        p.execute()
-        self.log.info("workspace ended", task=ws.tid, state=state, branch=ws.branch,
-                      head=head[:12], files_changed=stats[0], removed=removed,
-                      branch_deleted=deleted)
+        return removed, deleted
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, repos=(), *, kept: bool = False) -> list[str]:
@@ -262,8 +277,7 @@ class WorkspaceManager:
             if kept:
                 ws.keep = "never"
             try:
-                with repo_lock(ws.common):
-                    self._end(ws, state)
+                self._end(ws, state)
                 done.append(tid)
             except WorkspaceError as e:
                 self.log.warning("workspace cleanup failed", task=tid, error=str(e))
