@@ -39,7 +39,7 @@ from gevent import monkey  # noqa: E402
 
 monkey.patch_all()
 
-from tests.support.gitrepo import git, make_repo  # noqa: E402
+from tests.support.gitrepo import git, make_repo, worktrees  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 
@@ -195,7 +195,7 @@ def e2e(tasks: int, agents: int, files: int, tmp: str) -> dict:
            "worktree_per_task_ms": round(wt["wall_time_s"] / tasks * 1000, 1),
            "branches_checked": tasks, "branches_wrong": bad,
            "main_untouched": git(repo, "status", "--porcelain") == "",
-           "worktrees_left": len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) - 1,
+           "worktrees_left": len(worktrees(repo)),
            "shared_lines": shared_lines, "load": load()}
     return emit(res)
 
