@@ -50,7 +50,7 @@ delayed                            zset    retry envelopes {"key","raw","id"}, s
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
                                            last_error agent batch batch_task; its workspace (worktree
                                            mode, workspaces/records.py): branch base head
-                                           files_changed insertions deletions workspace (the path,
+                                           files_changed insertions deletions worktree (the path,
                                            while it exists) workspace_repo workspace_git
                                            workspace_dir workspace_keep workspace_commit
                                            workspace_setup workspace_ended; last_class and failures
