@@ -51,12 +51,12 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent role, batch batch_task (a batch
-                                           task that may run in a worktree: its naming reads them;
-                                           else the link is batch:<bid>:ids; meta is written only
-                                           when there is something to record); its workspace
-                                           (worktree mode, workspaces/records.py): branch base head
-                                           files_changed insertions deletions workspace (the path,
+                                           last_error agent role, batch batch_task (written only
+                                           when there is something to record: an embedded batch
+                                           without worktrees or a cost budget links its tasks by
+                                           batch:<bid>:ids only); its workspace (worktree
+                                           mode, workspaces/records.py): branch base head
+                                           files_changed insertions deletions worktree (the path,
                                            while it exists) workspace_repo workspace_git
                                            workspace_dir workspace_keep workspace_commit
                                            workspace_setup workspace_ended; last_class and failures
