@@ -30,6 +30,11 @@ def error_text(result) -> str:
     return f"exit status {result.exit_code}"
 
 
+def failure_class(result) -> str:
+    """The class of a failed round for metrics: timeout or error."""
+    return "timeout" if result.timed_out else "error"
+
+
 def decide(result, *, lease_lost: bool, has_task: bool, task_state: str | None, attempt: int,
            max_attempts: int, backoff_s: float, backoff_max_s: float) -> Outcome:
     """`task_state`: the task hash's state now (None for a round without a task hash)."""

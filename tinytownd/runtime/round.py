@@ -19,6 +19,7 @@ import time
 import redis
 import structlog
 
+from tinytownd import metrics
 from tinytownd.store import events, records
 from tinytownd.store.records import TASK_BEARING, Poison
 from tinytownd.store.wire import TASK_TERMINAL, hash_ts
@@ -26,7 +27,7 @@ from tinytownd.store.wire import TASK_TERMINAL, hash_ts
 from . import outcome, runner
 from .process import close_fd
 from .prompt import round_prompt
-from .round_logs import RoundLogs
+from .round_logs import RoundLogs, log_name
 
 MAX_INBOX_PER_ROUND = 100
 
@@ -194,7 +195,9 @@ class Round:
             keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
                   attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
             args=[now, tid or "", "1" if attempts_key else "0", rnd, data, events.TOWN_MAXLEN,
-                  events.AGENT_MAXLEN]))
+                  events.AGENT_MAXLEN, log_name(s.name, rnd)]))
+        if attempt == 1 and task_msg:
+            metrics.pickup(s.cli, task_msg[2].get("created_at"), time.time())
         w.state = "working"
         w.current_task = tid
         others = [m for _w, _r, m in self.msgs if task_msg is None or m is not task_msg[2]]
@@ -255,6 +258,8 @@ class Round:
                              task_state=task_state, attempt=self.attempt,
                              max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
                              backoff_max_s=rt.retry_backoff_max_s)
+        metrics.round_end(w.settings.cli, out.kind, result.duration_s,
+                          outcome.failure_class(result))
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -329,6 +334,7 @@ class Round:
         backoff = max(1.0, min(rt.retry_backoff_s * 2 ** (w.deferrals - 1),
                                rt.retry_backoff_max_s))
         w.problem = why
+        metrics.ROUNDS.inc(w.settings.cli, "deferred")
         w.log.warning("round deferred: the daemon cannot run it", reason=why, retry_in_s=backoff)
         if self.attempts_key:
             self.links.scripts.counter(keys=[self.attempts_key], args=["attempts", -1])

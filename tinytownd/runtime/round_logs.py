@@ -14,6 +14,11 @@ ROUND_LOGS_KEPT = 50                # per agent (runtime.round_logs_kept)
 ROUND_LOGS_MAX_BYTES = 64 << 20     # per agent, all its logs together (runtime.round_logs_max_bytes)
 
 
+def log_name(agent: str, rnd: int) -> str:
+    """The file name of round `rnd` of `agent` (the daemon task meta's `log:<attempt>`)."""
+    return f"{agent}_round_{rnd}.log"
+
+
 class RoundLogs:
     def __init__(self, logs_dir: str, agent: str, *, kept: int = ROUND_LOGS_KEPT,
                  max_bytes: int = ROUND_LOGS_MAX_BYTES):
@@ -26,7 +31,7 @@ class RoundLogs:
         self._scan()
 
     def path(self, rnd: int) -> str:
-        return os.path.join(self.dir, f"{self.agent}_round_{rnd}.log")
+        return os.path.join(self.dir, log_name(self.agent, rnd))
 
     def _scan(self) -> None:
         pat = re.compile(re.escape(self.agent) + r"_round_(\d+)\.log$")

@@ -38,7 +38,8 @@ lease:agent:<aid>                  string  instance id of the daemon that runs t
 agent_names                        hash    agent name → aid; HSETNX makes registration by name
                                            idempotent across restarts and across daemons.
 agent:<aid>                        hash    daemon-side agent info: owner, pid (of the running CLI),
-                                           round, round_started_at, last_exit, cli.
+                                           round (the latest), round_started_at, task (of the round
+                                           running now, "" between rounds), last_exit, cli.
 inflight:<aid>                     list    messages moved out of the inbox for the current round
                                            (LMOVE inbox→inflight, in one Lua call). Acked by DEL at the
                                            end of the round; re-queued to the inbox head when a worker
@@ -47,7 +48,8 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent batch.
+                                           last_error agent batch; log:<attempt> = the file name of
+                                           that attempt's round log under <root>/logs (round_start).
 deadletter                         list    JSON {id reason source raw at ...}: messages that did not
                                            parse and tasks that used up their attempts. RPUSH.
 notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
