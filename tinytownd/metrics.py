@@ -1,7 +1,7 @@
 """The daemon's own Prometheus instruments: counters and histograms updated in process, at a few
 well-defined points (a round's end, a first pickup, a dead letter, a reload), never with Redis.
 
-`/metrics` (tinytownd/web) renders REGISTRY together with what it reads from the town on scrape.
+`/metrics` (tinytownd/http) renders REGISTRY together with what it reads from the town on scrape.
 An instrument is one line below; updating it is one line at its call site, label values in the
 order declared, the number first where there is one:
 
@@ -15,14 +15,16 @@ prometheus_client's own), so the hot path stays at a few microseconds per round.
 from __future__ import annotations
 
 import collections
+import time
 from datetime import datetime, timezone
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
 from prometheus_client import PlatformCollector, ProcessCollector
 
+disable_created_metrics()                  # no *_created samples: half the text, no value
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)        # process_cpu_seconds_total, resident memory, fds
 PlatformCollector(registry=REGISTRY)       # python_info
@@ -95,15 +97,38 @@ RELOADS = Counter("tinytownd_reloads_total", "Config reloads by result (ok, inva
                   "apply_failed)", ("result",))
 HTTP_REQUESTS = Counter("tinytownd_http_requests_total", "HTTP requests by route and status code",
                         ("route", "code"))
-# --- from the agent CLI protocol (runtime/agent_cli) -------------------------------------------
+# --- from the agent CLI protocol (the agent-cli branch): its hooks call these ------------------
+#     metrics.TOKENS.add(n, cli, "input"); metrics.COST.add(usd, cli); metrics.COOLDOWNS.set(k, cli)
 TOKENS = Counter("tinytownd_tokens_total", "Tokens agent CLIs reported, by CLI and kind (input, "
                  "output, ...)", ("cli", "kind"))
 COST = Counter("tinytownd_cost_usd_total", "Cost agent CLIs reported, in US dollars", ("cli",))
 COOLDOWNS = Gauge("tinytownd_cli_cooldowns_active", "Agents waiting out a cooldown of their CLI",
                   ("cli",))
 
-# Round ends by outcome since the start, for the dashboard's throughput (web/history.py).
+# Round ends by outcome since the start, and per THROUGHPUT_BUCKET_S for the dashboard's
+# throughput over the last minutes (THROUGHPUT_BUCKETS kept).
 TALLY: collections.Counter = collections.Counter()
+THROUGHPUT_BUCKET_S = 10
+THROUGHPUT_BUCKETS = 60
+_BUCKETS: "collections.OrderedDict[int, collections.Counter]" = collections.OrderedDict()
+
+
+def _bucket(now: float) -> collections.Counter:
+    b = int(now // THROUGHPUT_BUCKET_S)
+    c = _BUCKETS.get(b)
+    if c is None:
+        c = _BUCKETS[b] = collections.Counter()
+        while len(_BUCKETS) > THROUGHPUT_BUCKETS:
+            _BUCKETS.popitem(last=False)
+    return c
+
+
+def throughput(now: float) -> dict:
+    """Round ends per bucket over the last THROUGHPUT_BUCKETS buckets, oldest first."""
+    last = int(now // THROUGHPUT_BUCKET_S)
+    first = last - THROUGHPUT_BUCKETS + 1
+    rows = [{"t": b * THROUGHPUT_BUCKET_S, **_BUCKETS.get(b, {})} for b in range(first, last + 1)]
+    return {"bucket_s": THROUGHPUT_BUCKET_S, "buckets": rows, "totals": dict(TALLY)}
 
 
 def round_end(cli: str, outcome: str, seconds: float, failure_class: str) -> None:
@@ -111,6 +136,7 @@ def round_end(cli: str, outcome: str, seconds: float, failure_class: str) -> Non
     ROUNDS.inc(cli, outcome)
     ROUND_SECONDS.observe(seconds, cli, outcome)
     TALLY[outcome] += 1
+    _bucket(time.time())[outcome] += 1
     if outcome == "retry":
         RETRIES.inc(cli, failure_class)
     elif outcome == "failed":

@@ -248,6 +248,7 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
 
 
 TOKEN_FILE_MAX = 65536
+ENV_HTTP_LISTEN = "TINYTOWND_HTTP_LISTEN"   # http.listen when the file does not set it ("off": none)
 
 
 def read_token_file(path: Path) -> str:
@@ -328,8 +329,21 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
     elif env.get("TINYTOWN_REDIS_PASSWORD"):
         cfg = dataclasses.replace(cfg, redis=dataclasses.replace(
             redis, password=env["TINYTOWN_REDIS_PASSWORD"]))
+    http = data.get("http")
+    env_listen = env.get(ENV_HTTP_LISTEN)
+    if env_listen is not None and not (isinstance(http, dict) and "listen" in http):
+        listen = None if env_listen.strip().lower() in ("", "off", "null", "none") \
+            else env_listen.strip()
+        try:
+            if listen is not None:
+                parse_listen(listen)
+        except Invalid as e:
+            raise ConfigError(path, [(ENV_HTTP_LISTEN, e.msg)])
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=listen))
     if check_files:
         _validate_whole(cfg, problems)
+    else:
+        problems += http_problems(cfg, check_files=False)
     if problems:
         raise ConfigError(path, problems)
     return cfg

@@ -1,0 +1,48 @@
+"""The town event stream as a feed: decoding an entry, the ?agent= / ?mission= filter, and the
+SSE frame. Pure; shared by /api/events and `tinytownd events`."""
+from __future__ import annotations
+
+import json
+
+AGENT_FIELDS = ("agent_id", "parent_agent_id", "child_agent_id")
+
+
+def decode(entry_id: str, fields: dict) -> dict:
+    """A stream entry → {"id", "event_type", ...TownEvent fields}. Junk data is kept as text."""
+    raw = fields.get("data")
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        data = {"message": str(raw)[:500], "unreadable": True}
+    if not isinstance(data, dict):
+        data = {"message": str(raw)[:500], "unreadable": True}
+    return {"id": entry_id, "event_type": fields.get("event_type") or data.get("event_type"),
+            **{k: v for k, v in data.items() if k != "event_type"}}
+
+
+def matches(ev: dict, *, agents: set[str] | None = None, mission: str | None = None) -> bool:
+    """`agents`: ids an event must name (any of its agent fields); `mission`: its mission id."""
+    if agents is not None and not any(ev.get(f) in agents for f in AGENT_FIELDS):
+        return False
+    if mission is not None and ev.get("mission_id") != mission:
+        return False
+    return True
+
+
+def sse_frame(ev: dict) -> bytes:
+    """One Server-Sent Event: the stream id as the SSE id (a reconnect resumes after it)."""
+    body = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {ev['id']}\nevent: town\ndata: {body}\n\n".encode()
+
+
+def valid_stream_id(text: str) -> bool:
+    """`<ms>-<seq>` (or `<ms>`) as Redis stream ids are; anything else is refused (400)."""
+    ms, _, seq = text.partition("-")
+    return ms.isdigit() and len(ms) <= 20 and (seq == "" or (seq.isdigit() and len(seq) <= 20))
+
+
+def line(ev: dict) -> str:
+    """One human line for `tinytownd events`."""
+    who = ev.get("agent_id", "")[:8]
+    return f"{ev.get('timestamp', '?')}  {ev.get('event_type', '?'):<22} {who:<8}  " \
+           f"{ev.get('message', '')}"
