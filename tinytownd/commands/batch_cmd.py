@@ -62,6 +62,10 @@ def register(sub) -> None:
     p.add_argument("--appendfsync", choices=("always", "everysec", "no", "off"),
                    help="embedded run: AOF policy of the batch's redis-server (default everysec; "
                         "off = no AOF)")
+    p.add_argument("--http", metavar="LISTEN",
+                   help="embedded run: serve the dashboard, /metrics and the API on LISTEN "
+                        "(HOST:PORT, e.g. 127.0.0.1:8474; port 0 = any free port); the URL is "
+                        "printed first (stderr)")
     p.set_defaults(handler="tinytownd.commands.batch_cmd:cmd_batch")
 
 
