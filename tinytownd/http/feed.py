@@ -3,8 +3,10 @@ SSE frame. Pure; shared by /api/events and `tinytownd events`."""
 from __future__ import annotations
 
 import json
+import re
 
 AGENT_FIELDS = ("agent_id", "parent_agent_id", "child_agent_id")
+_STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
 
 
 def decode(entry_id: str, fields: dict) -> dict:
@@ -16,8 +18,9 @@ def decode(entry_id: str, fields: dict) -> dict:
         data = {"message": str(raw)[:500], "unreadable": True}
     if not isinstance(data, dict):
         data = {"message": str(raw)[:500], "unreadable": True}
-    return {"id": entry_id, "event_type": fields.get("event_type") or data.get("event_type"),
-            **{k: v for k, v in data.items() if k != "event_type"}}
+    ev = {"id": entry_id, "event_type": fields.get("event_type") or data.get("event_type")}
+    ev.update((k, v) for k, v in data.items() if k not in ("id", "event_type"))
+    return ev
 
 
 def matches(ev: dict, *, agents: set[str] | None = None, mission: str | None = None) -> bool:
@@ -37,8 +40,7 @@ def sse_frame(ev: dict) -> bytes:
 
 def valid_stream_id(text: str) -> bool:
     """`<ms>-<seq>` (or `<ms>`) as Redis stream ids are; anything else is refused (400)."""
-    ms, _, seq = text.partition("-")
-    return ms.isdigit() and len(ms) <= 20 and (seq == "" or (seq.isdigit() and len(seq) <= 20))
+    return _STREAM_ID.fullmatch(text) is not None
 
 
 def line(ev: dict) -> str:
