@@ -3,6 +3,7 @@ signal, the event feed, the header budget, the http config rules."""
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import pytest
@@ -134,7 +135,11 @@ def test_feed_decode_never_raises(fields, eid):
     ev = feed.decode(eid, {**fields, "data": '{"id": "forged", "x": 1}'} if fields else fields)
     assert ev["id"] == eid
     feed.matches(ev, agents={"a"}, mission="m")
-    assert feed.sse_frame(ev).endswith(b"\n\n")
+    frame = feed.sse_frame(eid if feed.valid_stream_id(eid) else "1-0", fields)
+    assert frame.endswith("\n\n") and frame.count("\ndata: ") == 1
+    data = frame.split("\ndata: ", 1)[1][:-2]
+    assert "\n" not in data and "\r" not in data
+    json.loads(data)
 
 
 def test_feed_filters_and_ids():
@@ -143,8 +148,12 @@ def test_feed_filters_and_ids():
     assert feed.matches(ev, agents={"a1"}) and not feed.matches(ev, agents={"a2"})
     assert feed.matches(ev, mission="m1") and not feed.matches(ev, mission="m2")
     assert feed.decode("2-0", {"data": "not json"})["unreadable"]
-    frame = feed.sse_frame(ev).decode()
-    assert frame.startswith("id: 1-0\n") and "\ndata: {" in frame
+    raw = '{"event_type":"task_assigned","agent_id":"a1","mission_id":"m1","message":"x"}'
+    frame = feed.sse_frame("1-0", {"event_type": "task_assigned", "data": raw})
+    assert frame == f"id: 1-0\nevent: town\ndata: {raw}\n\n"       # tt's JSON as it is
+    assert feed.may_match({"data": raw}, agents={"a1"}, mission=None)
+    assert not feed.may_match({"data": raw}, agents={"a2"}, mission=None)
+    assert not feed.may_match({"data": raw}, agents=None, mission="m2")
     for good in ("0", "1-0", "1796178296779-12"):
         assert feed.valid_stream_id(good)
     for bad in ("", "abc", "1-", "-1", "1-2-3", "1 0", "9" * 21, "1-x\nid: 2", "\u00b2-1",

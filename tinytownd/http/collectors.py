@@ -24,7 +24,8 @@ class TownCollector:
         yield GaugeMetricFamily("tinytown_up", "Whether the tinytownd process is running.",
                                 value=1)
         view, error = li.town_view(SCRAPE_BUDGET_S)
-        ready, _failing = li.readiness(view_error=error)
+        # the view's PING just answered (or not): no second probe
+        ready, _failing = li.readiness(view_error=error, redis_probe={"reachable": True})
         yield GaugeMetricFamily("tinytown_ready", "Whether tinytownd is ready (Redis answers, "
                                 "every service runs, the mission dispatcher is not stalled).",
                                 value=1 if ready else 0)

@@ -32,10 +32,27 @@ def matches(ev: dict, *, agents: set[str] | None = None, mission: str | None = N
     return True
 
 
-def sse_frame(ev: dict) -> bytes:
-    """One Server-Sent Event: the stream id as the SSE id (a reconnect resumes after it)."""
-    body = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {ev['id']}\nevent: town\ndata: {body}\n\n".encode()
+def sse_frame(entry_id: str, fields: dict) -> str:
+    """One Server-Sent Event: the stream id as the SSE id (a reconnect resumes after it), the
+    TownEvent JSON as tt wrote it as the data (one line: JSON has no raw newlines). Entries
+    whose data is not a JSON object are sent as decoded (with `unreadable`)."""
+    raw = fields.get("data")
+    if not (isinstance(raw, str) and raw.startswith("{") and "\n" not in raw
+            and "\r" not in raw):
+        ev = decode(entry_id, fields)
+        ev.pop("id", None)
+        raw = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {entry_id}\nevent: town\ndata: {raw}\n\n"
+
+
+def may_match(fields: dict, *, agents: set[str] | None, mission: str | None) -> bool:
+    """A cheap first look (substring) before decoding: False means surely not a match."""
+    raw = fields.get("data")
+    if not isinstance(raw, str):
+        return True
+    if agents is not None and not any(a in raw for a in agents):
+        return False
+    return mission is None or mission in raw
 
 
 def valid_stream_id(text: str) -> bool:

@@ -296,5 +296,4 @@ class HttpListener(Component):
         return town_view.missions(self.ctx.clients.cmd, self.keys, limit)
 
     def batches(self, view: dict) -> list[dict]:
-        return town_view.batches(self.ctx.clients.cmd, self.keys, view["batch_ids"],
-                                 self.view.scan.task_states)
+        return town_view.batches(self.ctx.clients.cmd, self.keys, self.view.scan)

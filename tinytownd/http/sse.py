@@ -11,7 +11,8 @@ import redis
 
 from . import feed
 
-BLOCK_MS = 10_000            # an XREAD waits this long before a keep-alive comment
+BLOCK_MS = 5_000             # an XREAD waits this long before a keep-alive comment (a client
+                             # that went away is noticed at the second write after it left)
 READ_COUNT = 200
 MAX_REPLAY = 1000
 
@@ -39,10 +40,8 @@ def stream(r: redis.Redis, key: str, *, start: str | None, replay: int,
         if last is None:           # from now: the newest id (not "$", which moves between reads)
             newest = r.xrevrange(key, count=max(1, min(replay, MAX_REPLAY)))
             last = newest[0][0] if newest else "0-0"
-            for eid, fields in (reversed(newest) if replay else ()):
-                ev = feed.decode(eid, fields)
-                if feed.matches(ev, agents=agents, mission=mission):
-                    yield feed.sse_frame(ev)
+            if replay:
+                yield frames(list(reversed(newest)), agents, mission)
         while not stopping.is_set():
             try:
                 res = r.xread({key: last}, count=READ_COUNT, block=BLOCK_MS)
@@ -54,10 +53,22 @@ def stream(r: redis.Redis, key: str, *, start: str | None, replay: int,
                 yield b": keep-alive\n\n"
                 continue
             for _key, entries in res:
-                for eid, fields in entries:
-                    last = eid
-                    ev = feed.decode(eid, fields)
-                    if feed.matches(ev, agents=agents, mission=mission):
-                        yield feed.sse_frame(ev)
+                if entries:
+                    last = entries[-1][0]
+                    out = frames(entries, agents, mission)
+                    if out:
+                        yield out              # one write per XREAD, not one per event
     finally:
         on_close()
+
+
+def frames(entries, agents: set[str] | None, mission: str | None) -> bytes:
+    """The SSE frames of `entries` that pass the filter, as one chunk."""
+    if agents is None and mission is None:
+        return "".join(feed.sse_frame(eid, f) for eid, f in entries).encode()
+    out = []
+    for eid, fields in entries:
+        if feed.may_match(fields, agents=agents, mission=mission) and \
+                feed.matches(feed.decode(eid, fields), agents=agents, mission=mission):
+            out.append(feed.sse_frame(eid, fields))
+    return "".join(out).encode()

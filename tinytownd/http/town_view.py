@@ -20,7 +20,8 @@ import redis
 from tinytownd.store.keys import glob_escape
 
 VIEW_TTL_S = 0.5
-SCAN_EVERY_S = 2.0
+SCAN_EVERY_S = 2.0        # at most this often ...
+SCAN_SHARE = 0.05         # ... and so that scanning takes at most 5% of the time
 SCAN_COUNT = 1000
 PIPE_CHUNK = 1000
 INBOX_PEEK = 100          # townhall counts the task messages among the first 100 of an inbox
@@ -43,6 +44,7 @@ class KeyScan:
         self.agent_ids: list[str] = []
         self.task_states: dict[str, str] = {}
         self.batch_ids: list[str] = []
+        self.batch_tasks: dict[str, list[str]] = {}   # batch id -> its task ids
         self.at: float | None = None        # time.monotonic() of the last complete scan
         self.scan_ms: float | None = None
         self.error: str | None = None
@@ -69,6 +71,12 @@ def scan_town(r: redis.Redis, keys) -> KeyScan:
         for tid, st in zip(part, p.execute(raise_on_error=False)):
             if isinstance(st, str):
                 out.task_states[tid] = st
+    if out.batch_ids:
+        p = r.pipeline(transaction=False)
+        for bid in out.batch_ids:
+            p.lrange(keys.batch_tasks(bid), 0, -1)
+        for bid, tids in zip(out.batch_ids, p.execute(raise_on_error=False)):
+            out.batch_tasks[bid] = tids if isinstance(tids, list) else []
     out.at = time.monotonic()
     out.scan_ms = round((out.at - t0) * 1000, 1)
     return out
@@ -94,7 +102,8 @@ class TownView:
             self.scan.error = f"{type(e).__name__}: {e}"
 
     def _want_scan(self) -> gevent.Greenlet | None:
-        stale = self.scan.at is None or time.monotonic() - self.scan.at > SCAN_EVERY_S
+        every = max(SCAN_EVERY_S, (self.scan.scan_ms or 0) / 1000 / SCAN_SHARE)
+        stale = self.scan.at is None or time.monotonic() - self.scan.at > every
         if stale and (self._scanner is None or self._scanner.dead):
             self._scanner = gevent.spawn(self._scan_now)
         return self._scanner
@@ -195,8 +204,10 @@ def missions(r: redis.Redis, keys, limit: int) -> list[dict]:
     return out
 
 
-def batches(r: redis.Redis, keys, batch_ids: list[str], task_states: dict[str, str]) -> list[dict]:
-    """The newest batches of the town with their progress (task states from the key scan)."""
+def batches(r: redis.Redis, keys, scan: KeyScan) -> list[dict]:
+    """The newest batches of the town with their progress (task lists and states from the key
+    scan: no per-request read of a batch's every task)."""
+    batch_ids, task_states = scan.batch_ids, scan.task_states
     if not batch_ids:
         return []
     p = r.pipeline(transaction=False)
@@ -206,13 +217,10 @@ def batches(r: redis.Redis, keys, batch_ids: list[str], task_states: dict[str, s
              if isinstance(m, dict) and m]
     metas.sort(key=lambda x: x[1].get("created_at", ""), reverse=True)
     metas = metas[:MAX_BATCHES_SHOWN]
-    p = r.pipeline(transaction=False)
-    for bid, _m in metas:
-        p.lrange(keys.batch_tasks(bid), 0, -1)
     out = []
-    for (bid, m), tids in zip(metas, p.execute(raise_on_error=False)):
+    for bid, m in metas:
         by: dict[str, int] = {}
-        for tid in tids if isinstance(tids, list) else []:
+        for tid in scan.batch_tasks.get(bid, ()):
             s = task_states.get(tid, "unknown")
             by[s] = by.get(s, 0) + 1
         try:
