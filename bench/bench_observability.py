@@ -4,6 +4,7 @@ against the listener off, in the same run; and the /metrics scrape time with 1,0
 
     python bench/bench_observability.py e2e    [-n 5000] [-w 8] [--repeat 3] [--modes ...]
     python bench/bench_observability.py scrape [--agents 1000] [--scrapes 200]
+    python bench/bench_observability.py scrape-cpu [--agents 1000] [--reps 300]
 
 e2e: `tinytownd batch FILE --cli true --agents W` (as bench_e2e.py's tinytownd row), interleaved
 run by run (off, scrape, dashboard, browser, off, ...), medians kept; rate = N / the batch's own
@@ -204,6 +205,13 @@ def bench_e2e(n: int, w: int, repeat: int, modes: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- scrape
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_scrape(agents: int, scrapes: int) -> dict:
     tt = os.path.join(BIN, "tinytownd")
     root = tempfile.mkdtemp(prefix="ttb-scr-", dir="/tmp")
@@ -232,7 +240,12 @@ def bench_scrape(agents: int, scrapes: int) -> dict:
         else:
             raise SystemExit("agents did not come up")
         time.sleep(3.0)
+        idle_s = 10.0
+        c0, t0 = cpu_s(p.pid), time.monotonic()
+        time.sleep(idle_s)
+        idle_rate = (cpu_s(p.pid) - c0) / (time.monotonic() - t0)
         lat, size = [], 0
+        c1, t1 = cpu_s(p.pid), time.monotonic()
         for _ in range(scrapes):
             t0 = time.perf_counter()
             status, body = get(port, "/metrics")
@@ -240,9 +253,12 @@ def bench_scrape(agents: int, scrapes: int) -> dict:
             size = len(body)
             assert status == 200
             time.sleep(0.55)
+        busy = cpu_s(p.pid) - c1 - idle_rate * (time.monotonic() - t1)
         lat.sort()
         q = statistics.quantiles(lat, n=100)
         return emit({"summary": "metrics_scrape", "agents": agents, "scrapes": scrapes,
+                     "daemon_cpu_ms_per_scrape": round(1000 * busy / scrapes, 2),
+                     "daemon_idle_cpu_pct": round(100 * idle_rate, 1),
                      "p50_ms": round(statistics.median(lat), 2), "p99_ms": round(q[98], 2),
                      "max_ms": round(lat[-1], 2), "body_bytes": size, "load": os.getloadavg()})
     finally:
@@ -252,6 +268,78 @@ def bench_scrape(agents: int, scrapes: int) -> dict:
         except subprocess.TimeoutExpired:
             p.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+SCRAPE_CPU_CODE = r"""
+import json, sys, time, tempfile, shutil
+from gevent import monkey; monkey.patch_all()
+sys.path.insert(0, sys.argv[2])
+from prometheus_client import generate_latest
+from tests.support.helpers import RedisServer
+from tinytownd.store.keys import Keys
+from tinytownd.store import records
+from tinytownd.http import town_view
+from tinytownd.http.collectors import TownCollector
+n, reps = int(sys.argv[1]), int(sys.argv[3])
+d = tempfile.mkdtemp(prefix="ttb-scpu-", dir="/tmp")
+srv = RedisServer(__import__("pathlib").Path(d))
+srv.start()
+try:
+    r = srv.client()
+    k = Keys("bench")
+    p = r.pipeline(transaction=False)
+    for i in range(n):
+        aid = f"00000000-0000-4000-8000-{i:012d}"
+        p.hset(k.agent(aid), mapping=records.new_agent_hash(aid, f"a-{i}", role="worker", cli="t"))
+        p.hset(k.agent_names, f"a-{i}", aid)
+    p.execute()
+    view = town_view.TownView(lambda: r, k)
+
+    class L:  # the listener's surface the collector uses
+        daemon = type("D", (), {"redis": None, "supervisor": type("S", (), {"services": {}})()})()
+        def town_view(self, budget):
+            return view.get(budget), None
+        def readiness(self, **kw):
+            return True, []
+    col = TownCollector(L())
+
+    class Reg:
+        def collect(self):
+            return col.collect()
+    generate_latest(Reg())
+    cpu, wall = [], []
+    for _ in range(reps):
+        view._view = None                       # no cache: every call reads Redis
+        c0, t0 = time.process_time(), time.perf_counter()
+        body = generate_latest(Reg())
+        cpu.append((time.process_time() - c0) * 1000)
+        wall.append((time.perf_counter() - t0) * 1000)
+    stats = r.info("commandstats")
+    lua = stats.get("cmdstat_evalsha", {}).get("usec_per_call")
+    cpu.sort(); wall.sort()
+    q = lambda v, f: round(v[min(len(v) - 1, int(f * len(v)))], 2)
+    print(json.dumps({"summary": "metrics_collect_in_process", "agents": n, "reps": reps,
+                      "cpu_ms_p50": q(cpu, .5), "cpu_ms_p99": q(cpu, .99),
+                      "wall_ms_p50": q(wall, .5), "wall_ms_p99": q(wall, .99),
+                      "redis_lua_ms_per_call": round(lua / 1000, 2) if lua else None,
+                      "agents_idle_gauge": 'tinytown_agents_total{state="idle"} %d.0' % n
+                      in body.decode()}))
+finally:
+    srv.stop()
+    shutil.rmtree(d, ignore_errors=True)
+"""
+
+
+def bench_scrape_cpu(agents: int, reps: int) -> dict:
+    """The collector alone (view read + exposition), in a process of its own against a private
+    redis-server: CPU ms per scrape of our Python, which the machine's load does not inflate."""
+    p = subprocess.run([sys.executable, "-c", SCRAPE_CPU_CODE, str(agents), ROOT, str(reps)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(p.stderr[-3000:])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["load"] = os.getloadavg()
+    return emit(out)
 
 
 def main() -> None:
@@ -265,9 +353,14 @@ def main() -> None:
     s = sub.add_parser("scrape")
     s.add_argument("--agents", type=int, default=1000)
     s.add_argument("--scrapes", type=int, default=200)
+    c = sub.add_parser("scrape-cpu")
+    c.add_argument("--agents", type=int, default=1000)
+    c.add_argument("--reps", type=int, default=300)
     a = ap.parse_args()
     if a.what == "e2e":
         bench_e2e(a.n, a.w, a.repeat, a.modes.split(","))
+    elif a.what == "scrape-cpu":
+        bench_scrape_cpu(a.agents, a.reps)
     else:
         bench_scrape(a.agents, a.scrapes)
 

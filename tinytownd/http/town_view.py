@@ -25,6 +25,7 @@ SCAN_SHARE = 0.05         # ... and so that scanning takes at most 5% of the tim
 SCAN_COUNT = 1000
 PIPE_CHUNK = 1000
 INBOX_PEEK = 100          # townhall counts the task messages among the first 100 of an inbox
+PEEK_BUDGET = 20_000      # inbox messages looked at per view, over all agents
 AGENT_FIELDS = ("id", "name", "nickname", "role_id", "state", "cli", "current_task",
                 "rounds_completed", "tasks_completed", "last_active_at", "last_heartbeat")
 
@@ -93,6 +94,14 @@ class TownView:
         self._view: dict | None = None
         self._view_at = 0.0
         self._lock = gevent.lock.Semaphore()
+        self._scripts_of: tuple | None = None
+
+    def _scripts(self):
+        from tinytownd.store.scripts import Scripts
+        r = self._client()
+        if self._scripts_of is None or self._scripts_of[0] is not r:
+            self._scripts_of = (r, Scripts(r))
+        return self._scripts_of[1]
 
     # --- the key scan ---------------------------------------------------------------------
     def _scan_now(self) -> None:
@@ -130,37 +139,16 @@ class TownView:
         scanner = self._want_scan()
         if self.scan.at is None and scanner is not None:   # the first view waits for a scan
             scanner.join(timeout=max(0.0, deadline - time.monotonic() - 0.05))
-        names = r.hgetall(k.agent_names)
-        ids = list(dict.fromkeys([*self.scan.agent_ids, *names.values()]))
+        raw = self._scripts().town_view(args=[
+            k.prefix, k.daemon_prefix, INBOX_PEEK, PEEK_BUDGET, len(AGENT_FIELDS), *AGENT_FIELDS,
+            *self.scan.agent_ids])
+        backlog, missions, dead = raw[:3]
+        width = len(AGENT_FIELDS) + 3
         agents: list[dict] = []
-        for i in range(0, len(ids), PIPE_CHUNK):
-            part = ids[i:i + PIPE_CHUNK]
-            p = r.pipeline(transaction=False)
-            for aid in part:
-                p.hmget(k.agent(aid), AGENT_FIELDS)
-                p.llen(k.inbox(aid))
-                p.llen(k.urgent(aid))
-            res = p.execute(raise_on_error=False)
-            for j, aid in enumerate(part):
-                rec, inbox, urgent = res[3 * j:3 * j + 3]
-                if not isinstance(rec, list) or rec[0] is None:
-                    continue                 # gone, or not a hash
-                a = dict(zip(AGENT_FIELDS, rec))
-                a["inbox"] = inbox if isinstance(inbox, int) else 0
-                a["urgent"] = urgent if isinstance(urgent, int) else 0
-                agents.append(a)
-        busy = [a for a in agents if a["inbox"]]
-        p = r.pipeline(transaction=False)
-        for a in busy:
-            p.lrange(k.inbox(a["id"]), 0, INBOX_PEEK - 1)
-        p.llen(k.backlog)
-        p.scard(k.missions_active)
-        p.llen(k.deadletter)
-        res = p.execute(raise_on_error=False)
-        for a, msgs in zip(busy, res):
-            a["assigned_pending"] = sum(1 for m in msgs if isinstance(m, str) and _is_task_message(m)) \
-                if isinstance(msgs, list) else 0
-        backlog, missions, dead = (x if isinstance(x, int) else 0 for x in res[len(busy):])
+        for i in range(3, len(raw) - width + 1, width):
+            a = dict(zip(AGENT_FIELDS, raw[i:i + len(AGENT_FIELDS)]))
+            a["inbox"], a["urgent"], a["assigned_pending"] = raw[i + width - 3:i + width]
+            agents.append(a)
         by_state: dict[str, int] = {}
         for st in self.scan.task_states.values():
             by_state[st] = by_state.get(st, 0) + 1
