@@ -204,7 +204,7 @@ class HttpListener(Component):
         self.stopping = ctx.stopping
         self.subscribers = Subscribers()
         self.view = town_view.TownView(lambda: self.ctx.clients.cmd, ctx.keys)
-        self._sse_client: tuple[str, redis.Redis] | None = None
+        self._sse_client: tuple[tuple, redis.Redis] | None = None
         self.server: _Server | None = None
         self.sock: socket.socket | None = None
         self.url: str | None = None
@@ -282,14 +282,14 @@ class HttpListener(Component):
     def sse_redis(self) -> redis.Redis:
         """A pool for event streams only (one connection per subscriber, never the agents')."""
         url = self.ctx.clients.url
-        if self._sse_client is None or self._sse_client[0] != url:
+        size = self.cfg.http.max_sse_subscribers + 2
+        if self._sse_client is None or self._sse_client[0] != (url, size):
             from tinytownd.daemon.redis_clients import _tls_kwargs
-            c = redis.Redis.from_url(url, decode_responses=True,
-                                     max_connections=self.cfg.http.max_sse_subscribers + 2,
+            c = redis.Redis.from_url(url, decode_responses=True, max_connections=size,
                                      socket_timeout=SSE_SOCKET_TIMEOUT_S,
                                      socket_connect_timeout=2.0, health_check_interval=0,
                                      **_tls_kwargs(self.cfg, url))
-            self._sse_client = (url, c)
+            self._sse_client = ((url, size), c)   # streams on the old pool finish on it
         return self._sse_client[1]
 
     def missions(self, view: dict, limit: int) -> list[dict]:
