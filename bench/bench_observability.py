@@ -25,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -171,7 +172,9 @@ def one_batch(n: int, w: int, mode: str) -> dict:
         if mode == "browser":
             time.sleep(2.0)
         t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=d)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         total = time.perf_counter() - t0
         stop.set()
         if th is not None:
@@ -180,8 +183,12 @@ def one_batch(n: int, w: int, mode: str) -> dict:
             raise SystemExit(f"tinytownd batch exit {p.returncode}: {p.stderr[-2000:]}")
         s = json.load(open(summ))
     dt = s["wall_time_s"]
+    # CPU of the batch's whole process tree (daemon, redis-server, the `true` CLIs): what looking
+    # costs, much less at the mercy of the machine's load than the wall time
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     out = {"mode": mode, "n": n, "workers": w, "secs": round(dt, 3),
            "tasks_per_s": round(n / dt, 1), "command_wall_s": round(total, 3),
+           "cpu_ms_per_task": round(1000 * cpu / n, 3),
            "completed": s["totals"]["completed"]}
     for k in ("scrape_ms", "dashboard_ms"):
         if stats.get(k):
@@ -193,14 +200,21 @@ def one_batch(n: int, w: int, mode: str) -> dict:
 
 def bench_e2e(n: int, w: int, repeat: int, modes: list[str]) -> dict:
     runs: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(repeat):
         for m in modes:
-            runs[m].append(one_batch(n, w, m)["tasks_per_s"])
+            r = one_batch(n, w, m)
+            runs[m].append(r["tasks_per_s"])
+            cpu[m].append(r["cpu_ms_per_task"])
     med = {m: statistics.median(v) for m, v in runs.items()}
-    base = med.get("off")
+    cmed = {m: statistics.median(v) for m, v in cpu.items()}
+    base, cbase = med.get("off"), cmed.get("off")
     return emit({"summary": "observability_e2e", "n": n, "workers": w, "repeat": repeat,
                  "runs": runs, "median": med,
                  "ratio_vs_off": {m: round(v / base, 3) for m, v in med.items()} if base else {},
+                 "cpu_ms_per_task": cpu, "cpu_median": cmed,
+                 "cpu_ratio_vs_off": {m: round(v / cbase, 3) for m, v in cmed.items()}
+                 if cbase else {},
                  "load": os.getloadavg()})
 
 
