@@ -83,7 +83,8 @@ ROUND_SECONDS = Histogram("tinytownd_round_duration_seconds",
 ROUNDS = Counter("tinytownd_rounds_total", "Agent CLI rounds by how they ended (ok, retry, "
                  "failed, cli_finished, interrupted, deferred)", ("cli", "outcome"))
 RETRIES = Counter("tinytownd_retries_total", "Failed rounds whose task is tried again, by "
-                  "failure class", ("cli", "class"))
+                  "failure class (timeout, error, rate_limited, ... as the agent CLI report "
+                  "classes them)", ("cli", "class"))
 FAILURES = Counter("tinytownd_failures_total", "Tasks failed for good after their attempts (or "
                    "failed rounds without a task), by failure class", ("cli", "class"))
 PICKUP_SECONDS = Histogram("tinytownd_pickup_latency_seconds",
@@ -131,8 +132,17 @@ def throughput(now: float) -> dict:
     return {"bucket_s": THROUGHPUT_BUCKET_S, "buckets": rows, "totals": dict(TALLY)}
 
 
-def round_end(cli: str, outcome: str, seconds: float, failure_class: str) -> None:
-    """A round ended (outcome.py's kinds); `failure_class` matters for retry and failed."""
+def round_end(cli: str, outcome: str, seconds: float, failure_class: str,
+              usage: dict | None = None) -> None:
+    """A round ended (outcome.py's kinds); `failure_class` matters for retry and failed;
+    `usage`: what the agent CLI reported (`*_tokens`, `cost_usd`), added to TOKENS and COST."""
+    for key, value in (usage or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            continue
+        if key.endswith("_tokens"):
+            TOKENS.add(value, cli, key[:-len("_tokens")])
+        elif key == "cost_usd":
+            COST.add(value, cli)
     ROUNDS.inc(cli, outcome)
     ROUND_SECONDS.observe(seconds, cli, outcome)
     TALLY[outcome] += 1
