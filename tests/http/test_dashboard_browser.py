@@ -80,11 +80,13 @@ def test_dashboard_live_in_chromium(tmpdir_short, browser):
         wait_for(lambda: (row(drv, "w-1") or {}).get("state") == "idle"
                  and row(drv, "w-1")["done"] == "1", 30, interval=0.2,
                  what="w-1 idle with one task done")
-        feed = drv.execute_script(
-            "return [...document.querySelectorAll('#feed li')].map((li) => "
-            "[li.dataset.type, li.textContent])")
-        types = [t for t, text in feed if tid in text]
-        assert "task_assigned" in types and "task_completed" in types, feed[:10]
+        def feed_types():   # the feed is drawn a few times a second: wait for the draw
+            feed = drv.execute_script(
+                "return [...document.querySelectorAll('#feed li')].map((li) => "
+                "[li.dataset.type, li.textContent])")
+            types = [t for t, text in feed if tid in text]
+            return types if {"task_assigned", "task_completed"} <= set(types) else None
+        wait_for(feed_types, 10, interval=0.1, what="assigned and completed in the live feed")
         wait_for(lambda: drv.execute_script(
             "return document.querySelector('#tasks').textContent").find("completed") >= 0,
             10, interval=0.2, what="completed in tasks by state")

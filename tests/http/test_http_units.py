@@ -259,3 +259,22 @@ def test_journal_prefix_render(monkeypatch, tmp_path):
     monkeypatch.setenv("JOURNAL_STREAM", "junk")
     assert logs._stdout_is_journal() is False
     del os.environ["JOURNAL_STREAM"]
+
+
+def test_round_end_counts_reported_tokens_and_cost():
+    from prometheus_client import generate_latest
+    from tinytownd import metrics
+
+    def sample(line_start):
+        for line in generate_latest(metrics.REGISTRY).decode().splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+    before = sample('tinytownd_tokens_total{cli="unit",kind="input"}')
+    metrics.round_end("unit", "retry", 2.0, "rate_limited",
+                      usage={"input_tokens": 7, "cost_usd": 0.5, "bad_tokens": -3,
+                             "odd_tokens": "12", "turns": 2})
+    assert sample('tinytownd_tokens_total{cli="unit",kind="input"}') == before + 7
+    assert sample('tinytownd_cost_usd_total{cli="unit"}') >= 0.5
+    assert sample('tinytownd_tokens_total{cli="unit",kind="bad"}') == 0
+    assert sample('tinytownd_retries_total{class="rate_limited",cli="unit"}') >= 1
