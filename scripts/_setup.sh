@@ -1,6 +1,7 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
 # Installs what is missing and nothing more, so a second run is fast:
-#   - redis-server (Debian package) when it is not on PATH; for the tests (TT_EXTRAS=test) also
+#   - redis-server, openssl and git (Debian packages) when they are not on PATH;
+#   - for the tests (TT_EXTRAS=test) also
 #     chromium + chromium-driver (the dashboard's browser test, driven by Selenium) and jq (the
 #     README's journalctl | jq examples are tested);
 #   - a virtualenv .venv with tinytownd installed (editable) plus the extras named in $TT_EXTRAS.
@@ -11,6 +12,7 @@ cd "$ROOT"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v git >/dev/null 2>&1 || need_apt+=(git)       # worktree mode (workspaces)
 if [ "${TT_EXTRAS:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)

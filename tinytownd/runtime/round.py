@@ -35,6 +35,7 @@ from .agent_cli.cooldown import JITTER, cooldown_named_s
 from .process import close_fd
 from .prompt import round_prompt
 from .round_logs import RoundLogs, log_name
+from tinytownd.workspaces.round_hook import RoundWorkspace
 
 MAX_INBOX_PER_ROUND = 100
 
@@ -244,8 +245,11 @@ class Round:
         exports = {"TINYTOWN_TASK_ID": tid} if tid else None
         self.ws = None
         if s.workspace is not None and tid:     # worktree mode: the task's own worktree
-            if not self._workspace(meta, env, cfg):
+            self.ws = RoundWorkspace(links.workspaces, s, tid, self.task, w.log)
+            trouble = self.ws.prepare(meta, env, logs_dir)
+            if trouble is not None:
                 _unlink(prompt_path)
+                self._workspace_trouble(trouble, cfg)
                 return
             exports.update(self.ws.exports())
         w.round_started = time.monotonic()
@@ -263,7 +267,7 @@ class Round:
 
         parser = output.collector(cli.output)
         result = runner.run(command, prompt=stdin_text, env=env,
-                            cwd=self.ws.path if self.ws is not None else s.workdir,
+                            cwd=self.ws.cwd if self.ws is not None else s.workdir,
                             exports=exports,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
@@ -295,7 +299,9 @@ class Round:
             failure=None if result.ok else ("timeout" if result.timed_out else "error"))
         ws = getattr(self, "ws", None)
         if ws is not None and result.ok and verdict.failure is None and not w.lost:
-            result = self._commit(ws, result)   # before the task completes; may fail the round
+            result = ws.after_exit0(result, lambda err: runner.CliResult(   # before completing
+                None, False, False, result.duration_s, result.pid, error=err,
+                output=result.output))
             if not result.ok:
                 verdict = report.Verdict(failure="error", error=result.error or "workspace",
                                          usage=verdict.usage)
@@ -310,7 +316,7 @@ class Round:
         metrics.round_end(w.settings.cli, out.kind, result.duration_s,
                           verdict.failure or outcome.failure_class(result), usage=verdict.usage)
         if ws is not None and out.kind != "ok":
-            self._workspace_end(ws, out.kind, task_state)
+            ws.after_outcome(out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -404,59 +410,15 @@ class Round:
                       named_s=self.verdict.retry_after_s, failure_class="rate_limited")
         self._round_end(f"⏳ rate limited ({err}); CLI {s.cli} cools down {secs:g}s", result)
 
-    # ------------------------------------------------------------------ worktree mode
-    def _workspace(self, meta: dict, env: dict, cfg) -> bool:
-        """The task's workspace for this round (self.ws); False when the round ended here: the
-        daemon is at fault (deferred), the task cannot have one (failed now), or the setup
-        command failed (as a failed round)."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        try:
-            self.ws = self.links.workspaces.prepare(self.w.settings, self.tid, self.task, meta,
-                                                    env=env, logs_dir=cfg.logs_dir_str)
-            return True
-        except WorkspaceError as e:
-            if e.kind == "daemon":
-                self._defer(f"workspace: {e}", cfg)
-                return False
-            self.ws = e.workspace
-            if e.kind == "task":
-                self.max_attempts = self.attempt     # another attempt would meet the same
-            self._end(runner.CliResult(None, False, False, 0.0, None, error=str(e),
-                                       output=e.output), cfg)
-        except OSError as e:
-            self._defer(f"workspace: {e}", cfg)
-        return False
-
-    def _commit(self, ws, result):
-        """Exit 0: commit and record the workspace, apply its keep policy. A failure turns the
-        round into a failed one (the worktree keeps the agent's changes for the retry)."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        s = self.w.settings
-        try:
-            self.links.workspaces.complete(ws, agent=s.name,
-                                           description=(self.task or {}).get("description", ""))
-            return result
-        except (WorkspaceError, OSError) as e:
-            self.w.log.warning("workspace commit failed", error=str(e))
-            return runner.CliResult(None, False, False, result.duration_s, result.pid,
-                                    error=f"workspace: {e}", output=result.output)
-
-    def _workspace_end(self, ws, kind: str, task_state: str | None) -> None:
-        """The round did not complete the task: the keep policy when the task has ended, else
-        the worktree waits for the next round."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        mgr, s = self.links.workspaces, self.w.settings
-        try:
-            if kind == "cli_finished" and task_state == "completed":
-                mgr.complete(ws, agent=s.name,
-                             description=(self.task or {}).get("description", ""))
-            elif kind in ("failed", "cli_finished"):
-                mgr.ended(ws, task_state if kind == "cli_finished" else "failed")
-            else:
-                mgr.release(ws)
-        except (WorkspaceError, OSError) as e:   # the sweep tries again
-            mgr.release(ws)
-            self.w.log.warning("workspace end failed", error=str(e))
+    def _workspace_trouble(self, trouble, cfg) -> None:
+        """Worktree mode: the task's workspace could not be prepared (workspaces/round_hook.py)."""
+        if trouble.defer:
+            self._defer(trouble.message, cfg)
+            return
+        if trouble.final:
+            self.max_attempts = self.attempt     # another attempt would meet the same
+        self._end(runner.CliResult(None, False, False, 0.0, None, error=trouble.message,
+                                   output=trouble.output), cfg)
 
     def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
         """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in

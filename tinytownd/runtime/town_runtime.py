@@ -83,7 +83,9 @@ class TownRuntime(Component):
             progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
             patience=self.patience, cli_state=self.cli_state,
-            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline))
+            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline,
+                                        dirs=lambda: {s.workspace.dir for s in self.specs.values()
+                                                      if s.workspace is not None}))
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town

@@ -53,7 +53,7 @@ task:<tid>                         hash    daemon bookkeeping of a task: attempt
                                            file name of that attempt's round log under <root>/logs
                                            (round_start); its workspace (worktree
                                            mode, workspaces/records.py): branch base head
-                                           files_changed insertions deletions workspace (the path,
+                                           files_changed insertions deletions worktree (the path,
                                            while it exists) workspace_repo workspace_git
                                            workspace_dir workspace_keep workspace_commit
                                            workspace_setup workspace_ended; last_class and failures
