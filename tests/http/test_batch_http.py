@@ -35,7 +35,7 @@ def test_batch_http_prints_the_url_first_and_shows_progress(tmpdir_short):
             b = doc.get("batches") if status == 200 else None
             return doc if b and b[0]["total"] == 12 and b[0]["completed"] >= 1 else None
         doc = wait_for(progress, 30, interval=0.2, what="batch progress on the dashboard")
-        assert doc["batches"][0]["state"] == "running"
+        assert doc["batches"][0]["state"] in ("running", "done")   # the scan lags up to 2 s
         assert len(doc["agents"]) == 2
         assert get(url, "/")[0] == 200
         assert p.wait(60) == 0
