@@ -254,6 +254,7 @@ try:
     data = {"town": {"name": "mem", "root": root},
             "redis": {"socket": "redis.sock", "appendonly": False, "save": ""},
             "logging": {"level": "warning", "file": "logs/daemon.log"},
+            "http": {"listen": None},
             "agent_clis": {"t": {"command": "true"}},
             "agents": [{"name": "a", "cli": "t", "count": n}] if n else []}
     cfg = config.from_dict(data, os.path.join(root, "cfg.yaml"), env={})

@@ -28,6 +28,10 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+
+# Daemons here do not open the HTTP listener (127.0.0.1:8474) unless their config sets http.listen:
+# several run at once, and the machine is shared.
+os.environ.setdefault("TINYTOWND_HTTP_LISTEN", "off")
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 

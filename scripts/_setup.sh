@@ -1,6 +1,9 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
 # Installs what is missing and nothing more, so a second run is fast:
 #   - redis-server, openssl and git (Debian packages) when they are not on PATH;
+#   - for the tests (TT_EXTRAS=test) also
+#     chromium + chromium-driver (the dashboard's browser test, driven by Selenium) and jq (the
+#     README's journalctl | jq examples are tested);
 #   - a virtualenv .venv with tinytownd installed (editable) plus the extras named in $TT_EXTRAS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -10,6 +13,11 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v git >/dev/null 2>&1 || need_apt+=(git)       # worktree mode (workspaces)
+if [ "${TT_EXTRAS:-}" = test ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+  command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tinytownd needs: ${need_apt[*]}. Install with:" >&2

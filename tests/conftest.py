@@ -3,7 +3,13 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Test daemons do not open the HTTP listener (127.0.0.1:8474) unless their config sets
+# http.listen: many run at once, and other test runs share the machine.
+os.environ.setdefault("TINYTOWND_HTTP_LISTEN", "off")
 
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.helpers import RedisServer, short_tmpdir  # noqa: E402

@@ -12,7 +12,7 @@ import importlib
 from . import __version__, exitcodes
 
 AREAS = ("daemon_cmds", "town_cmds", "mission_cmds", "batch_cmd", "workspace_cmds",
-         "agent_cli_cmds")
+         "agent_cli_cmds", "view_cmds")
 
 
 class Parser(argparse.ArgumentParser):

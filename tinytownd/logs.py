@@ -29,6 +29,7 @@ class _State:
     owns_stream = False
     lock = threading.Lock()
     configured = False
+    journal = False          # stdout is the journal: lines get a <N> priority prefix
 
 
 def _filter_level(logger: Any, method: str, event: dict) -> dict:
@@ -91,10 +92,36 @@ class _StdlibBridge(logging.Handler):
             self.handleError(record)
 
 
+# journald priorities (sd-daemon(3) `<N>` prefixes): `journalctl -p err` shows errors.
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def _stdout_is_journal() -> bool:
+    """$JOURNAL_STREAM names the journal's stream as `dev:inode`; it is ours only when stdout is
+    that very file (a child that redirected stdout must not prefix its lines)."""
+    ident = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = ident.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def _render(logger: Any, method: str, event: dict) -> str:
+    line = _ENCODER.encode(event)
+    if _State.journal and _State.path is None:
+        return f"<{PRIORITY.get(event.get('level'), 6)}>{line}"
+    return line
+
+
 def configure(level: str = "info", file: str | None = None) -> None:
     """Set up structlog and route stdlib logging through it. Safe to call again (reload)."""
     set_level(level)
     open_sink(file)
+    _State.journal = _stdout_is_journal()
     if _State.configured:
         return
     structlog.configure(
@@ -104,7 +131,7 @@ def configure(level: str = "info", file: str | None = None) -> None:
             _rename_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_dumps),
+            _render,
         ],
         logger_factory=_logger_factory,
         wrapper_class=structlog.BoundLogger,

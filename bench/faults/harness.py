@@ -21,6 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# Daemons here do not open the HTTP listener (127.0.0.1:8474) unless their config sets http.listen:
+# several run at once, and the machine is shared.
+os.environ.setdefault("TINYTOWND_HTTP_LISTEN", "off")
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 if str(REPO) not in sys.path:

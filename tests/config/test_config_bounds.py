@@ -21,7 +21,8 @@ F = "/tmp/x/t.yaml"
 SECTIONS = {"town": config.TownSection, "redis": config.RedisSection,
             "redis.tls": config.TlsSection, "control": config.ControlSection,
             "logging": config.LoggingSection, "daemon": config.DaemonSection,
-            "runtime": config.RuntimeSection, "missions": config.MissionsSection}
+            "runtime": config.RuntimeSection, "missions": config.MissionsSection,
+            "http": config.HttpSection}
 CLI = {"agent_clis": {"e": {"command": "true"}}}
 
 

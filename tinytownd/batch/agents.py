@@ -168,7 +168,8 @@ def _socket_path(root: Path, name: str) -> str:
 
 
 def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
-                    appendfsync: str | None = None, log_level: str = "info"):
+                    appendfsync: str | None = None, log_level: str = "info",
+                    http_listen: str | None = None):
     """The daemon config of an embedded batch: town root = the batch dir, everything under it."""
     fsync = appendfsync or "everysec"
     data = {
@@ -188,6 +189,8 @@ def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
         "missions": {"enabled": bf.kind != "tasks"},
         "agent_clis": clis,
         "agents": agents,
+        # The dashboard and metrics only with --http LISTEN (an embedded batch binds no port).
+        "http": {"listen": http_listen},
     }
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
     try:

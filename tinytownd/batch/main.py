@@ -55,6 +55,13 @@ class Unavailable(Exception):
     """Redis, or a daemon that serves the town, cannot be reached."""
 
 
+def dashboard_url(listen: str) -> str:
+    """The URL a person opens for `--http LISTEN` (every-interface addresses → loopback)."""
+    host, _, port = listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"http://{host}:{port}/"
+
+
 def new_batch_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -317,7 +324,15 @@ class Embedded(Mode):
                 "id": self.batch_id, "file": os.path.abspath(bf.path), "digest": bf.digest,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "agent_clis": clis, "agents": agents}, indent=1) + "\n")
-        self.cfg = embedded_config(bf, root, clis, agents, appendfsync=args.appendfsync)
+        self.cfg = embedded_config(bf, root, clis, agents, appendfsync=args.appendfsync,
+                                   http_listen=getattr(args, "http", None))
+        if self.cfg.http.listen and not self.cfg.http.listen.endswith(":0"):
+            self._say_dashboard(dashboard_url(self.cfg.http.listen))
+
+    def _say_dashboard(self, url: str) -> None:
+        if not getattr(self, "_dashboard_said", False):
+            self._dashboard_said = True
+            print(f"tinytownd batch: dashboard {url}", file=sys.stderr, flush=True)
 
     def _n_agents(self) -> int:
         return len(self.cfg.expanded_agents())
@@ -340,6 +355,9 @@ class Embedded(Mode):
                 raise Unavailable(str(e)) from None
             raise UsageError(str(e)) from None
         log = logs.get_logger("tinytownd.batch", batch=self.batch_id)
+        http = next((c for c in self.daemon.components if c.name == "http"), None)
+        if http is not None and http.url:
+            self._say_dashboard(http.url)
         self.runner = gevent.spawn(self.daemon.run)
         r, keys = self.daemon.ctx.clients.cmd, self.daemon.ctx.keys
         if self.file.kind == "mission":
@@ -406,8 +424,9 @@ class Submit(Mode):
         if bf.agents or args.agents or args.cli:
             print("tinytownd batch: note: -c submits to the daemon's agents; agents:/--agents/"
                   "--cli are ignored", file=sys.stderr)
-        if args.dir or args.appendfsync:
-            print("tinytownd batch: note: --dir/--appendfsync only apply to embedded runs",
+        if args.dir or args.appendfsync or getattr(args, "http", None):
+            print("tinytownd batch: note: --dir/--appendfsync/--http only apply to embedded runs "
+                  "(the daemon serves its own http.listen)",
                   file=sys.stderr)
         logs.configure("warning", "/dev/stderr")
         self.clients = make_clients(cfg, blocking_connections=1)

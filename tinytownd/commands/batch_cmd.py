@@ -69,6 +69,10 @@ def register(sub) -> None:
     p.add_argument("--appendfsync", choices=("always", "everysec", "no", "off"),
                    help="embedded run: AOF policy of the batch's redis-server (default everysec; "
                         "off = no AOF)")
+    p.add_argument("--http", metavar="LISTEN",
+                   help="embedded run: serve the dashboard, /metrics and the API on LISTEN "
+                        "(HOST:PORT, e.g. 127.0.0.1:8474; port 0 = any free port); the URL is "
+                        "printed first (stderr)")
     p.add_argument("--max-cost-usd", type=float, metavar="USD",
                    help="cost budget: once the batch's tasks have cost this much (as the agent "
                         "CLIs report it), nothing new starts, running tasks finish, exit 75")

@@ -9,13 +9,14 @@ This file is the package's face: callers use `config.load`, `config.Config`, …
 """
 from .checks import ConfigError, is_loopback, redact_url
 from .diff import Change, diff, keep_old
-from .load import discover, from_dict, load
+from .load import discover, from_dict, http_problems, load
 from .schema import (BUILTIN_CLIS, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX, AgentCli, AgentSpec,
-                     Config, ControlSection, DaemonSection, LoggingSection, MissionsSection,
-                     RedisSection, RuntimeSection, TlsSection, TownSection, WorkspaceSection)
+                     Config, ControlSection, DaemonSection, HttpSection, LoggingSection,
+                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection,
+                     WorkspaceSection)
 
 __all__ = ["ConfigError", "is_loopback", "redact_url", "Change", "diff", "keep_old", "discover",
-           "from_dict", "load", "BUILTIN_CLIS", "DEFAULT_PATH", "ENV_CONFIG", "UNIX_PATH_MAX",
+           "from_dict", "http_problems", "load", "BUILTIN_CLIS", "DEFAULT_PATH", "ENV_CONFIG", "UNIX_PATH_MAX",
            "AgentCli", "AgentSpec", "Config", "ControlSection", "DaemonSection", "LoggingSection",
-           "MissionsSection", "RedisSection", "RuntimeSection", "TlsSection", "TownSection",
-           "WorkspaceSection"]
+           "HttpSection", "MissionsSection", "RedisSection", "RuntimeSection", "TlsSection",
+           "TownSection", "WorkspaceSection"]

@@ -336,3 +336,40 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+MIN_TOKEN = 16                  # http.token: a bearer token shorter than this is refused
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")   # visible ASCII: no spaces, no control characters
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPV6]:PORT` → (host, port). HOST is an IP address or `localhost`;
+    port 0 lets the kernel pick one (the daemon reports it in status)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]\s]+):([0-9]{1,5})", value)
+    if not m:
+        raise Invalid(f"{show(value)} must be HOST:PORT (e.g. 127.0.0.1:8474, [::1]:8474), or "
+                      "null to turn the listener off")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise Invalid(f"{show(host)} is not an IP address (use an address, not a host name; "
+                          "0.0.0.0 or :: for every interface)") from None
+    if int(port) > 65535:
+        raise Invalid(f"port {port} is above the maximum 65535")
+    return host, int(port)
+
+
+def listen_address(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def http_token(value: str) -> str:
+    """A bearer token: 16-4096 visible ASCII characters (`openssl rand -hex 32`)."""
+    if not _TOKEN_RE.fullmatch(value):
+        raise Invalid("must be visible ASCII characters without spaces")
+    if len(value) < MIN_TOKEN:
+        raise Invalid(f"is {len(value)} characters long, below the minimum {MIN_TOKEN}")
+    return value

@@ -17,7 +17,8 @@ class Change:
 
     def describe(self) -> str:
         def show(v):
-            s = "****" if "password" in self.key and v else repr(v)
+            secret = "password" in self.key or self.key.endswith(".token")
+            s = "****" if secret and v else repr(v)
             return s if len(s) < 80 else s[:77] + "..."
         how = "applied" if self.live else "needs a restart"
         return f"{self.key}: {show(self.old)} -> {show(self.new)} ({how})"

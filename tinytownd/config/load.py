@@ -16,11 +16,12 @@ from tinytownd.store.wire import RESERVED_AGENT_NAMES
 
 from .agent_cli import PLACEHOLDERS, implied_prompt_mode
 from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, ConfigError,
-                     Invalid, finite, is_loopback, name as check_name, redis_url_value, show, text)
+                     Invalid, finite, http_token, is_loopback, name as check_name, parse_listen,
+                     redis_url_value, show, text)
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
-                     AgentCli, AgentSpec, Config, ControlSection, DaemonSection, LoggingSection,
-                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection,
-                     WorkspaceSection)
+                     AgentCli, AgentSpec, Config, ControlSection, DaemonSection, HttpSection,
+                     LoggingSection, MissionsSection, RedisSection, RuntimeSection, TlsSection,
+                     TownSection, WorkspaceSection)
 
 def discover(path: str | None) -> str:
     """-c, else $TINYTOWND_CONFIG, else /etc/tinytownd/tinytownd.yaml."""
@@ -100,7 +101,7 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
         try:
             sub = next((c for c in (TownSection, RedisSection, TlsSection, ControlSection,
                                     LoggingSection, DaemonSection, RuntimeSection,
-                                    MissionsSection) if c.__name__ == hint), None)
+                                    MissionsSection, HttpSection) if c.__name__ == hint), None)
             if sub is not None:
                 kwargs[k] = _build(sub, v, f"{key}.", problems)
                 continue
@@ -274,6 +275,7 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
                 problems.append(("logging.file", f"directory {log.parent} does not exist"))
     if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
         problems.append(("control.socket", f"path over the {UNIX_PATH_MAX}-byte unix socket limit"))
+    problems += http_problems(cfg)
     problems += workspace_problems(cfg)
     rt = cfg.runtime
     if rt.stale_after_s < 2 * rt.heartbeat_interval_s:
@@ -282,6 +284,48 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
     if rt.lease_ttl_s < 2 * rt.heartbeat_interval_s:
         problems.append(("runtime.lease_ttl_s", "must be at least twice "
                                                 "runtime.heartbeat_interval_s"))
+
+
+TOKEN_FILE_MAX = 65536
+ENV_HTTP_LISTEN = "TINYTOWND_HTTP_LISTEN"   # http.listen when the file does not set it ("off": none)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`: its first line, stripped. Raises Invalid."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(TOKEN_FILE_MAX + 1)
+    except OSError as e:
+        raise Invalid(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > TOKEN_FILE_MAX:
+        raise Invalid(f"{path} is larger than {TOKEN_FILE_MAX} bytes: not a token file?")
+    lines = raw.decode("utf-8", "replace").splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise Invalid(f"{path} is empty (the first line is the token)")
+    try:
+        return http_token(token)
+    except Invalid as e:
+        raise Invalid(f"the token in {path} {e.msg}") from None
+
+
+def http_problems(cfg: Config, *, check_files: bool = True) -> list[tuple[str, str]]:
+    """The `http:` rules that involve more than one key: one of token/token_file, a readable
+    token file, and no listener on a non-loopback address without a token (as townhall)."""
+    h, out = cfg.http, []
+    if h.token and h.token_file:
+        out.append(("http.token_file", "set either http.token or http.token_file, not both"))
+    elif h.token_file and check_files:
+        try:
+            read_token_file(cfg.http_token_path)
+        except Invalid as e:
+            out.append(("http.token_file", e.msg))
+    if h.listen is not None and not (h.token or h.token_file):
+        host, _port = parse_listen(h.listen)
+        if not is_loopback(host):
+            out.append(("http.listen", f"{h.listen!r} is not a loopback address: set http.token "
+                                       "or http.token_file (or listen on 127.0.0.1)"))
+    return out
 
 
 def workspace_problems(cfg: Config) -> list[tuple[str, str]]:
@@ -348,8 +392,21 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
     elif env.get("TINYTOWN_REDIS_PASSWORD"):
         cfg = dataclasses.replace(cfg, redis=dataclasses.replace(
             redis, password=env["TINYTOWN_REDIS_PASSWORD"]))
+    http = data.get("http")
+    env_listen = env.get(ENV_HTTP_LISTEN)
+    if env_listen is not None and not (isinstance(http, dict) and "listen" in http):
+        listen = None if env_listen.strip().lower() in ("", "off", "null", "none") \
+            else env_listen.strip()
+        try:
+            if listen is not None:
+                parse_listen(listen)
+        except Invalid as e:
+            raise ConfigError(path, [(ENV_HTTP_LISTEN, e.msg)])
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=listen))
     if check_files:
         _validate_whole(cfg, problems)
+    else:
+        problems += http_problems(cfg, check_files=False)
     if problems:
         raise ConfigError(path, problems)
     return cfg

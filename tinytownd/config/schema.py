@@ -12,8 +12,8 @@ from pathlib import Path
 from .agent_cli import (OUTPUT_FORMATS, PRESET_FATAL_PATTERNS, PRESET_RATE_LIMIT_PATTERNS,
                         PROMPT_MODES)
 from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_COOLDOWN_S, MAX_NAME, base_ref,
-                     branch_pattern, cli_ref, cli_timeout, env_map, one_of, log_level, in_range,
-                     nonempty, pattern_list, redis_url_value,
+                     branch_pattern, cli_ref, cli_timeout, env_map, http_token, listen_address,
+                     one_of, log_level, in_range, nonempty, pattern_list, redis_url_value,
                      role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url)
 
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
@@ -185,6 +185,26 @@ class MissionsSection:
     conductor_help_backoff_s: float = opt(900.0, check=in_range(1, 86400))
 
 
+HTTP_PORT = 8474   # the default port of the HTTP listener (townhall uses 8080 and 8081)
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    listen: str | None = opt(f"127.0.0.1:{HTTP_PORT}", live=False, check=listen_address,
+                             doc="HOST:PORT of the HTTP listener (probes, metrics, API, "
+                                 "dashboard); null = off")
+    token: str | None = opt(None, check=http_token, doc="bearer token (never logged)")
+    token_file: str | None = opt(None, doc="file whose first line is the token")
+    metrics_public: bool = opt(False, doc="/metrics without the token")
+    max_connections: int = opt(256, check=in_range(1, 10000))
+    max_sse_subscribers: int = opt(32, check=in_range(0, 1024))
+    max_request_bytes: int = opt(16384, check=in_range(1024, 1 << 20),
+                                 doc="request line and headers together")
+    header_timeout_s: float = opt(10.0, check=in_range(0.1, 600),
+                                  doc="time a client has to send a request's headers "
+                                      "(also the keep-alive idle time)")
+
+
 @dataclass(frozen=True)
 class Config:
     town: TownSection = opt(factory=TownSection)
@@ -197,6 +217,7 @@ class Config:
     agents: list = opt(factory=list, doc="list of AgentSpec")
     adopt: bool = opt(False, doc="also run agents tt registered that nobody runs")
     missions: MissionsSection = opt(factory=MissionsSection)
+    http: HttpSection = opt(factory=HttpSection)
     # Not from the file's keys (compare=False): where it came from, what the environment
     # overrode, and what the file said about agents (a reload checks these).
     path: str = field(default="<defaults>", compare=False)
@@ -227,6 +248,10 @@ class Config:
     @property
     def redis_socket_path(self) -> Path | None:
         return self.resolve(self.redis.socket) if self.redis.socket else None
+
+    @property
+    def http_token_path(self) -> Path | None:
+        return self.resolve(self.http.token_file)
 
     @property
     def control_socket_path(self) -> Path:

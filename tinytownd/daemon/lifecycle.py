@@ -11,6 +11,7 @@ SIGHUP → reload (the same `reload()` the control socket calls); SIGUSR1 → re
 """
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import os
 import resource
@@ -38,7 +39,8 @@ from .redis_server import OwnedRedis, RedisStartError
 from .reload import reload as reload_config
 from .supervisor import Supervisor
 
-COMPONENTS = ["tinytownd.runtime.town_runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine"]
+COMPONENTS = ["tinytownd.runtime.town_runtime:TownRuntime", "tinytownd.missions.engine:MissionEngine",
+              "tinytownd.http.server:HttpListener"]
 
 class StartError(Exception):
     """The daemon cannot start. `exit_code` is the sysexits code for the CLI."""
@@ -128,6 +130,10 @@ class Daemon:
 
     def _start(self) -> None:
         cfg = self.cfg
+        # A fatal signal (the watchdog's SIGABRT, a segfault in a C extension) leaves a traceback
+        # of every thread on stderr (the journal under systemd).
+        if not faulthandler.is_enabled():
+            faulthandler.enable(all_threads=True)
         from gevent import monkey
         if not monkey.is_module_patched("socket"):
             self.log.warning("gevent has not monkey-patched socket: blocking I/O will stall "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tinytownd import config, logs
+from tinytownd import config, logs, metrics
 from tinytownd.config import ConfigError, redact_url
 
 from . import sdnotify
@@ -52,6 +52,7 @@ def reload(d) -> dict:
         sdnotify.ready(f"reload failed: {e.problems[0][1] if e.problems else e}")
         d.log.error("reload refused: invalid config", error=str(e))
         d.last_reload = {"ok": False, "at": time.time(), "error": str(e)}
+        metrics.RELOADS.inc("invalid_config")
         return {"ok": False, "code": "invalid_config", "error": str(e)}
     changes = config.diff(old, new)
     effective = new
@@ -92,9 +93,11 @@ def reload(d) -> dict:
         d.log.error("reload partly failed", errors=errors, changes=applied)
         sdnotify.ready("reload partly failed")
         d.last_reload = {"ok": False, "at": time.time(), "error": "; ".join(errors)}
+        metrics.RELOADS.inc("apply_failed")
         return {"ok": False, "code": "apply_failed", "error": "; ".join(errors),
                 "changes": applied, "restart_required": restart_required, "notes": notes}
     d.reloads += 1
+    metrics.RELOADS.inc("ok")
     d.last_reload = {"ok": True, "at": time.time(), "changes": len(applied)}
     d.log.info("reloaded", changes=applied, restart_required=restart_required, notes=notes,
                reload_ms=ms)

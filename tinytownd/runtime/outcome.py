@@ -38,6 +38,11 @@ def error_text(result) -> str:
     return f"exit status {result.exit_code}"
 
 
+def failure_class(result) -> str:
+    """The class of a failed round for metrics: timeout or error."""
+    return "timeout" if result.timed_out else "error"
+
+
 def decide(result, *, lease_lost: bool, has_task: bool, task_state: str | None, attempt: int,
            max_attempts: int, backoff_s: float, backoff_max_s: float,
            failure: str | None = None, error: str = "") -> Outcome:

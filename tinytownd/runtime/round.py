@@ -24,6 +24,7 @@ import time
 import redis
 import structlog
 
+from tinytownd import metrics
 from tinytownd.store import events, records
 from tinytownd.store.records import TASK_BEARING, Poison
 from tinytownd.store.wire import TASK_TERMINAL, hash_ts
@@ -33,7 +34,7 @@ from .agent_cli import accounting, delivery, output, report, usage as usage_mod
 from .agent_cli.cooldown import JITTER, cooldown_named_s
 from .process import close_fd
 from .prompt import round_prompt
-from .round_logs import RoundLogs
+from .round_logs import RoundLogs, log_name
 from tinytownd.workspaces.round_hook import RoundWorkspace
 
 MAX_INBOX_PER_ROUND = 100
@@ -255,9 +256,12 @@ class Round:
                 keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
                       attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
                 args=[now, tid or "", "1" if attempts_key else "0", rnd,
-                      ev.data if lifecycle else "", events.TOWN_MAXLEN, events.AGENT_MAXLEN]))
+                      ev.data if lifecycle else "", events.TOWN_MAXLEN, events.AGENT_MAXLEN,
+                      log_name(s.name, rnd, tid)]))
         self.wrote_info = not (self.started and self.started[0] == tid)   # round_start's task
         self.started = None
+        if attempt == 1 and task_msg:
+            metrics.pickup(s.cli, task_msg[2].get("created_at"), time.time())
         w.state = "working"
         w.current_task = tid
         others = [m for _w, _r, m in self.msgs if task_msg is None or m is not task_msg[2]]
@@ -300,7 +304,7 @@ class Round:
         if w.round_logs is None:
             w.round_logs = RoundLogs(logs_dir, s.name)
         w.round_logs.kept, w.round_logs.max_bytes = rt.round_logs_kept, rt.round_logs_max_bytes
-        log_path = w.round_logs.path(rnd)
+        log_path = w.round_logs.path(rnd, tid)
 
         def on_start(pid):
             w.pid = pid
@@ -355,6 +359,8 @@ class Round:
                              max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
                              backoff_max_s=rt.retry_backoff_max_s, failure=verdict.failure,
                              error=verdict.error)
+        metrics.round_end(w.settings.cli, out.kind, result.duration_s,
+                          verdict.failure or outcome.failure_class(result), usage=verdict.usage)
         if ws is not None and out.kind != "ok":
             ws.after_outcome(out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
@@ -489,6 +495,7 @@ class Round:
         backoff = max(1.0, min(rt.retry_backoff_s * 2 ** (w.deferrals - 1),
                                rt.retry_backoff_max_s))
         w.problem = why
+        metrics.ROUNDS.inc(w.settings.cli, "deferred")
         w.log.warning("round deferred: the daemon cannot run it", reason=why, retry_in_s=backoff)
         if self.attempts_key:
             self.links.scripts.counter(keys=[self.attempts_key], args=["attempts", -1])

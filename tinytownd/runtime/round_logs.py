@@ -1,4 +1,6 @@
-"""The round logs of one agent on disk: `<logs>/<agent>_round_<n>.log`, bounded in number and bytes.
+"""The round logs of one agent on disk: `<logs>/<agent>_round_<n>[_<task id>].log`, bounded in
+number and bytes. A task's round carries the task id in its name, so `tinytownd logs TASK` finds
+every attempt's log without a Redis write per round.
 
 Each log is capped by itself (capture.py: head and tail of the output, the middle dropped and
 counted); here the agent's logs together are kept to the newest `kept` and at most `max_bytes`,
@@ -14,6 +16,22 @@ ROUND_LOGS_KEPT = 50                # per agent (runtime.round_logs_kept)
 ROUND_LOGS_MAX_BYTES = 64 << 20     # per agent, all its logs together (runtime.round_logs_max_bytes)
 
 
+def log_name(agent: str, rnd: int, task: str | None = None) -> str:
+    """The file name of round `rnd` of `agent` (of `task`, when the round has one)."""
+    return f"{agent}_round_{rnd}_{task}.log" if task else f"{agent}_round_{rnd}.log"
+
+
+def log_pattern(agent: str) -> re.Pattern:
+    """Matches the agent's log names: group 1 the round, group 2 the task id (or None)."""
+    return re.compile(re.escape(agent) + r"_round_(\d+)(?:_([0-9A-Za-z-]{1,64}))?\.log$")
+
+
+def task_of(name: str) -> str | None:
+    """The task id in a round log's name, or None."""
+    m = re.search(r"_round_\d+_([0-9A-Za-z-]{1,64})\.log$", name)
+    return m.group(1) if m else None
+
+
 class RoundLogs:
     def __init__(self, logs_dir: str, agent: str, *, kept: int = ROUND_LOGS_KEPT,
                  max_bytes: int = ROUND_LOGS_MAX_BYTES):
@@ -25,11 +43,11 @@ class RoundLogs:
         self.total = 0
         self._scan()
 
-    def path(self, rnd: int) -> str:
-        return os.path.join(self.dir, f"{self.agent}_round_{rnd}.log")
+    def path(self, rnd: int, task: str | None = None) -> str:
+        return os.path.join(self.dir, log_name(self.agent, rnd, task))
 
     def _scan(self) -> None:
-        pat = re.compile(re.escape(self.agent) + r"_round_(\d+)\.log$")
+        pat = log_pattern(self.agent)
         try:
             names = os.listdir(self.dir)
         except OSError:

@@ -54,7 +54,11 @@ task:<tid>                         hash    daemon bookkeeping of a task: attempt
                                            last_error agent role, batch batch_task (written only
                                            when there is something to record: an embedded batch
                                            without worktrees or a cost budget links its tasks by
-                                           batch:<bid>:ids only); its workspace (worktree
+                                           batch:<bid>:ids only); log:<attempt> = the file name of
+                                           that attempt's round log under <root>/logs when
+                                           lua/round_start.lua started it (a round take_round.lua
+                                           started is found by its file name,
+                                           <agent>_round_<n>_<tid>.log); its workspace (worktree
                                            mode, workspaces/records.py): branch base head
                                            files_changed insertions deletions worktree (the path,
                                            while it exists) workspace_repo workspace_git

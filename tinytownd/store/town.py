@@ -18,6 +18,8 @@ import redis
 
 from .packing import pack as _pack
 
+from tinytownd import metrics
+
 from . import events, records
 from .agents import AgentRecords
 from .keys import Keys
@@ -137,6 +139,7 @@ class Town(AgentRecords, TaskRecords):
         p.ltrim(self.keys.deadletter, -records.DEADLETTER_KEPT, -1)
         if pipe is None:
             p.execute()
+        metrics.DEADLETTERED.inc()
 
     def requeue_deadletter(self, entry_raw: str, entry: dict, msg: dict) -> str:
         """Put a dead-lettered message back where it came from, in one MULTI: a task_assign's task

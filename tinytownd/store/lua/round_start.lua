@@ -6,6 +6,7 @@
 -- ARGV[3] = "1" to count an attempt in KEYS[4]   ARGV[4] = round number
 -- ARGV[5] = agent_state_changed event data (JSON TownEvent, built by the worker) or ""
 -- ARGV[6] = town stream MAXLEN ~   ARGV[7] = agent stream MAXLEN ~
+-- ARGV[8] = the round log's file name (KEYS[4] `log:<attempt>` when an attempt is counted)
 -- Single-field writes, in this order: agent state working + last_active_at + last_heartbeat
 -- (+ current_task); task running + started_at + updated_at; attempts += 1; agent info round,
 -- round_started_at, task; the state event on the town and agent streams.
@@ -20,7 +21,10 @@ else
 end
 --#include counter
 local attempt = 1
-if ARGV[3] == '1' then attempt = counter({KEYS[4]}, {'attempts', 1}) end
+if ARGV[3] == '1' then
+  attempt = counter({KEYS[4]}, {'attempts', 1})
+  if ARGV[8] then redis.call('HSET', KEYS[4], 'log:' .. attempt, ARGV[8]) end
+end
 redis.call('HSET', KEYS[2], 'round', ARGV[4], 'round_started_at', now, 'task', tid)
 if ARGV[5] ~= '' then   -- "" = no per-task events (config runtime.task_events)
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event_type', 'agent_state_changed',

@@ -1,0 +1,258 @@
+"""What the listener reads from Redis: one view of the town, shared by /metrics, /api/scaling and
+the dashboard, read within a time budget and kept for VIEW_TTL_S (many scrapers, one read).
+
+Two speeds:
+* every view (cheap, pipelined): PING, each agent's record fields, inbox/urgent lengths, the
+  task messages waiting in non-empty inboxes, backlog, active missions, dead letters;
+* the key scan (one SCAN of the town's keys: agent, task and batch keys, then each task's
+  state) runs in a greenlet of its own at most every SCAN_EVERY_S, so a scrape never pays for a
+  town with many tasks; a view uses the latest scan.
+Nothing here writes.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+import gevent.lock
+import redis
+
+from tinytownd.store.keys import glob_escape
+from tinytownd.store.packing import pack as _pack
+
+VIEW_TTL_S = 0.5
+SCAN_EVERY_S = 2.0        # at most this often ...
+SCAN_SHARE = 0.05         # ... and so that scanning takes at most 5% of the time
+SCAN_COUNT = 1000
+PIPE_CHUNK = 1000
+INBOX_PEEK = 100          # townhall counts the task messages among the first 100 of an inbox
+PEEK_BUDGET = 20_000      # inbox messages looked at per view, over all agents
+AGENT_FIELDS = ("id", "name", "nickname", "role_id", "state", "cli", "current_task",
+                "rounds_completed", "tasks_completed", "last_active_at", "last_heartbeat")
+
+
+def raw_pipeline(r: redis.Redis, cmds: list[tuple]) -> list:
+    """Many read commands in one write, hiredis-packed, replies read in order; an error reply
+    (WRONGTYPE: a key somebody filled with junk) is returned in its place, not raised. A third
+    of redis-py's pipeline cost at 3,000 commands, and Redis serves them between other clients'
+    commands (a Lua script doing the same would block every agent meanwhile)."""
+    pool = r.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join([_pack(c) for c in cmds])])
+        out = []
+        for _ in cmds:
+            try:
+                out.append(conn.read_response())
+            except redis.ResponseError as e:
+                out.append(e)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return out
+
+
+class Unavailable(Exception):
+    """Redis did not answer within the budget (or refused)."""
+
+
+def _is_task_message(raw: str) -> bool:
+    return '"type":"task_assign"' in raw or '"type":"task"' in raw
+
+
+class KeyScan:
+    """The latest scan of the town's keys: agent ids, task states, batch ids."""
+
+    def __init__(self):
+        self.agent_ids: list[str] = []
+        self.task_states: dict[str, str] = {}
+        self.batch_ids: list[str] = []
+        self.batch_tasks: dict[str, list[str]] = {}   # batch id -> its task ids
+        self.at: float | None = None        # time.monotonic() of the last complete scan
+        self.scan_ms: float | None = None
+        self.error: str | None = None
+
+
+def scan_town(r: redis.Redis, keys) -> KeyScan:
+    t0 = time.monotonic()
+    out = KeyScan()
+    agent_p, task_p = keys.prefix + "agent:", keys.prefix + "task:"
+    batch_p = keys.daemon_prefix + "batch:"
+    task_ids = []
+    for key in r.scan_iter(match=f"tt:{glob_escape(keys.town)}:*", count=SCAN_COUNT):
+        if key.startswith(agent_p):
+            out.agent_ids.append(key[len(agent_p):])
+        elif key.startswith(task_p):
+            task_ids.append(key[len(task_p):])
+        elif key.startswith(batch_p) and ":" not in key[len(batch_p):]:
+            out.batch_ids.append(key[len(batch_p):])
+    for i in range(0, len(task_ids), PIPE_CHUNK):
+        part = task_ids[i:i + PIPE_CHUNK]
+        p = r.pipeline(transaction=False)
+        for tid in part:
+            p.hget(keys.task(tid), "state")
+        for tid, st in zip(part, p.execute(raise_on_error=False)):
+            if isinstance(st, str):
+                out.task_states[tid] = st
+    if out.batch_ids:
+        p = r.pipeline(transaction=False)
+        for bid in out.batch_ids:
+            p.lrange(keys.batch_tasks(bid), 0, -1)
+        for bid, tids in zip(out.batch_ids, p.execute(raise_on_error=False)):
+            out.batch_tasks[bid] = tids if isinstance(tids, list) else []
+    out.at = time.monotonic()
+    out.scan_ms = round((out.at - t0) * 1000, 1)
+    return out
+
+
+class TownView:
+    """The town as the listener shows it. `get(budget_s)` returns a dict or raises Unavailable."""
+
+    def __init__(self, client_fn, keys):
+        self._client = client_fn            # () -> redis.Redis (the daemon's command pool)
+        self.keys = keys
+        self.scan = KeyScan()
+        self._scanner: gevent.Greenlet | None = None
+        self._view: dict | None = None
+        self._view_at = 0.0
+        self._lock = gevent.lock.Semaphore()
+
+    # --- the key scan ---------------------------------------------------------------------
+    def _scan_now(self) -> None:
+        try:
+            self.scan = scan_town(self._client(), self.keys)
+        except (redis.RedisError, OSError) as e:
+            self.scan.error = f"{type(e).__name__}: {e}"
+
+    def _want_scan(self) -> gevent.Greenlet | None:
+        every = max(SCAN_EVERY_S, (self.scan.scan_ms or 0) / 1000 / SCAN_SHARE)
+        stale = self.scan.at is None or time.monotonic() - self.scan.at > every
+        if stale and (self._scanner is None or self._scanner.dead):
+            self._scanner = gevent.spawn(self._scan_now)
+        return self._scanner
+
+    # --- the view -------------------------------------------------------------------------
+    def get(self, budget_s: float) -> dict:
+        with self._lock:                     # one read at a time; the others share it
+            if self._view is not None and time.monotonic() - self._view_at < VIEW_TTL_S:
+                return self._view
+            try:
+                with gevent.Timeout(budget_s, Unavailable(f"no answer from Redis within "
+                                                          f"{budget_s}s")):
+                    view = self._read(time.monotonic() + budget_s)
+            except (redis.RedisError, OSError) as e:
+                raise Unavailable(f"{type(e).__name__}: {e}") from None
+            self._view, self._view_at = view, time.monotonic()
+            return view
+
+    def _read(self, deadline: float) -> dict:
+        t0 = time.monotonic()
+        r, k = self._client(), self.keys
+        r.ping()
+        latency = time.monotonic() - t0
+        scanner = self._want_scan()
+        if self.scan.at is None and scanner is not None:   # the first view waits for a scan
+            scanner.join(timeout=max(0.0, deadline - time.monotonic() - 0.05))
+        names = r.hgetall(k.agent_names)
+        ids = list(dict.fromkeys([*self.scan.agent_ids, *names.values()]))
+        cmds = [("LLEN", k.backlog), ("SCARD", k.missions_active), ("LLEN", k.deadletter)]
+        for aid in ids:
+            cmds += (("HMGET", k.agent(aid), *AGENT_FIELDS), ("LLEN", k.inbox(aid)),
+                     ("LLEN", k.urgent(aid)))
+        res = raw_pipeline(r, cmds)
+        backlog, missions, dead = (x if isinstance(x, int) else 0 for x in res[:3])
+        agents: list[dict] = []
+        for j in range(len(ids)):
+            rec, inbox, urgent = res[3 + 3 * j:6 + 3 * j]
+            if not isinstance(rec, list) or rec[0] is None:
+                continue                 # gone, or not a hash
+            a = dict(zip(AGENT_FIELDS, rec))
+            a["inbox"] = inbox if isinstance(inbox, int) else 0
+            a["urgent"] = urgent if isinstance(urgent, int) else 0
+            a["assigned_pending"] = 0
+            agents.append(a)
+        busy, budget = [], PEEK_BUDGET
+        for a in agents:
+            if a["inbox"] and budget > 0:
+                n = min(INBOX_PEEK, budget)
+                budget -= n
+                busy.append((a, n))
+        if busy:
+            peeks = raw_pipeline(r, [("LRANGE", k.inbox(a["id"]), 0, n - 1) for a, n in busy])
+            for (a, _n), msgs in zip(busy, peeks):
+                if isinstance(msgs, list):
+                    a["assigned_pending"] = sum(1 for m in msgs if isinstance(m, str)
+                                                and _is_task_message(m))
+        by_state: dict[str, int] = {}
+        for st in self.scan.task_states.values():
+            by_state[st] = by_state.get(st, 0) + 1
+        agents.sort(key=lambda a: (a.get("name") or "", a.get("id") or ""))
+        return {"agents": agents, "backlog": backlog, "missions_active": missions,
+                "deadletter": dead, "redis_latency_s": latency,
+                "tasks_by_state": by_state,
+                "running_task_ids": {t for t, s in self.scan.task_states.items() if s == "running"},
+                "batch_ids": list(self.scan.batch_ids),
+                "scan_age_s": None if self.scan.at is None
+                else round(time.monotonic() - self.scan.at, 3),
+                "read_ms": round((time.monotonic() - t0) * 1000, 2)}
+
+
+MAX_BATCHES_SHOWN = 5
+DONE_TASK_STATES = ("completed", "failed", "cancelled")
+
+
+def missions(r: redis.Redis, keys, limit: int) -> list[dict]:
+    """Active missions with progress: work items done/total, counts by status, blocked reasons."""
+    from tinytownd.missions.storage import MissionStore
+
+    st = MissionStore(r, keys)
+    out = []
+    for mid in sorted(st.active_ids())[:limit]:
+        try:
+            snap = st.load(mid)
+        except Exception as e:            # an unreadable mission is the engine's to bury
+            out.append({"id": mid, "error": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        m = snap.mission
+        by: dict[str, int] = {}
+        for it in snap.items.values():
+            by[it.status] = by.get(it.status, 0) + 1
+        blocked = [{"id": it.id, "title": it.title[:120]} for it in snap.items.values()
+                   if it.status == "blocked"][:10]
+        out.append({"id": mid, "state": m.state if m else "unknown",
+                    "blocked_reason": m.blocked_reason if m else None,
+                    "done": by.get("done", 0), "total": len(snap.items), "by_status": by,
+                    "blocked_items": blocked})
+    return out
+
+
+def batches(r: redis.Redis, keys, scan: KeyScan) -> list[dict]:
+    """The newest batches of the town with their progress (task lists and states from the key
+    scan: no per-request read of a batch's every task)."""
+    batch_ids, task_states = scan.batch_ids, scan.task_states
+    if not batch_ids:
+        return []
+    p = r.pipeline(transaction=False)
+    for bid in batch_ids:
+        p.hgetall(keys.batch(bid))
+    metas = [(bid, m) for bid, m in zip(batch_ids, p.execute(raise_on_error=False))
+             if isinstance(m, dict) and m]
+    metas.sort(key=lambda x: x[1].get("created_at", ""), reverse=True)
+    metas = metas[:MAX_BATCHES_SHOWN]
+    out = []
+    for bid, m in metas:
+        by: dict[str, int] = {}
+        for tid in scan.batch_tasks.get(bid, ()):
+            s = task_states.get(tid, "unknown")
+            by[s] = by.get(s, 0) + 1
+        try:
+            total = int(m.get("total") or 0)
+        except ValueError:
+            total = 0
+        out.append({"id": bid, "state": m.get("state"), "kind": m.get("kind"),
+                    "created_at": m.get("created_at"), "total": total or sum(by.values()),
+                    "completed": by.get("completed", 0), "failed": by.get("failed", 0),
+                    "by_state": by})
+    return out
