@@ -38,6 +38,8 @@ from tinytownd.store.town import Town
 from .agents import agent_sections, check_agents, embedded_config, roster
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
+from tinytownd.store.durability import Durability
+
 from .follow import Batch
 from .mission import MissionBatch, check_mission
 from .progress import Reporter, dumps, make_reporter, render_table, summarize
@@ -370,6 +372,8 @@ class Submit(Mode):
         log = logs.get_logger("tinytownd.batch", batch=self.batch_id)
         self.batch = (MissionBatch(bf, self.batch_id, r, keys, log=log, roles=roles)
                       if bf.kind == "mission" else TaskBatch(bf, self.batch_id, r, keys, log=log))
+        # redis.wait_replicas: the submission's writes are WAITed for (store/durability.py)
+        self.batch.town.set_durability(Durability.from_config(cfg, log))
         if self.resume and not self.batch.exists():
             raise UsageError(f"no batch {self.batch_id!r} in town {cfg.town.name!r} to resume")
         if not self.resume and self.batch.exists():

@@ -28,10 +28,12 @@ from gevent.event import Event
 from tinytownd import __version__, exitcodes, logs
 from tinytownd.config import Config, redact_url
 from tinytownd.store.keys import Keys
+from tinytownd.store.refusals import transient
 
-from . import control_commands, sdnotify
+from . import control_commands, redis_ha, sdnotify
 from .component import Component, Context
 from .control import ControlServer, SocketInUse
+from .failover import PrimaryWatch
 from .pidfile import PidFile
 from .redis_clients import RedisUnavailable, check_external, make_clients
 from .redis_server import OwnedRedis, RedisStartError
@@ -82,6 +84,8 @@ class Daemon:
         self.last_reload: dict | None = None
         self.redis: OwnedRedis | None = None
         self.redis_version: str | None = None
+        self.primary: tuple[str, int] | None = None     # with redis.sentinel: found at start
+        self.watch: PrimaryWatch | None = None
         self.clients = None
         self.ctx: Context | None = None
         self.components: list[Component] = []
@@ -160,11 +164,18 @@ class Daemon:
             self._install_signals()
         self._start_redis()
         self.clients = make_clients(cfg, blocking_connections=cfg.blocking_connections,
-                                    url=self.redis.url if self.redis else None)
+                                    url=self.redis.url if self.redis else self._primary_url())
         self.ctx = Context(config=cfg, keys=Keys(cfg.town.name), clients=self.clients,
                            instance_id=self.instance_id, stopping=self.stopping,
                            progress=self.supervisor.progress)
         self.ctx.extra["daemon"] = self
+        # the primary changing (failover, restart): leases re-validated (daemon/failover.py)
+        self.watch = PrimaryWatch(lambda: self.cfg, self.clients,
+                                  self.log.bind(logger="tinytownd.failover"), self.stopping,
+                                  lambda: self.supervisor.progress("redis.watch"),
+                                  primary=self.primary)
+        self.ctx.extra["watch"] = self.watch
+        self.supervisor.add("redis.watch", self.watch.run)
         if self.redis is not None:
             self.ctx.extra["owned_redis"] = self.redis
             self.supervisor.add("redis", lambda: self.redis.supervise(
@@ -192,6 +203,15 @@ class Daemon:
                 raise StartError(str(e), exitcodes.UNAVAILABLE) from None
             self.redis_version = self.redis.version
             return
+        if cfg.sentinel is not None:
+            try:
+                self.redis_version, self.primary = redis_ha.check(cfg)
+            except RedisUnavailable as e:
+                raise StartError(str(e), exitcodes.UNAVAILABLE) from None
+            self.log.info("redis primary found through Sentinel", master=cfg.sentinel.master,
+                          primary=f"{self.primary[0]}:{self.primary[1]}",
+                          version=self.redis_version)
+            return
         try:
             self.redis_version = check_external(cfg)
         except ValueError as e:
@@ -199,6 +219,9 @@ class Daemon:
         except RedisUnavailable as e:
             raise StartError(str(e), exitcodes.UNAVAILABLE) from None
         self.log.info("external redis ok", url=redact_url(cfg.redis.url), version=self.redis_version)
+
+    def _primary_url(self) -> str | None:
+        return redis_ha.primary_url(self.cfg, self.primary) if self.primary else None
 
     def _load_components(self) -> None:
         specs = COMPONENTS
@@ -226,6 +249,7 @@ class Daemon:
                 "config_path": self.cfg.path,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at
                                                                                or time.time()))}
+        failing = False
         try:
             while not self.stopping.is_set():
                 try:
@@ -235,8 +259,13 @@ class Daemon:
                     pipe.expire(key, ttl)
                     pipe.execute()
                     self.supervisor.progress("daemon.heartbeat")
+                    failing = False
                 except Exception as e:  # Redis restarting: try again next round
-                    self.log.warning("daemon heartbeat failed", error=str(e))
+                    if not failing:     # once per outage, not once per beat
+                        self.log.warning("daemon heartbeat failed", error=str(e))
+                    failing = True
+                    if transient(e):    # Redis away is not a wedged daemon (watchdog)
+                        self.supervisor.progress("daemon.heartbeat")
                 # often enough for both the key's TTL and the watchdog's stall window
                 self.stopping.wait(max(0.2, min(5.0, ttl / 9,
                                                 self.cfg.daemon.watchdog_stall_s / 3)))

@@ -24,6 +24,7 @@ from tinytownd.config import AgentSpec, Config
 from tinytownd.daemon.component import Component, Context
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.logs import get_logger
+from tinytownd.store.durability import Durability
 from tinytownd.store.leases import Leases, owner_token
 from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
@@ -73,13 +74,23 @@ class TownRuntime(Component):
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
-            progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
+            progress=self.progress, env=CliEnvCache(self.keys.town, lambda: ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
             patience=self.patience)
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
         ctx.extra["runtime"] = self
+        # redis.wait_replicas: WAIT after the writes that carry work (store/durability.py)
+        self.durability = Durability.from_config(ctx.config, self.log)
+        self.town.set_durability(self.durability)
+        self.scripts.durability = self.durability
+        # a new primary (failover, restart): leases re-validated first (daemon/failover.py)
+        self.watch = ctx.extra.get("watch")
+        if self.watch is not None:
+            self.watch.listen(self.primary_changed)
+            if self._own_block is not None:
+                self.watch.pools.append(self._own_block.connection_pool)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -165,6 +176,8 @@ class TownRuntime(Component):
         w = self.workers.get(aid)
         if w is not None and w.greenlet is not None and not w.greenlet.dead:
             return True
+        if self.watch is not None and self.watch.holding():
+            return False        # just after a failover: owners re-assert their leases first
         if not self.leases.acquire(aid):
             self.log.info("agent owned by another daemon; not started", agent=spec.name,
                           owner=self.leases.holder(aid))
@@ -199,6 +212,13 @@ class TownRuntime(Component):
         self.restart_at[w.aid] = time.monotonic() + delay
         self.log.error("agent worker crashed; restarting", agent=w.settings.name,
                        error=repr(g.exception), restart_in_s=delay)
+
+    def primary_changed(self) -> None:
+        """A new primary: hand back the kept script connections (a former primary's are
+        closed) and renew every held agent lease now (a lost one is taken back; one another
+        daemon holds stops that agent at once)."""
+        self.scripts.close()
+        self.agents.guarded(self.agents.beat)
 
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:
@@ -297,6 +317,7 @@ class TownRuntime(Component):
             vals = [a["queue"][q] for a in agents if a["queue"][q] is not None]
             return sum(vals) if vals or not agents else None
         out = {"agents": agents, "agents_running": len(self.alive()),
+               **({"wait": self.durability.status()} if self.durability else {}),
                "queues": {"backlog": cache["totals"].get("backlog"),
                           "deadletter": cache["totals"].get("deadletter"),
                           "delayed": cache["totals"].get("delayed"),

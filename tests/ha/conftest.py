@@ -1,0 +1,14 @@
+"""Fixtures of the HA tests: a Sentinel-watched Redis (tests/support/sentinel.py)."""
+import pytest
+
+from tests.support.sentinel import HaRedis
+
+
+@pytest.fixture
+def ha(tmpdir_short):
+    """One primary, one replica, three Sentinels on loopback ports; all stopped afterwards."""
+    h = HaRedis(tmpdir_short / "ha")
+    try:
+        yield h.start()
+    finally:
+        h.stop()
