@@ -1,6 +1,6 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
 # Installs what is missing and nothing more, so a second run is fast:
-#   - redis-server (Debian package) when it is not on PATH;
+#   - redis-server (Debian package) when it is not on PATH; redis-sentinel for the HA tests;
 #   - a virtualenv .venv with tinytownd installed (editable) plus the extras named in $TT_EXTRAS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -8,6 +8,8 @@ cd "$ROOT"
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# (without root the tests run Sentinels as `redis-server FILE --sentinel`, the same binary)
+if [ "$(id -u)" -eq 0 ]; then command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel); fi
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -280,3 +280,54 @@ class HaRedis:
     def replica_ports(self) -> list[int]:
         p = self.primary_port()
         return [port for port, n in self.nodes.items() if n.alive and port != p]
+
+
+# ----------------------------------------------------------------------------- load helpers
+def master_client(ha: HaRedis) -> redis.Redis:
+    """A test-side client that follows the primary through the Sentinels."""
+    from redis.sentinel import Sentinel
+    s = Sentinel([("127.0.0.1", n.port) for n in ha.sentinels],
+                 sentinel_kwargs={"socket_timeout": 1.0})
+    return s.master_for(MASTER, decode_responses=True, socket_timeout=5.0,
+                        socket_connect_timeout=1.0)
+
+
+def retrying(fn, timeout: float = 60.0):
+    """fn() until it does not raise a Redis error (the primary moving under the test)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+                redis.ResponseError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def agent_cli(dir: Path, sleep_s: float = 0.01) -> str:
+    """An agent command that logs START/END per task to dir/agent.log and proves, in its own
+    log, that no agent runs twice at once: it holds dir/locks/<agent id> while it runs; a second
+    copy beside it appends a line to dir/violations."""
+    (dir / "locks").mkdir(parents=True, exist_ok=True)
+    log, locks, viol = dir / "agent.log", dir / "locks", dir / "violations"
+    return (f'cat >/dev/null; mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || '
+            f'echo "$TINYTOWN_AGENT_ID $TINYTOWN_TASK_ID" >> {viol}; '
+            f'echo "START $TINYTOWN_TASK_ID $TINYTOWN_AGENT_ID" >> {log}; sleep {sleep_s}; '
+            f'echo "END $TINYTOWN_TASK_ID" >> {log}; rmdir {locks}/$TINYTOWN_AGENT_ID; echo ok')
+
+
+def agent_log(dir: Path) -> tuple[dict[str, int], list[str]]:
+    """(starts per task id, violation lines) from an agent_cli's files."""
+    starts: dict[str, int] = {}
+    p = dir / "agent.log"
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        if line.startswith("START "):
+            tid = line.split()[1]
+            starts[tid] = starts.get(tid, 0) + 1
+    v = dir / "violations"
+    return starts, (v.read_text().splitlines() if v.exists() else [])
+
+
+FAST_RUNTIME = {"heartbeat_interval_s": 0.5, "lease_ttl_s": 5.0, "stale_after_s": 5.0,
+                "sweep_interval_s": 0.5, "retry_backoff_s": 0.05, "block_timeout_s": 0.5}
