@@ -311,10 +311,15 @@ def agent_cli(dir: Path, sleep_s: float = 0.01) -> str:
     copy beside it appends a line to dir/violations."""
     (dir / "locks").mkdir(parents=True, exist_ok=True)
     log, locks, viol = dir / "agent.log", dir / "locks", dir / "violations"
-    return (f'cat >/dev/null; mkdir {locks}/$TINYTOWN_AGENT_ID 2>/dev/null || '
-            f'echo "$TINYTOWN_AGENT_ID $TINYTOWN_TASK_ID" >> {viol}; '
-            f'echo "START $TINYTOWN_TASK_ID $TINYTOWN_AGENT_ID" >> {log}; sleep {sleep_s}; '
-            f'echo "END $TINYTOWN_TASK_ID" >> {log}; rmdir {locks}/$TINYTOWN_AGENT_ID; echo ok')
+    lk = f"{locks}/$TINYTOWN_AGENT_ID"
+    # a lock left by a copy that was killed (its daemon died: kill -9) is not a second run:
+    # only a holder that is still alive counts
+    return (f'cat >/dev/null; if ! mkdir {lk} 2>/dev/null; then o=$(cat {lk}/pid 2>/dev/null); '
+            f'if [ -n "$o" ] && kill -0 "$o" 2>/dev/null; then '
+            f'echo "$TINYTOWN_AGENT_ID $TINYTOWN_TASK_ID $o" >> {viol}; fi; fi; '
+            f'echo $$ > {lk}/pid; '
+            f'echo "START $TINYTOWN_TASK_ID $TINYTOWN_AGENT_ID $$" >> {log}; sleep {sleep_s}; '
+            f'echo "END $TINYTOWN_TASK_ID" >> {log}; rm -rf {lk}; echo ok')
 
 
 def agent_log(dir: Path) -> tuple[dict[str, int], list[str]]:

@@ -12,6 +12,7 @@ SIGHUP → reload (the same `reload()` the control socket calls); SIGUSR1 → re
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import resource
 import signal
@@ -254,8 +255,9 @@ class Daemon:
             while not self.stopping.is_set():
                 try:
                     pipe = self.clients.cmd.pipeline()
-                    pipe.hset(key, mapping={**base, "heartbeat": time.strftime(
-                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                    pipe.hset(key, mapping={**base, **self._registry_fields(),
+                                            "heartbeat": time.strftime(
+                                                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                     pipe.expire(key, ttl)
                     pipe.execute()
                     self.supervisor.progress("daemon.heartbeat")
@@ -274,6 +276,16 @@ class Daemon:
                 self.clients.cmd.delete(key)
             except Exception:
                 pass
+
+    def _registry_fields(self) -> dict:
+        """What `status --town` shows of this daemon besides pid/host: the agents it runs now
+        and the primary it writes to (the daemon registry, store/keys.py daemon:<instance>)."""
+        rt = self.ctx.extra.get("runtime") if self.ctx is not None else None
+        names = sorted(w.settings.name for w in rt.alive()) if rt is not None else []
+        out = {"agents": json.dumps(names)}
+        if self.watch is not None and self.watch.primary is not None:
+            out["primary"] = f"{self.watch.primary[0]}:{self.watch.primary[1]}"
+        return out
 
     def _watchdog_loop(self, interval: float) -> None:
         while not self.stopped.is_set():
