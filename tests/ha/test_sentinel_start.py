@@ -76,6 +76,7 @@ def test_sentinel_and_url_together_is_a_config_error_naming_both(tmpdir_short):
 @pytest.fixture
 def cluster_node(tmpdir_short):
     n = Node(tmpdir_short / "cluster", extra=["--cluster-enabled", "yes",
+                                              "--cluster-port", str(free_port()),
                                               "--cluster-config-file",
                                               str(tmpdir_short / "cluster" / "nodes.conf")])
     try:

@@ -22,6 +22,7 @@ import gevent
 import redis
 
 POLL_S = 0.5
+IDENTITY_TIMEOUT_S = 0.9     # one identity query (under the smallest watchdog stall window/1)
 
 
 class PrimaryWatch:
@@ -38,6 +39,7 @@ class PrimaryWatch:
         self.failovers = 0
         self.changed_at: float | None = None    # time.monotonic() of the last change
         self.unreachable_since: float | None = None
+        self.unreachable_last: float | None = None    # time.monotonic() of the last failure
         self.last_error: str | None = None
         self.pools: list = []                # extra pools to point at a new primary
 
@@ -48,6 +50,12 @@ class PrimaryWatch:
     @property
     def primary(self) -> tuple[str, int] | None:
         return self.identity if self.sentinel else None
+
+    def redis_trouble_within(self, window_s: float) -> bool:
+        """Redis does not answer now, or did not within the last `window_s` seconds."""
+        return self.unreachable_since is not None or (
+            self.unreachable_last is not None
+            and time.monotonic() - self.unreachable_last < window_s)
 
     def listen(self, fn: Callable[[], None]) -> None:
         self.listeners.append(fn)
@@ -70,10 +78,17 @@ class PrimaryWatch:
             try:
                 ident = self._identity()
             except (redis.RedisError, OSError) as e:
+                now = time.monotonic()
                 if self.unreachable_since is None:
-                    self.unreachable_since = time.monotonic()
+                    self.unreachable_since = now
+                    self.log.warning("redis unreachable; waiting for it",
+                                     error=f"{type(e).__name__}: {e}"[:300])
+                self.unreachable_last = now
                 self.last_error = f"{type(e).__name__}: {e}"[:300]
             else:
+                if self.unreachable_since is not None:
+                    self.log.info("redis answers again", down_s=round(
+                        time.monotonic() - self.unreachable_since, 3))
                 self.unreachable_since, self.last_error = None, None
                 if ident != self.identity:
                     if self.identity is not None:
@@ -84,11 +99,31 @@ class PrimaryWatch:
 
     def _identity(self):
         cfg = self.config()
+        # bounded well under the watchdog's stall window: this service's progress is what
+        # tells a Redis outage from a wedged daemon
         if cfg.sentinel is not None:
             from . import redis_ha
-            return tuple(redis_ha.manager(cfg).discover_master(cfg.sentinel.master))
-        with gevent.Timeout(5.0, redis.TimeoutError("no answer to INFO within 5 s")):
-            return self.clients.cmd.info("server").get("run_id")
+            with gevent.Timeout(IDENTITY_TIMEOUT_S, redis.TimeoutError(
+                    f"no Sentinel answered within {IDENTITY_TIMEOUT_S} s")):
+                return tuple(redis_ha.manager(cfg).discover_master(cfg.sentinel.master))
+        with gevent.Timeout(IDENTITY_TIMEOUT_S, redis.TimeoutError(
+                f"no answer to INFO within {IDENTITY_TIMEOUT_S} s")):
+            return self._probe().info("server").get("run_id")
+
+    def _probe(self):
+        """A client of its own for INFO (no retries: the pool's would outlast the timeout)."""
+        url = self.clients.url
+        if getattr(self, "_probe_url", None) != url:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            from .redis_clients import _tls_kwargs
+            self._probe_client = redis.Redis.from_url(
+                url, socket_timeout=IDENTITY_TIMEOUT_S, socket_connect_timeout=IDENTITY_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0), max_connections=2, health_check_interval=0,
+                **_tls_kwargs(self.config(), url))
+            self._probe_url = url
+        return self._probe_client
 
     def _changed(self, old, new) -> None:
         self.failovers += 1

@@ -35,6 +35,8 @@ from . import control_commands, redis_ha, sdnotify
 from .component import Component, Context
 from .control import ControlServer, SocketInUse
 from .failover import PrimaryWatch
+
+REDIS_BACKOFF_MAX_S = 10.0   # the longest wait of a loop retrying Redis (watchdog excuse)
 from .pidfile import PidFile
 from .redis_clients import RedisUnavailable, check_external, make_clients
 from .redis_server import OwnedRedis, RedisStartError
@@ -287,11 +289,22 @@ class Daemon:
             out["primary"] = f"{self.watch.primary[0]}:{self.watch.primary[1]}"
         return out
 
+    def _waiting_for_redis(self, stall_s: float, stalled: list[str]) -> bool:
+        """Services that made no progress are excused while Redis does not answer (and for a
+        stall window plus the loops' longest backoff after it answers again), as long as the
+        service that watches Redis itself keeps going: a Redis outage is not a wedged daemon."""
+        w = self.watch
+        if w is None or "redis.watch" in stalled:
+            return False
+        return w.redis_trouble_within(stall_s + REDIS_BACKOFF_MAX_S)
+
     def _watchdog_loop(self, interval: float) -> None:
         while not self.stopped.is_set():
             # While draining, loops wind down on purpose; the drain has its own deadline.
-            stalled = [] if self.stopping.is_set() else \
-                self.supervisor.stalled(self.cfg.daemon.watchdog_stall_s)
+            stall_s = self.cfg.daemon.watchdog_stall_s
+            stalled = [] if self.stopping.is_set() else self.supervisor.stalled(stall_s)
+            if stalled and self._waiting_for_redis(stall_s, stalled):
+                stalled = []        # they wait for Redis; restarting us would not help
             if stalled:
                 self.log.warning("watchdog ping withheld: services made no progress",
                                  stalled=stalled)

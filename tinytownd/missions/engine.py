@@ -190,18 +190,21 @@ class MissionEngine(Component):
     # ------------------------------------------------------------------ lease loop
     def lease_loop(self) -> None:
         backoff = 0.5
+        failing = False
         while not self.ctx.stopping.is_set():
             try:
                 self.lease_round()
-                backoff = 0.5
+                backoff, failing = 0.5, False
                 self.ctx.progress("missions.leases")
                 period = min(1.0, self.ttl / 3)
             except (redis.RedisError, OSError) as e:
                 if quarantine.is_wrongtype(e) and quarantine.quarantine(
                         self.town, self.store.engine_keys(), log=self.log):
                     continue
-                self.log.warning("mission lease round failed; retrying", error=str(e),
-                                 retry_in_s=backoff)
+                if not failing:         # once per outage, not once per retry
+                    self.log.warning("mission lease round failed; retrying", error=str(e),
+                                     retry_in_s=backoff)
+                failing = True
                 if transient(e):        # Redis away is not a wedged daemon (watchdog)
                     self.ctx.progress("missions.leases")
                 period, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
