@@ -11,7 +11,7 @@ import importlib
 
 from . import __version__, exitcodes
 
-AREAS = ("daemon_cmds", "town_cmds", "mission_cmds", "batch_cmd")
+AREAS = ("daemon_cmds", "town_cmds", "mission_cmds", "batch_cmd", "workspace_cmds")
 
 
 class Parser(argparse.ArgumentParser):

@@ -35,6 +35,7 @@ from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
+from . import artifacts
 from .agents import agent_sections, check_agents, embedded_config, roster
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
@@ -166,9 +167,13 @@ def _summarise(batch: Batch, reporter: Reporter, mode: "Mode", *, wall_s: float,
                            **mode.summary_extra()})
     totals = doc["totals"]
     code = doc["exit_code"] = exit_code(totals, interrupted)
+    notes = artifacts.write(batch, doc, patches_dir=getattr(args, "patches", None),
+                            junit_path=getattr(args, "junit", None))
     if args.summary:
         _write_summary(args.summary, doc)
     table = render_table(doc)
+    if notes:
+        table += "\n" + "\n".join(notes)
     if interrupted:
         # one signal drains (running rounds finish); a second one stops at once
         how = "stopped" if at_once else "drained"

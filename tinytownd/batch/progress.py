@@ -314,18 +314,33 @@ def render_table(summary: dict, *, max_rows: int = 20) -> str:
     header = ("ID", "STATE", "TRIES", "AGENT", "SECS", "RESULT")
     widths = [max(2, min(24, max(len(str(r.get("id"))) for r in shown))), 9, 5,
               max(5, min(20, max(len(str(r.get("agent") or "")) for r in shown))), 7, 50]
+    branches = any(r.get("base") for r in tasks)      # workspaces on: BRANCH and its diffstat
+    if branches:
+        header = header[:5] + ("BRANCH", "CHANGES") + header[5:]
+        widths[5:5] = [max(6, min(40, max(len(str(r.get("branch") or "-")) for r in shown))), 11]
+        widths[-1] = 36
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines.append("")
     lines.append(fmt.format(*header).rstrip())
     for r in shown:
-        lines.append(fmt.format(
-            _cell(r.get("id"), widths[0]), _cell(r.get("state"), widths[1]),
-            _cell(r.get("attempts"), widths[2]), _cell(r.get("agent") or "-", widths[3]),
-            _cell("-" if r.get("duration_s") is None else f"{r['duration_s']:.2f}", widths[4]),
-            _cell(r.get("result") or "", widths[5])).rstrip())
+        cells = [_cell(r.get("id"), widths[0]), _cell(r.get("state"), widths[1]),
+                 _cell(r.get("attempts"), widths[2]), _cell(r.get("agent") or "-", widths[3]),
+                 _cell("-" if r.get("duration_s") is None else f"{r['duration_s']:.2f}",
+                       widths[4])]
+        if branches:
+            cells += [_cell(r.get("branch") or "-", widths[5]), _cell(diffstat(r), widths[6])]
+        cells.append(_cell(r.get("result") or "", widths[-1]))
+        lines.append(fmt.format(*cells).rstrip())
     if len(rows) > len(shown):
         lines.append(f"… {len(rows) - len(shown)} more (all in --summary JSON)")
     return "\n".join(lines)
+
+
+def diffstat(row: dict) -> str:
+    """`3f +12 -4` (files, insertions, deletions of the task's branch), `-` without changes."""
+    if not row.get("files_changed"):
+        return "-"
+    return f"{row['files_changed']}f +{row.get('insertions') or 0} -{row.get('deletions') or 0}"
 
 
 def _fmt_s(v: float | None) -> str:

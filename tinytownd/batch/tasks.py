@@ -16,6 +16,8 @@ import gevent
 from tinytownd.store import fit
 from tinytownd.store.wire import TASK_TERMINAL
 
+from tinytownd.workspaces.records import summary_fields
+
 from .follow import Batch, duration_s
 
 SUBMIT_CHUNK = 250          # tasks per MULTI/EXEC
@@ -216,5 +218,6 @@ class TaskBatch(Batch):
                 "agent": self._agent_name(task.get("assigned_to") or meta.get("agent")),
                 "duration_s": duration_s(task), "result": task.get("result"),
                 "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
+                **summary_fields(meta),
                 **({"error": meta["last_error"]} if meta.get("last_error") and
                    st != "completed" else {})}

@@ -18,6 +18,7 @@ batch file (YAML):
       role: worker            # optional; also: tags, timeout_s, max_attempts
   agent_clis: {demo: {command: "python3 examples/agents/demo-agent.py"}}
   agents: [{name: w, role: worker, cli: demo, count: 4}]
+  workspace: {mode: worktree, repo: .}   # optional: each task in a git worktree and branch
 
 Without -c the batch runs embedded: its own redis-server, agents and dispatcher in this process,
 state under --dir (default .tinytownd/batches/<ID>). With -c it submits to that running daemon.
@@ -57,6 +58,11 @@ def register(sub) -> None:
     p.add_argument("--cli", metavar="NAME",
                    help="agent CLI: a name from agent_clis, a built-in, or a command")
     p.add_argument("--summary", metavar="PATH", help="write the JSON summary to PATH")
+    p.add_argument("--patches", metavar="DIR",
+                   help="worktree mode: write <task id>.patch (git format-patch base..head) "
+                        "for every task with changes into DIR")
+    p.add_argument("--junit", metavar="PATH",
+                   help="write a JUnit XML report to PATH (one testcase per task)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="progress output (default: bar on a terminal, JSON lines otherwise)")
     p.add_argument("--appendfsync", choices=("always", "everysec", "no", "off"),

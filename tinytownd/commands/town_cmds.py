@@ -232,6 +232,11 @@ def cmd_task(args) -> int:
             human = "\n".join(f"{k}: {v}" for k, v in t.items())
             if meta:
                 human += "\n" + "\n".join(f"daemon.{k}: {v}" for k, v in meta.items())
+            ws = workspace_of(meta)
+            if ws:
+                obj["workspace"] = ws
+                human += "\n" + "\n".join(f"workspace.{k}: {v}" for k, v in ws.items()
+                                           if v is not None)
             common.output(args, obj, human)
             return 0
         if args.action == "complete":
@@ -242,6 +247,14 @@ def cmd_task(args) -> int:
         note = "" if changed else f" (already {state}; unchanged)"
         common.output(args, {"task": tid, "state": state, "changed": changed}, f"{tid} {state}{note}")
     return _run(args, fn)
+
+
+def workspace_of(meta: dict) -> dict | None:
+    """The task's workspace (worktree mode): branch, base, head, counts, worktree path."""
+    if not meta.get("base"):
+        return None
+    from tinytownd.workspaces.records import summary_fields
+    return {**summary_fields(meta), "worktree": meta.get("workspace")}
 
 
 def cmd_control(args) -> int:

@@ -220,6 +220,29 @@ def tag_list(value: list) -> list:
     return value
 
 
+def nonempty(value: str) -> str:
+    if not value.strip():
+        raise Invalid("must not be empty")
+    return value
+
+
+def base_ref(value: str) -> str:
+    """workspace.base: a ref or commit for git (no spaces, not an option)."""
+    if not value.strip() or value.startswith("-") or any(c.isspace() for c in value):
+        raise Invalid(f"{show(value)} is not a git ref (e.g. HEAD, main, origin/main, a commit)")
+    return value
+
+
+def branch_pattern(value: str) -> str:
+    """workspace.branch: known placeholders, and a valid branch name for a sample task."""
+    from tinytownd.workspaces.naming import pattern_problem   # pure, stdlib only
+
+    why = pattern_problem(value)
+    if why:
+        raise Invalid(f"{show(value)}: {why}")
+    return value
+
+
 ENV_KEY_RE = re.compile(r"[^=\0]+")
 
 

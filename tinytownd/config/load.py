@@ -19,7 +19,7 @@ from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, 
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
                      AgentCli, AgentSpec, Config, ControlSection, DaemonSection, LoggingSection,
                      MissionsSection, RedisSection, RuntimeSection, SentinelSection, TlsSection,
-                     TownSection)
+                     TownSection, WorkspaceSection)
 
 def discover(path: str | None) -> str:
     """-c, else $TINYTOWND_CONFIG, else /etc/tinytownd/tinytownd.yaml."""
@@ -110,6 +110,9 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
             if k in _SECTION_OF_LIST and cls is Config:
                 kwargs[k] = _build_agents(v, key, problems)
                 continue
+            if k == "workspace" and cls in (AgentCli, AgentSpec):
+                kwargs[k] = _build_workspace(v, key, problems)
+                continue
             v = _coerce(v, hint, k, f.metadata.get("max_len", MAX_STR))
             check = f.metadata.get("check")
             if check is not None and v is not None:
@@ -124,6 +127,18 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
     except TypeError as e:  # pragma: no cover - schema bug
         problems.append((prefix.rstrip("."), str(e)))
         return cls()
+
+
+def _build_workspace(data, key, problems) -> dict:
+    """The `workspace:` keys given, each checked as WorkspaceSection's field."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append((key, f"must be a mapping of {', '.join(_file_fields(WorkspaceSection))}"
+                              f", not {type(data).__name__}"))
+        return {}
+    sec = _build(WorkspaceSection, data, f"{key}.", problems)
+    return {k: getattr(sec, k) for k in data if k in _file_fields(WorkspaceSection)}
 
 
 def _build_cli_map(data, key, problems) -> dict:
@@ -256,6 +271,7 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
                 problems.append(("logging.file", f"directory {log.parent} does not exist"))
     if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
         problems.append(("control.socket", f"path over the {UNIX_PATH_MAX}-byte unix socket limit"))
+    problems += workspace_problems(cfg)
     rt = cfg.runtime
     if rt.stale_after_s < 2 * rt.heartbeat_interval_s:
         problems.append(("runtime.stale_after_s", "must be at least twice "
@@ -263,6 +279,30 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
     if rt.lease_ttl_s < 2 * rt.heartbeat_interval_s:
         problems.append(("runtime.lease_ttl_s", "must be at least twice "
                                                 "runtime.heartbeat_interval_s"))
+
+
+def workspace_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Every agent in worktree mode needs a git repository the daemon can write to."""
+    clis, out, seen = cfg.clis(), [], {}
+    for i, a in enumerate(cfg.agents):
+        cli = clis.get(a.cli)
+        ws = {**(cli.workspace if cli else {}), **a.workspace}
+        if ws.get("mode") != "worktree":
+            continue
+        if "repo" in a.workspace or not (cli and "repo" in cli.workspace):
+            key, what = f"agents[{i}].workspace.repo", ""
+        else:
+            key, what = f"agent_clis.{a.cli}.workspace.repo", ""
+        if not ws.get("repo"):
+            what = "the agent's workdir: "
+        repo = str(cfg.resolve(ws.get("repo")) or cfg.resolve(a.workdir or (cli and cli.workdir))
+                   or cfg.root)
+        if repo not in seen:
+            from tinytownd.workspaces.git import not_a_repo_problem   # runs git (a timeout)
+            seen[repo] = not_a_repo_problem(repo)
+        if seen[repo]:
+            out.append((key, what + seen[repo]))
+    return out
 
 
 def _default_root(config_path: str) -> str:

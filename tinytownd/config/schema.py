@@ -9,10 +9,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_NAME, cli_ref, cli_timeout, env_map,
-                     one_of, log_level, in_range, redis_url_value, role_name, save_rules,
-                     byte_size, tag_list, town_name, opt, redact_url, sentinel_master,
-                     sentinel_nodes)
+from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_NAME, base_ref, branch_pattern, cli_ref,
+                     cli_timeout, env_map, one_of, log_level, in_range, nonempty, redis_url_value,
+                     role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url,
+                     sentinel_master, sentinel_nodes)
 
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
 ENV_CONFIG = "TINYTOWND_CONFIG"
@@ -122,12 +122,38 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True)
+class WorkspaceSection:
+    """`workspace:` of an agent CLI or an agent entry (the entry's keys win); README "Agent
+    workspaces"."""
+    mode: str = opt("shared", check=one_of("shared", "worktree"),
+                    doc="shared: every task runs in the agent's workdir; worktree: each task in "
+                        "a git worktree and branch of its own")
+    repo: str | None = opt(None, doc="a git repository; null = the agent's workdir")
+    base: str = opt("HEAD", check=base_ref,
+                    doc="ref the task's branch starts from, resolved once per task")
+    branch: str = opt("tt/{task_short}-{slug}", check=branch_pattern,
+                      doc="the branch name; placeholders {town} {task} {task_short} {slug} "
+                          "{agent} {batch} {item}")
+    dir: str = opt("workspaces", check=nonempty,
+                   doc="where worktrees live (relative = under town.root)")
+    commit: str = opt("auto", check=one_of("auto", "agent"),
+                      doc="auto: after exit 0, commit what the agent left uncommitted; agent: "
+                          "leave the tree as the agent left it")
+    keep: str = opt("on_failure", check=one_of("never", "on_failure", "always"),
+                    doc="the worktree directory after the task ends (a branch with commits "
+                        "always stays)")
+    setup: str | None = opt(None, max_len=MAX_COMMAND,
+                            doc="command run once in a new worktree before the first round")
+
+
+@dataclass(frozen=True)
 class AgentCli:
     command: str = opt("", check=None, max_len=MAX_COMMAND)
     timeout_s: float | None = opt(3600.0, check=cli_timeout, doc="per round; null = no limit")
     max_attempts: int = opt(3, check=in_range(1, 1000))
     env: dict = opt(factory=dict, check=env_map)
     workdir: str | None = opt(None)
+    workspace: dict = opt(factory=dict, doc="WorkspaceSection keys given (an agent's win)")
 
 
 @dataclass(frozen=True)
@@ -140,6 +166,7 @@ class AgentSpec:
     env: dict = opt(factory=dict, check=env_map)
     tags: list = opt(factory=list, check=tag_list,
                      doc="backlog tags this agent claims (besides its role)")
+    workspace: dict = opt(factory=dict, doc="WorkspaceSection keys given (win over the CLI's)")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ variables), plus the agent's `env`, plus the town's variables:
   TINYTOWN_PROMPT_FILE                                  the round's prompt (also on stdin)
   TINYTOWND_CONFIG                                      the daemon's config file, for `tinytownd`
   TINYTOWN_TASK_ID                                      set per round by the shell line (runner)
+  TINYTOWN_WORKSPACE, TINYTOWN_BRANCH, TINYTOWN_BASE    worktree mode: the task's worktree, its
+                                                        branch and base commit (same way)
 
 The directory of the running `tinytownd` goes first on PATH when it is not there, so a CLI can
 call `tinytownd task complete` of the same installation.
@@ -18,7 +20,8 @@ import os
 import sys
 
 DROPPED = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
-           "WATCHDOG_PID", "TINYTOWN_TASK_ID", "TINYTOWN_PROMPT_FILE")
+           "WATCHDOG_PID", "TINYTOWN_TASK_ID", "TINYTOWN_PROMPT_FILE", "TINYTOWN_WORKSPACE",
+           "TINYTOWN_BRANCH", "TINYTOWN_BASE")
 
 
 def build(settings, *, town: str, redis_url: str, config_path: str | None,

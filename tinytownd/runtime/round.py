@@ -37,6 +37,13 @@ def _pairs(flat) -> dict:
     return dict(zip(it, it))
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _write_file(path: str, data: bytes) -> None:
     """Create/truncate `path` with `data` (its directory is made when missing): three syscalls
     instead of open()'s text-file setup."""
@@ -213,6 +220,13 @@ class Round:
             return
         w.problem, w.deferrals = None, 0
         env = links.env.get(s, prompt_path, cfg.path)
+        exports = {"TINYTOWN_TASK_ID": tid} if tid else None
+        self.ws = None
+        if s.workspace is not None and tid:     # worktree mode: the task's own worktree
+            if not self._workspace(meta, env, cfg):
+                _unlink(prompt_path)
+                return
+            exports.update(self.ws.exports())
         w.round_started = time.monotonic()
         w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
         rt = cfg.runtime
@@ -226,8 +240,9 @@ class Round:
             for hook in links.spawn_hooks:
                 hook(w, tid, pid)
 
-        result = runner.run(s.command, prompt=prompt, env=env, cwd=s.workdir,
-                            exports={"TINYTOWN_TASK_ID": tid} if tid else None,
+        result = runner.run(s.command, prompt=prompt, env=env,
+                            cwd=self.ws.path if self.ws is not None else s.workdir,
+                            exports=exports,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
                             tail_bytes=cfg.runtime.result_tail_bytes,
@@ -236,10 +251,7 @@ class Round:
                             lifeline=links.lifeline)
         w.pid = None
         w.round_started = None
-        try:
-            os.unlink(prompt_path)
-        except OSError:
-            pass
+        _unlink(prompt_path)
         w.round_logs.add(log_path, result.log_bytes)
         if result.log_error:
             w.log.warning("round log incomplete", error=result.log_error)
@@ -249,12 +261,17 @@ class Round:
     def _end(self, result, cfg) -> None:
         w, k, a, tid, town = self.w, self.k, self.aid, self.tid, self.links.town
         rt = cfg.runtime
+        ws = getattr(self, "ws", None)
+        if ws is not None and result.ok and not w.lost:
+            result = self._commit(ws, result)   # before the task completes; may fail the round
         task_state = w.r.hget(k.task(tid), "state") if tid and not result.ok and \
             not (result.killed or w.lost) else None
         out = outcome.decide(result, lease_lost=w.lost, has_task=self.task_msg is not None,
                              task_state=task_state, attempt=self.attempt,
                              max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
                              backoff_max_s=rt.retry_backoff_max_s)
+        if ws is not None and out.kind != "ok":
+            self._workspace_end(ws, out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -299,6 +316,60 @@ class Round:
         p.execute()
         self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
         self._round_end(f"❌ failed: {err}", result)
+
+    # ------------------------------------------------------------------ worktree mode
+    def _workspace(self, meta: dict, env: dict, cfg) -> bool:
+        """The task's workspace for this round (self.ws); False when the round ended here: the
+        daemon is at fault (deferred), the task cannot have one (failed now), or the setup
+        command failed (as a failed round)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        try:
+            self.ws = self.links.workspaces.prepare(self.w.settings, self.tid, self.task, meta,
+                                                    env=env, logs_dir=cfg.logs_dir_str)
+            return True
+        except WorkspaceError as e:
+            if e.kind == "daemon":
+                self._defer(f"workspace: {e}", cfg)
+                return False
+            self.ws = e.workspace
+            if e.kind == "task":
+                self.max_attempts = self.attempt     # another attempt would meet the same
+            self._end(runner.CliResult(None, False, False, 0.0, None, error=str(e),
+                                       output=e.output), cfg)
+        except OSError as e:
+            self._defer(f"workspace: {e}", cfg)
+        return False
+
+    def _commit(self, ws, result):
+        """Exit 0: commit and record the workspace, apply its keep policy. A failure turns the
+        round into a failed one (the worktree keeps the agent's changes for the retry)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        s = self.w.settings
+        try:
+            self.links.workspaces.complete(ws, agent=s.name,
+                                           description=(self.task or {}).get("description", ""))
+            return result
+        except (WorkspaceError, OSError) as e:
+            self.w.log.warning("workspace commit failed", error=str(e))
+            return runner.CliResult(None, False, False, result.duration_s, result.pid,
+                                    error=f"workspace: {e}", output=result.output)
+
+    def _workspace_end(self, ws, kind: str, task_state: str | None) -> None:
+        """The round did not complete the task: the keep policy when the task has ended, else
+        the worktree waits for the next round."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        mgr, s = self.links.workspaces, self.w.settings
+        try:
+            if kind == "cli_finished" and task_state == "completed":
+                mgr.complete(ws, agent=s.name,
+                             description=(self.task or {}).get("description", ""))
+            elif kind in ("failed", "cli_finished"):
+                mgr.ended(ws, task_state if kind == "cli_finished" else "failed")
+            else:
+                mgr.release(ws)
+        except (WorkspaceError, OSError) as e:   # the sweep tries again
+            mgr.release(ws)
+            self.w.log.warning("workspace end failed", error=str(e))
 
     def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
         """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in

@@ -10,6 +10,8 @@ services, run and restarted by the daemon's supervisor:
   retry-timer  retry_timer.py: due retry envelopes back to their queues.
   backlog      backlog.py: idle agents claim fitting backlog tasks.
   sweeper      recovery.py: agents of dead daemons → stopped, their queues moved on.
+  workspaces   workspaces/manager.py: at start `git worktree prune` of the agents' repositories,
+               and (then every 30 s) the keep policy for worktrees whose task has ended.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tinytownd.store.leases import Leases, owner_token
 from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
+from tinytownd.workspaces.manager import WorkspaceManager
 
 from . import settings as agent_settings
 from .agents_service import AgentsService
@@ -76,7 +79,8 @@ class TownRuntime(Component):
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
             progress=self.progress, env=CliEnvCache(self.keys.town, lambda: ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
-            patience=self.patience)
+            patience=self.patience,
+            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline))
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
@@ -118,7 +122,13 @@ class TownRuntime(Component):
 
     def services(self) -> dict:
         return {"agents": self.agents.run, "retry-timer": lambda: retry_timer(self),
-                "backlog": self.backlog.run, "sweeper": self.sweeper.run}
+                "backlog": self.backlog.run, "sweeper": self.sweeper.run,
+                "workspaces": lambda: self.links.workspaces.run_sweeps(
+                    self.workspace_repos, self.stopping)}
+
+    def workspace_repos(self) -> set[str]:
+        """The repositories of the agents in worktree mode."""
+        return {s.workspace.repo for s in self.specs.values() if s.workspace is not None}
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.greenlet is not None and not w.greenlet.dead]

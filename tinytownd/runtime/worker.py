@@ -65,6 +65,7 @@ class WorkerLinks:
     spawn_hooks: list = field(default_factory=list)   # hook(worker, task id, pid) at each CLI start
     lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
     patience: object = None            # refusals.Patience: waiting out Redis, logged once
+    workspaces: object = None          # workspaces.manager.WorkspaceManager (worktree mode)
 
 
 def idle_park_s(cfg: Config) -> float:

@@ -51,7 +51,15 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent batch.
+                                           last_error agent batch batch_task; its workspace (worktree
+                                           mode, workspaces/records.py): branch base head
+                                           files_changed insertions deletions workspace (the path,
+                                           while it exists) workspace_repo workspace_git
+                                           workspace_dir workspace_keep workspace_commit
+                                           workspace_setup workspace_ended.
+workspaces                         set     ids of tasks whose worktree may exist (SADD before it is
+                                           made, SREM once it is removed): `tinytownd workspaces`
+                                           and the daemon's sweep of ended tasks read it.
 deadletter                         list    JSON {id reason source raw at ...}: messages that did not
                                            parse and tasks that used up their attempts. RPUSH.
 notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
@@ -185,6 +193,10 @@ class Keys:
     @property
     def deadletter(self) -> str:
         return f"{self.daemon_prefix}deadletter"
+
+    @property
+    def workspaces(self) -> str:
+        return f"{self.daemon_prefix}workspaces"
 
     @property
     def notify(self) -> str:
