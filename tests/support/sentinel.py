@@ -245,10 +245,13 @@ class HaRedis:
             time.sleep(0.05)
         raise RuntimeError(f"no failover away from :{old} within {timeout} s")
 
-    def failover(self, timeout: float = 30.0) -> int:
-        """SENTINEL FAILOVER (a planned switch); the new primary's port once it takes writes."""
+    def failover(self, timeout: float = 30.0, before=None) -> int:
+        """SENTINEL FAILOVER (a planned switch); the new primary's port once it takes writes and
+        the old one is demoted. `before()` runs right before the request."""
         old = self.primary_port()
         deadline = time.monotonic() + timeout
+        if before is not None:
+            before()
         while True:
             try:
                 self.sentinels[0].client(socket_timeout=2).execute_command(
@@ -260,6 +263,16 @@ class HaRedis:
                 time.sleep(0.2)
         new = self._wait_moved(old, timeout)
         self.failovers += 1
+        # until the old primary is demoted (before that it still takes writes, then loses them)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.nodes[old].client(socket_timeout=1).info("replication").get(
+                        "role") == "slave":
+                    break
+            except (redis.RedisError, OSError):
+                pass
+            time.sleep(0.05)
         return new
 
     def kill_primary(self, *, restart: bool = True, timeout: float = 30.0) -> int:

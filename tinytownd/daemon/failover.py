@@ -67,9 +67,17 @@ class PrimaryWatch:
         return max(2.0, 2 * POLL_S + 2 * hb)
 
     def holding(self) -> bool:
-        """True while new lease acquisitions should wait (just after a change)."""
-        return self.changed_at is not None and \
-            time.monotonic() - self.changed_at < self.hold_s()
+        """True while new lease acquisitions should wait: just after a change, and while the
+        pools already talk to a primary this watch has not yet seen (they re-resolve on their
+        own when a connection breaks, up to POLL_S before the watch notices)."""
+        if self.changed_at is not None and time.monotonic() - self.changed_at < self.hold_s():
+            return True
+        if self.sentinel and self.identity is not None:
+            for pool in self._pools():
+                addr = getattr(pool, "master_address", None)
+                if addr is not None and tuple(addr) != tuple(self.identity):
+                    return True
+        return False
 
     # ------------------------------------------------------------------ the service
     def run(self) -> None:
