@@ -1,6 +1,12 @@
 """Fixtures of the HA tests: a Sentinel-watched Redis (tests/support/sentinel.py)."""
 import pytest
 
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/ha/" in str(item.fspath):
+            item.add_marker(pytest.mark.ha)
+
 from tests.support.sentinel import HaRedis
 
 
