@@ -28,7 +28,8 @@ exit codes:
     1  some tasks failed (after their retries)
     2  usage error or invalid batch file (the offending entry is named)
    69  Redis unavailable
-   75  interrupted (Ctrl-C / SIGTERM): drained; continue with --resume ID
+   75  interrupted (Ctrl-C / SIGTERM), --max-cost-usd reached, an agent CLI paused after a
+       fatal error, or cooldowns longer than --max-wait: drained; continue with --resume ID
 """
 
 
@@ -68,6 +69,12 @@ def register(sub) -> None:
     p.add_argument("--appendfsync", choices=("always", "everysec", "no", "off"),
                    help="embedded run: AOF policy of the batch's redis-server (default everysec; "
                         "off = no AOF)")
+    p.add_argument("--max-cost-usd", type=float, metavar="USD",
+                   help="cost budget: once the batch's tasks have cost this much (as the agent "
+                        "CLIs report it), nothing new starts, running tasks finish, exit 75")
+    p.add_argument("--max-wait", type=float, metavar="SECONDS",
+                   help="the longest to wait while every agent CLI of the batch cools down after "
+                        "rate limits (default: as long as it takes); then exit 75")
     p.set_defaults(handler="tinytownd.commands.batch_cmd:cmd_batch")
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from tinytownd.store.wire import RESERVED_AGENT_NAMES
 
+from .agent_cli import PLACEHOLDERS, implied_prompt_mode
 from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, ConfigError,
                      Invalid, finite, is_loopback, name as check_name, redis_url_value, show, text)
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
@@ -163,8 +164,30 @@ def _build_cli_map(data, key, problems) -> dict:
         cli = _build(AgentCli, spec, f"{k}.", problems)
         if not cli.command.strip():
             problems.append((f"{k}.command", "is required and must not be empty"))
+        cli = _prompt_mode(cli, spec, k, problems)
+        if cli.cooldown_max_s < cli.cooldown_s:
+            problems.append((f"{k}.cooldown_max_s", f"{cli.cooldown_max_s:g} is below cooldown_s "
+                                                    f"{cli.cooldown_s:g}"))
         out[str(name)] = cli
     return out
+
+
+def _prompt_mode(cli: AgentCli, spec, key: str, problems) -> AgentCli:
+    """A placeholder in the command implies the prompt mode; a `prompt:` that says otherwise
+    is a problem."""
+    try:
+        implied = implied_prompt_mode(cli.command)
+    except ValueError as e:
+        problems.append((f"{key}.command", str(e)))
+        return cli
+    if implied is None or implied == cli.prompt:
+        return cli
+    if isinstance(spec, dict) and "prompt" in spec:
+        ph = next(p for p, m in PLACEHOLDERS.items() if m == implied)
+        problems.append((f"{key}.prompt", f"{cli.prompt!r}, but the command's {ph} means "
+                                          f"prompt: {implied}"))
+        return cli
+    return dataclasses.replace(cli, prompt=implied)
 
 
 def _build_agents(data, key, problems) -> list:

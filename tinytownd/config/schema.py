@@ -9,8 +9,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_NAME, base_ref, branch_pattern, cli_ref,
-                     cli_timeout, env_map, one_of, log_level, in_range, nonempty, redis_url_value,
+from .agent_cli import (OUTPUT_FORMATS, PRESET_FATAL_PATTERNS, PRESET_RATE_LIMIT_PATTERNS,
+                        PROMPT_MODES)
+from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_COOLDOWN_S, MAX_NAME, base_ref,
+                     branch_pattern, cli_ref, cli_timeout, env_map, one_of, log_level, in_range,
+                     nonempty, pattern_list, redis_url_value,
                      role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url,
                      sentinel_master, sentinel_nodes)
 
@@ -153,6 +156,19 @@ class AgentCli:
     max_attempts: int = opt(3, check=in_range(1, 1000))
     env: dict = opt(factory=dict, check=env_map)
     workdir: str | None = opt(None)
+    prompt: str = opt("stdin", check=one_of(*PROMPT_MODES),
+                      doc="how the prompt goes in; a {prompt_file}/{prompt} placeholder implies it")
+    output: str = opt("text", check=one_of(*OUTPUT_FORMATS),
+                      doc="text (the output's tail) | claude-json | codex-jsonl")
+    rate_limit_patterns: list = opt(factory=list, check=pattern_list,
+                                    doc="regexes on a failed round's output: rate_limited")
+    fatal_patterns: list = opt(factory=list, check=pattern_list,
+                               doc="regexes on a failed round's output: fatal (CLI paused)")
+    cooldown_s: float = opt(30.0, check=in_range(1, MAX_COOLDOWN_S),
+                            doc="first cooldown after a rate limit (then doubling)")
+    cooldown_max_s: float = opt(900.0, check=in_range(1, MAX_COOLDOWN_S))
+    inactivity_timeout_s: float | None = opt(None, check=cli_timeout,
+                                             doc="end a round whose output stopped growing")
     workspace: dict = opt(factory=dict, doc="WorkspaceSection keys given (an agent's win)")
 
 
@@ -287,14 +303,23 @@ class Config:
         return out
 
 
+def _preset(command: str, *, prompt: str = "stdin", output: str = "text") -> AgentCli:
+    return AgentCli(command=command, prompt=prompt, output=output,
+                    rate_limit_patterns=list(PRESET_RATE_LIMIT_PATTERNS),
+                    fatal_patterns=list(PRESET_FATAL_PATTERNS))
+
+
+# Each preset's flags and their sources: config/agent_cli.py PRESET_SOURCES (README table).
 BUILTIN_CLIS: dict[str, AgentCli] = {
-    "claude": AgentCli(command="claude --print --dangerously-skip-permissions"),
-    "codex": AgentCli(command="codex exec --dangerously-bypass-approvals-and-sandbox"),
-    "auggie": AgentCli(command="auggie --print"),
-    "aider": AgentCli(command="aider --yes --no-auto-commits --message"),
-    "gemini": AgentCli(command="gemini"),
-    "copilot": AgentCli(command="gh copilot"),
-    "cursor": AgentCli(command="cursor"),
+    "claude": _preset("claude -p --output-format json --dangerously-skip-permissions",
+                      output="claude-json"),
+    "codex": _preset("codex exec --json --sandbox danger-full-access --skip-git-repo-check -",
+                     output="codex-jsonl"),
+    "auggie": _preset("auggie --print"),
+    "aider": _preset("aider --yes --no-auto-commits --message-file {prompt_file}", prompt="file"),
+    "gemini": _preset("gemini --yolo -p {prompt}", prompt="arg"),
+    "copilot": _preset("copilot -s --allow-all-tools --no-ask-user"),
+    "cursor": _preset("cursor-agent -p {prompt}", prompt="arg"),
 }
 
 _SECTION_OF_DICT = {"agent_clis": AgentCli}

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinytownd.config import AgentSpec, Config
+from tinytownd.config import AgentCli, AgentSpec, Config
 from tinytownd.workspaces import spec as workspace_spec
 
 # fields a reload may change in place (the next round uses them)
 LIVE_FIELDS = ("role", "cli", "command", "timeout_s", "max_attempts", "workdir", "env", "tags",
-               "workspace")
+               "workspace", "agent_cli")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class AgentSettings:
     env: dict = field(default_factory=dict)
     tags: list = field(default_factory=list)
     adopted: bool = False        # an agent tt registered that this daemon runs (`adopt: true`)
+    agent_cli: AgentCli = field(default_factory=AgentCli)   # prompt, output, failure classes
     workspace: object = None     # workspaces.spec.WorkspaceSettings; None = shared mode
 
     def update_from(self, new: "AgentSettings") -> list[str]:
@@ -51,4 +52,5 @@ def resolve(cfg: Config, a: AgentSpec, aid: str, *, adopted: bool = False) -> Ag
     return AgentSettings(name=a.name, aid=aid, role=a.role or "worker", cli=a.cli,
                          command=cli.command, timeout_s=cli.timeout_s,
                          max_attempts=cli.max_attempts, workdir=str(workdir), env=env,
-                         tags=[str(t) for t in a.tags], adopted=adopted, workspace=ws)
+                         tags=[str(t) for t in a.tags], adopted=adopted, workspace=ws,
+                         agent_cli=cli)
