@@ -1,6 +1,7 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
 # Installs what is missing and nothing more, so a second run is fast:
-#   - redis-server, openssl and git (Debian packages) when they are not on PATH;
+#   - redis-server, openssl and git (Debian packages) when they are not on PATH; redis-sentinel
+#     for the HA tests;
 #   - for the tests (TT_EXTRAS=test) also
 #     chromium + chromium-driver (the dashboard's browser test, driven by Selenium) and jq (the
 #     README's journalctl | jq examples are tested);
@@ -11,6 +12,8 @@ cd "$ROOT"
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# (without root the tests run Sentinels as `redis-server FILE --sentinel`, the same binary)
+if [ "$(id -u)" -eq 0 ]; then command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel); fi
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v git >/dev/null 2>&1 || need_apt+=(git)       # worktree mode (workspaces)
 if [ "${TT_EXTRAS:-}" = test ]; then

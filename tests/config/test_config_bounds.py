@@ -19,7 +19,7 @@ from tinytownd.config import checks
 
 F = "/tmp/x/t.yaml"
 SECTIONS = {"town": config.TownSection, "redis": config.RedisSection,
-            "redis.tls": config.TlsSection, "control": config.ControlSection,
+            "redis.tls": config.TlsSection, "redis.sentinel": config.SentinelSection, "control": config.ControlSection,
             "logging": config.LoggingSection, "daemon": config.DaemonSection,
             "runtime": config.RuntimeSection, "missions": config.MissionsSection,
             "http": config.HttpSection}

@@ -40,6 +40,8 @@ from . import artifacts
 from .agents import agent_sections, check_agents, embedded_config, roster, uses_workspaces
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
+from tinytownd.store.durability import Durability
+
 from .follow import Batch
 from .guard import Guard, resume_hint
 from .mission import MissionBatch, check_mission
@@ -450,6 +452,8 @@ class Submit(Mode):
         self.batch = (MissionBatch(bf, self.batch_id, r, keys, log=log, roles=roles)
                       if bf.kind == "mission" else TaskBatch(bf, self.batch_id, r, keys, log=log))
         self.batch.town.task_events = cfg.runtime.task_events
+        # redis.wait_replicas: the submission's writes are WAITed for (store/durability.py)
+        self.batch.town.set_durability(Durability.from_config(cfg, log))
         if self.resume and not self.batch.exists():
             raise UsageError(f"no batch {self.batch_id!r} in town {cfg.town.name!r} to resume")
         if not self.resume and self.batch.exists():

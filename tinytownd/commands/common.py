@@ -68,8 +68,13 @@ def open_town(args, *, env_fallback: bool = True):
     from tinytownd import logs
     from tinytownd.store.town import Town
 
+    from tinytownd.store.durability import Durability
+
     cfg, r, keys = open_redis(args, env_fallback=env_fallback)
-    town = Town(r, keys, log=logs.get_logger("cli", town=keys.town))
+    log = logs.get_logger("cli", town=keys.town)
+    # redis.wait_replicas: an assignment is WAITed for like the daemon's (store/durability.py)
+    town = Town(r, keys, log=log,
+                durability=Durability.from_config(cfg, log) if cfg is not None else None)
     if cfg is not None:
         town.task_events = cfg.runtime.task_events
     return town, cfg

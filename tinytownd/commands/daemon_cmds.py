@@ -31,6 +31,9 @@ def register(sub) -> None:
                               "answer in time, 77 permission denied, 78 invalid config")
     cli.add_config_arg(p)
     cli.add_json_arg(p)
+    p.add_argument("--town", action="store_true",
+                   help="list every daemon attached to the town (any host), read from Redis: "
+                        "host, pid, agents, last heartbeat (exit 0; 69 Redis unreachable)")
     p.set_defaults(handler="tinytownd.commands.daemon_cmds:cmd_status")
 
     p = sub.add_parser("reload", help="make the daemon re-read its config file",
@@ -198,6 +201,10 @@ def _fmt_status(st: dict) -> str:
 
 def cmd_status(args) -> int:
     from tinytownd import exitcodes
+    if getattr(args, "town", False):
+        from .common import run
+        from .town_status import cmd_town_status
+        return run(lambda: cmd_town_status(args))
     cfg, reply, problem = _ask(args, "status", timeout=STATUS_TIMEOUT_S)
     if problem == "not-running":
         if args.json:

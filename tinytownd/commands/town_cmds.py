@@ -124,7 +124,7 @@ def cmd_agents(args) -> int:
         from tinytownd.runtime.agent_cli.usage import usage_view
         from tinytownd.store.cli_state import CliState
 
-        from .agent_cli_cmds import cli_state_line, usage_text
+        from .agent_cli_cmds import cli_state_line
         for a in agents:
             p.llen(k.inbox(a["id"]))
             p.llen(k.urgent(a["id"]))

@@ -12,11 +12,13 @@ from .diff import Change, diff, keep_old
 from .load import discover, from_dict, http_problems, load
 from .schema import (BUILTIN_CLIS, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX, AgentCli, AgentSpec,
                      Config, ControlSection, DaemonSection, HttpSection, LoggingSection,
-                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection,
+                     MissionsSection, RedisSection, RuntimeSection, SentinelSection, TlsSection,
+                     TownSection,
                      WorkspaceSection)
 
 __all__ = ["ConfigError", "is_loopback", "redact_url", "Change", "diff", "keep_old", "discover",
            "from_dict", "http_problems", "load", "BUILTIN_CLIS", "DEFAULT_PATH", "ENV_CONFIG", "UNIX_PATH_MAX",
            "AgentCli", "AgentSpec", "Config", "ControlSection", "DaemonSection", "LoggingSection",
-           "HttpSection", "MissionsSection", "RedisSection", "RuntimeSection", "TlsSection",
+           "HttpSection", "MissionsSection", "RedisSection", "RuntimeSection", "SentinelSection",
+           "TlsSection",
            "TownSection", "WorkspaceSection"]

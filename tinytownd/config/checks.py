@@ -307,6 +307,45 @@ def redis_url_value(value: str | None) -> str | None:
     return value
 
 
+MAX_SENTINELS = 16
+
+
+def sentinel_master(value: str) -> str:
+    """redis.sentinel.master: a Sentinel service name (1-128 characters, no spaces)."""
+    if not re.fullmatch(r"[^\s]{1,128}", value):
+        raise Invalid(f"{show(value)}: use 1-128 characters without spaces")
+    return value
+
+
+def host_port(value: Any) -> tuple[str, int]:
+    """"host:port" ([v6]:port too) → (host, port)."""
+    if not isinstance(value, str):
+        raise Invalid(f"must be a \"host:port\" string, not {show(value)}")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9._-]{1,253}):(\d{1,5})", value)
+    if not m:
+        raise Invalid(f"{show(value)} is not host:port")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 1 <= int(port) <= 65535:
+        raise Invalid(f"{show(value)}: port must be 1-65535")
+    return host, int(port)
+
+
+def sentinel_nodes(value: list) -> list:
+    """redis.sentinel.nodes: 1-16 distinct "host:port" strings (an empty list = unset)."""
+    if len(value) > MAX_SENTINELS:
+        raise Invalid(f"{len(value)} nodes, over the maximum {MAX_SENTINELS}")
+    seen = set()
+    for i, v in enumerate(value):
+        try:
+            hp = host_port(v)
+        except Invalid as e:
+            raise Invalid(e.msg, sub=f"[{i}]") from None
+        if hp in seen:
+            raise Invalid(f"{v!r} is listed twice", sub=f"[{i}]")
+        seen.add(hp)
+    return value
+
+
 def log_level(value: str) -> str:
     return one_of("debug", "info", "warning", "error", "critical")(str(value).lower())
 

@@ -20,7 +20,8 @@ from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, 
                      redis_url_value, show, text)
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
                      AgentCli, AgentSpec, Config, ControlSection, DaemonSection, HttpSection,
-                     LoggingSection, MissionsSection, RedisSection, RuntimeSection, TlsSection,
+                     LoggingSection, MissionsSection, RedisSection, RuntimeSection, SentinelSection,
+                     TlsSection,
                      TownSection, WorkspaceSection)
 
 def discover(path: str | None) -> str:
@@ -99,7 +100,8 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
         f = fields[k]
         hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         try:
-            sub = next((c for c in (TownSection, RedisSection, TlsSection, ControlSection,
+            sub = next((c for c in (TownSection, RedisSection, TlsSection, SentinelSection,
+                                    ControlSection,
                                     LoggingSection, DaemonSection, RuntimeSection,
                                     MissionsSection, HttpSection) if c.__name__ == hint), None)
             if sub is not None:
@@ -226,6 +228,25 @@ def _under(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
 
 
+def _validate_redis_choice(cfg: Config, problems: list[tuple[str, str]]) -> None:
+    """redis.url or redis.sentinel (not both); a sentinel section complete; WAIT needs
+    replicas, which an owned redis-server does not have."""
+    r = cfg.redis
+    s = r.sentinel
+    if s.master is not None and r.url is not None:
+        problems.append(("redis.sentinel", "redis.url and redis.sentinel are alternatives: set "
+                                           "one of them, not both"))
+    elif s.master is not None and not s.nodes:
+        problems.append(("redis.sentinel.nodes", "is required (1-16 \"host:port\") when "
+                                                 "redis.sentinel.master is set"))
+    elif s.master is None and (s.nodes or s.password or s.tls):
+        problems.append(("redis.sentinel.master", "is required when other redis.sentinel keys "
+                                                  "are set"))
+    if r.wait_replicas and r.url is None and s.master is None:
+        problems.append(("redis.wait_replicas", "needs replicas: an external Redis (redis.url) "
+                                                "or redis.sentinel"))
+
+
 def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
     """Checks that involve more than one key, or the file system."""
     clis = cfg.clis()
@@ -241,7 +262,7 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
             problems.append(("agents", f"agent name {a.name!r} is defined twice"))
         names[a.name] = 1
     r = cfg.redis
-    if r.url is None:
+    if cfg.owned_redis:
         if r.socket is None and r.port == 0 and not r.tls.enabled:
             problems.append(("redis.port", "must be set (1-65535) when redis.socket is null"))
         if r.tls.enabled:
@@ -382,7 +403,9 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
                               path=path)
     redis = cfg.redis
     env_url = (env.get("REDIS_URL") or "").strip()
-    if env_url:
+    # with Sentinels the file wins: a REDIS_URL is the primary of the moment (what the daemon
+    # exports to its agents for tt), which a failover makes stale
+    if env_url and redis.sentinel.master is None:
         try:
             redis_url_value(env_url)
         except Invalid as e:
@@ -403,6 +426,7 @@ def from_dict(data: Any, path: str = "<dict>", *, env: dict | None = None,
         except Invalid as e:
             raise ConfigError(path, [(ENV_HTTP_LISTEN, e.msg)])
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=listen))
+    _validate_redis_choice(cfg, problems)
     if check_files:
         _validate_whole(cfg, problems)
     else:

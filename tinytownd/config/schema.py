@@ -14,7 +14,8 @@ from .agent_cli import (OUTPUT_FORMATS, PRESET_FATAL_PATTERNS, PRESET_RATE_LIMIT
 from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_COOLDOWN_S, MAX_NAME, base_ref,
                      branch_pattern, cli_ref, cli_timeout, env_map, http_token, listen_address,
                      one_of, log_level, in_range, nonempty, pattern_list, redis_url_value,
-                     role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url)
+                     role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url,
+                     sentinel_master, sentinel_nodes)
 
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
 ENV_CONFIG = "TINYTOWND_CONFIG"
@@ -40,6 +41,17 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class SentinelSection:
+    master: str | None = opt(None, live=False, check=sentinel_master,
+                             doc="the Sentinel service name; null = no Sentinel")
+    nodes: list = opt(factory=list, live=False, check=sentinel_nodes,
+                      doc='"host:port" of each Sentinel, 1-16 of them')
+    password: str | None = opt(None, live=False,
+                               doc="for the Sentinels themselves (data: redis.password)")
+    tls: bool = opt(False, live=False, doc="TLS to the Sentinels and the data nodes")
+
+
+@dataclass(frozen=True)
 class RedisSection:
     url: str | None = opt(None, live=False, check=redis_url_value)
     socket: str | None = opt("redis.sock", live=False)
@@ -60,6 +72,11 @@ class RedisSection:
                          doc="connections for ordinary commands")
     start_timeout_s: float = opt(10.0, check=in_range(0.5, 600))
     restart_backoff_max_s: float = opt(10.0, check=in_range(0.1, 600))
+    sentinel: SentinelSection = opt(factory=SentinelSection, live=False)
+    wait_replicas: int = opt(0, live=False, check=in_range(0, 16),
+                             doc="WAIT for this many replicas after writes that must survive "
+                                 "a failover")
+    wait_timeout_ms: int = opt(100, live=False, check=in_range(1, 10000))
 
 
 @dataclass(frozen=True)
@@ -239,7 +256,13 @@ class Config:
 
     @property
     def owned_redis(self) -> bool:
-        return self.redis.url is None
+        return self.redis.url is None and self.redis.sentinel.master is None
+
+    @property
+    def sentinel(self) -> SentinelSection | None:
+        """The Sentinel settings when the town's Redis is found through Sentinels."""
+        s = self.redis.sentinel
+        return s if s.master is not None else None
 
     @property
     def redis_data_dir(self) -> Path:
@@ -274,6 +297,8 @@ class Config:
         r = self.redis
         if r.url:
             return redact_url(r.url) if redacted else r.url
+        if r.sentinel.master is not None:   # a name for logs; clients go through the Sentinels
+            return f"redis+sentinel://{','.join(r.sentinel.nodes)}/{r.sentinel.master}"
         pw = r.password
         if self.redis_socket_path:
             q = f"?password={'****' if redacted else pw}" if pw else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import faulthandler
 import importlib
+import json
 import os
 import resource
 import signal
@@ -29,10 +30,14 @@ from gevent.event import Event
 from tinytownd import __version__, exitcodes, logs
 from tinytownd.config import Config, redact_url
 from tinytownd.store.keys import Keys
+from tinytownd.store.refusals import transient
 
-from . import control_commands, sdnotify
+from . import control_commands, redis_ha, sdnotify
 from .component import Component, Context
 from .control import ControlServer, SocketInUse
+from .failover import PrimaryWatch
+
+REDIS_BACKOFF_MAX_S = 10.0   # the longest wait of a loop retrying Redis (watchdog excuse)
 from .pidfile import PidFile
 from .redis_clients import RedisUnavailable, check_external, make_clients
 from .redis_server import OwnedRedis, RedisStartError
@@ -84,6 +89,8 @@ class Daemon:
         self.last_reload: dict | None = None
         self.redis: OwnedRedis | None = None
         self.redis_version: str | None = None
+        self.primary: tuple[str, int] | None = None     # with redis.sentinel: found at start
+        self.watch: PrimaryWatch | None = None
         self.clients = None
         self.ctx: Context | None = None
         self.components: list[Component] = []
@@ -166,11 +173,18 @@ class Daemon:
             self._install_signals()
         self._start_redis()
         self.clients = make_clients(cfg, blocking_connections=cfg.blocking_connections,
-                                    url=self.redis.url if self.redis else None)
+                                    url=self.redis.url if self.redis else self._primary_url())
         self.ctx = Context(config=cfg, keys=Keys(cfg.town.name), clients=self.clients,
                            instance_id=self.instance_id, stopping=self.stopping,
                            progress=self.supervisor.progress)
         self.ctx.extra["daemon"] = self
+        # the primary changing (failover, restart): leases re-validated (daemon/failover.py)
+        self.watch = PrimaryWatch(lambda: self.cfg, self.clients,
+                                  self.log.bind(logger="tinytownd.failover"), self.stopping,
+                                  lambda: self.supervisor.progress("redis.watch"),
+                                  primary=self.primary)
+        self.ctx.extra["watch"] = self.watch
+        self.supervisor.add("redis.watch", self.watch.run)
         if self.redis is not None:
             self.ctx.extra["owned_redis"] = self.redis
             self.supervisor.add("redis", lambda: self.redis.supervise(
@@ -198,6 +212,15 @@ class Daemon:
                 raise StartError(str(e), exitcodes.UNAVAILABLE) from None
             self.redis_version = self.redis.version
             return
+        if cfg.sentinel is not None:
+            try:
+                self.redis_version, self.primary = redis_ha.check(cfg)
+            except RedisUnavailable as e:
+                raise StartError(str(e), exitcodes.UNAVAILABLE) from None
+            self.log.info("redis primary found through Sentinel", master=cfg.sentinel.master,
+                          primary=f"{self.primary[0]}:{self.primary[1]}",
+                          version=self.redis_version)
+            return
         try:
             self.redis_version = check_external(cfg)
         except ValueError as e:
@@ -205,6 +228,9 @@ class Daemon:
         except RedisUnavailable as e:
             raise StartError(str(e), exitcodes.UNAVAILABLE) from None
         self.log.info("external redis ok", url=redact_url(cfg.redis.url), version=self.redis_version)
+
+    def _primary_url(self) -> str | None:
+        return redis_ha.primary_url(self.cfg, self.primary) if self.primary else None
 
     def _load_components(self) -> None:
         specs = COMPONENTS
@@ -232,17 +258,24 @@ class Daemon:
                 "config_path": self.cfg.path,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at
                                                                                or time.time()))}
+        failing = False
         try:
             while not self.stopping.is_set():
                 try:
                     pipe = self.clients.cmd.pipeline()
-                    pipe.hset(key, mapping={**base, "heartbeat": time.strftime(
-                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                    pipe.hset(key, mapping={**base, **self._registry_fields(),
+                                            "heartbeat": time.strftime(
+                                                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                     pipe.expire(key, ttl)
                     pipe.execute()
                     self.supervisor.progress("daemon.heartbeat")
+                    failing = False
                 except Exception as e:  # Redis restarting: try again next round
-                    self.log.warning("daemon heartbeat failed", error=str(e))
+                    if not failing:     # once per outage, not once per beat
+                        self.log.warning("daemon heartbeat failed", error=str(e))
+                    failing = True
+                    if transient(e):    # Redis away is not a wedged daemon (watchdog)
+                        self.supervisor.progress("daemon.heartbeat")
                 # often enough for both the key's TTL and the watchdog's stall window
                 self.stopping.wait(max(0.2, min(5.0, ttl / 9,
                                                 self.cfg.daemon.watchdog_stall_s / 3)))
@@ -252,11 +285,32 @@ class Daemon:
             except Exception:
                 pass
 
+    def _registry_fields(self) -> dict:
+        """What `status --town` shows of this daemon besides pid/host: the agents it runs now
+        and the primary it writes to (the daemon registry, store/keys.py daemon:<instance>)."""
+        rt = self.ctx.extra.get("runtime") if self.ctx is not None else None
+        names = sorted(w.settings.name for w in rt.alive()) if rt is not None else []
+        out = {"agents": json.dumps(names)}
+        if self.watch is not None and self.watch.primary is not None:
+            out["primary"] = f"{self.watch.primary[0]}:{self.watch.primary[1]}"
+        return out
+
+    def _waiting_for_redis(self, stall_s: float, stalled: list[str]) -> bool:
+        """Services that made no progress are excused while Redis does not answer (and for a
+        stall window plus the loops' longest backoff after it answers again), as long as the
+        service that watches Redis itself keeps going: a Redis outage is not a wedged daemon."""
+        w = self.watch
+        if w is None or "redis.watch" in stalled:
+            return False
+        return w.redis_trouble_within(stall_s + REDIS_BACKOFF_MAX_S)
+
     def _watchdog_loop(self, interval: float) -> None:
         while not self.stopped.is_set():
             # While draining, loops wind down on purpose; the drain has its own deadline.
-            stalled = [] if self.stopping.is_set() else \
-                self.supervisor.stalled(self.cfg.daemon.watchdog_stall_s)
+            stall_s = self.cfg.daemon.watchdog_stall_s
+            stalled = [] if self.stopping.is_set() else self.supervisor.stalled(stall_s)
+            if stalled and self._waiting_for_redis(stall_s, stalled):
+                stalled = []        # they wait for Redis; restarting us would not help
             if stalled:
                 self.log.warning("watchdog ping withheld: services made no progress",
                                  stalled=stalled)

@@ -22,6 +22,11 @@ from tinytownd.config import Config, redact_url
 from tinytownd.store.packing import EscapingPacker
 
 MIN_VERSION = (7, 0)
+CLUSTER_REFUSED = ("Redis at {where} is a Redis Cluster node (cluster_enabled:1): tinytownd cannot "
+                   "use a cluster, because Tinytown's keys (tt:<town>:…) have no hash tags and "
+                   "the town's scripts and transactions touch many keys at once. Serve a town "
+                   "from one primary (with replicas and Sentinel for failover); to scale past "
+                   "one primary, put one town per shard (each town on a primary of its own)")
 
 
 def _cheap_can_read() -> None:
@@ -129,6 +134,9 @@ def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | N
         kw.update(socket_timeout=None, socket_read_size=4096)
     else:
         kw.update(socket_timeout=30.0, health_check_interval=30, retry=_ReconnectRetry())
+    if cfg is not None and cfg.sentinel is not None:   # the primary found through Sentinels
+        from . import redis_ha
+        return redis_ha.make_pool(cfg, kw)
     return redis.BlockingConnectionPool.from_url(url, **kw)
 
 
@@ -156,7 +164,7 @@ def check_server(client: redis.Redis, redacted_url: str) -> str:
     """PING + INFO server; return the version. Raises RedisUnavailable with a specific reason."""
     try:
         client.ping()
-        info = client.info("server")
+        info = client.info("server", "cluster")
     except redis.AuthenticationError as e:
         raise RedisUnavailable(f"Redis authentication failed at {redacted_url}: {e}") from None
     except redis.ResponseError as e:
@@ -166,6 +174,8 @@ def check_server(client: redis.Redis, redacted_url: str) -> str:
         raise RedisUnavailable(f"Redis at {redacted_url} refused PING: {msg}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         raise RedisUnavailable(f"cannot connect to Redis at {redacted_url}: {e}") from None
+    if str(info.get("cluster_enabled", "0")) == "1":
+        raise RedisUnavailable(CLUSTER_REFUSED.format(where=redacted_url))
     version = str(info.get("redis_version", "0"))
     if parse_version(version) < MIN_VERSION:
         raise RedisUnavailable(f"Redis at {redacted_url} is version {version}; tinytownd needs "

@@ -88,16 +88,38 @@ def redis_status(d, probe: dict | None = None) -> dict:
     cfg = d.cfg
     if d.redis is not None:
         st = d.redis.status()
+    elif cfg.sentinel is not None:
+        st = {"mode": "sentinel", "master": cfg.sentinel.master, "nodes": list(cfg.sentinel.nodes),
+              "url": d.clients.redacted if d.clients is not None else None,
+              "ready": d.redis_version is not None, "version": d.redis_version}
     elif cfg.owned_redis:   # still starting
         st = {"mode": "owned", "pid": None, "ready": False, "version": None}
     else:
         st = {"mode": "external", "url": redact_url(cfg.redis.url),
               "ready": d.redis_version is not None, "version": d.redis_version}
+    if getattr(d, "watch", None) is not None:
+        st.update(d.watch.status())          # failovers, the primary, acquisitions held
     if probe is not None:
         st.update(probe)
         if probe.get("reachable") is False:
             st["ready"] = False
     return st
+
+
+def readiness(d, probe: dict | None = None) -> dict:
+    """Can this daemon do work now? {"ready": bool, "reason": str}: not while starting or
+    stopping, nor while Redis does not answer (with Sentinels: the primary they name). For
+    `/readyz` (503 unless ready); a Redis outage is not a wedged daemon, so the systemd watchdog
+    keeps pinging meanwhile."""
+    if not d.started:
+        return {"ready": False, "reason": "starting"}
+    if d.stop_requested:
+        return {"ready": False, "reason": "stopping"}
+    if probe is None:
+        probe = probe_redis(d, _state(d))
+    if not probe.get("reachable"):
+        return {"ready": False, "reason": f"Redis unreachable: {probe.get('error')}"}
+    return {"ready": True, "reason": "ok"}
 
 
 # ----------------------------------------------------------------------------- components
@@ -155,6 +177,7 @@ def status(d) -> dict:
         "uptime_s": round(time.time() - d.started_at, 3) if d.started_at else 0.0,
         "config_path": cfg.path, "reloads": d.reloads, "last_reload": d.last_reload,
         "log_level": logs.get_level(), "redis": redis_status(d, probed),
+        "ready": readiness(d, probed),
         "services": d.supervisor.states(),
         "service_details": d.supervisor.details(),
         "components": comps,

@@ -19,7 +19,6 @@ import socket
 import time
 import traceback
 
-import gevent
 import redis
 from gevent.pywsgi import WSGIHandler, WSGIServer
 

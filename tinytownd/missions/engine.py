@@ -36,6 +36,7 @@ from tinytownd import logs
 from tinytownd.config import Config
 from tinytownd.daemon.component import Component, Context
 from tinytownd.store import quarantine, records
+from tinytownd.store.refusals import transient
 from tinytownd.store.leases import Leases
 from tinytownd.store.scripts import Scripts
 from tinytownd.store.wire import TASK_TERMINAL, new_id, utcnow
@@ -49,6 +50,7 @@ from .work import task_binding
 AGENT_WAIT_MIN_S = 0.02
 AGENT_WAIT_MAX_S = 5.0
 MIN_RECHECK_S = 1.0
+BACKOFF_MAX_S = 5.0          # lease/notify retries while Redis is away (each reports progress)
 
 
 class LeaseState:
@@ -105,6 +107,10 @@ class MissionEngine(Component):
                       "errors": 0, "watch_checks": 0, "help_requests": 0}
         self.io = TickIO(self.r, self.keys, self.store, self.town, self.token, self.stats)
         self._apply_config(ctx.config)
+        # a new primary (failover, restart): renew held leases now, acquire none for a while
+        self.watch = ctx.extra.get("watch")
+        if self.watch is not None:
+            self.watch.listen(self.revalidate)
 
     # ------------------------------------------------------------------ config
     def _apply_config(self, config: Config) -> None:
@@ -175,22 +181,33 @@ class MissionEngine(Component):
                 pass
         self.log.info("mission released", mission=mid, reason=why)
 
+    def revalidate(self) -> None:
+        """Renew every held mission lease in the next lease round (daemon/failover.py)."""
+        for st in self.owned.values():
+            st.refreshed = 0.0
+        self.lease_evt.set()
+
     # ------------------------------------------------------------------ lease loop
     def lease_loop(self) -> None:
         backoff = 0.5
+        failing = False
         while not self.ctx.stopping.is_set():
             try:
                 self.lease_round()
-                backoff = 0.5
+                backoff, failing = 0.5, False
                 self.ctx.progress("missions.leases")
                 period = min(1.0, self.ttl / 3)
             except (redis.RedisError, OSError) as e:
                 if quarantine.is_wrongtype(e) and quarantine.quarantine(
                         self.town, self.store.engine_keys(), log=self.log):
                     continue
-                self.log.warning("mission lease round failed; retrying", error=str(e),
-                                 retry_in_s=backoff)
-                period, backoff = backoff, min(backoff * 2, 30.0)
+                if not failing:         # once per outage, not once per retry
+                    self.log.warning("mission lease round failed; retrying", error=str(e),
+                                     retry_in_s=backoff)
+                failing = True
+                if transient(e):        # Redis away is not a wedged daemon (watchdog)
+                    self.ctx.progress("missions.leases")
+                period, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
             self.lease_evt.wait(timeout=period)
             self.lease_evt.clear()
 
@@ -209,8 +226,8 @@ class MissionEngine(Component):
                     self.stats["lease_lost"] += 1
                     self.log.warning("mission lease lost; stopped writing to it", mission=mid)
                     self.drop(mid, "lease lost", release=False)
-        if self.draining:
-            return
+        if self.draining or (self.watch is not None and self.watch.holding()):
+            return      # (just after a failover, owners re-assert their leases first)
         quota = math.ceil(len(active) / max(1, engines))
         if len(self.owned) > quota:
             excess = sorted((m for m in self.owned if m not in self.ticking),
@@ -264,8 +281,10 @@ class MissionEngine(Component):
             except (redis.RedisError, OSError) as e:
                 self.log.warning("mission notify subscription failed; reconnecting",
                                  error=str(e), retry_in_s=backoff)
+                if transient(e):        # Redis away is not a wedged daemon (watchdog)
+                    self.ctx.progress("missions.notify")
                 self.ctx.stopping.wait(timeout=backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
             finally:
                 if ps is not None:
                     try:

@@ -16,6 +16,7 @@ from typing import Callable
 import redis
 
 from tinytownd import logs
+from tinytownd.store import durability
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 from tinytownd.store.wire import utcnow
@@ -100,7 +101,10 @@ class TickIO:
         called once the writes are in, while `lock` is held. Returns WRITTEN, LEASE_LOST or
         DELETED."""
         for _ in range(MAX_TX_RETRIES):
-            with self.r.pipeline(transaction=True) as p:
+            # with redis.wait_replicas: WAIT after the EXEC (it creates tasks and their messages)
+            pipe = durability.wrap(getattr(self.town, "durability", None),
+                                   self.r.pipeline(transaction=True))
+            with pipe as p:
                 try:
                     p.watch(*self.store.tick_keys(mid))
                     if self.store.lock_owner(mid, client=p) != self.token:

@@ -51,7 +51,9 @@ class CliEnvCache:
     spawner keeps the encoded form of a dict by its identity. Callers must not modify it.
     """
 
-    def __init__(self, town: str, redis_url: str):
+    def __init__(self, town: str, redis_url):
+        """`redis_url`: a URL, or a function returning the current one (with Sentinels, the
+        primary of the moment)."""
         self.town = town
         self.redis_url = redis_url
         self._by_agent: dict[str, tuple] = {}
@@ -59,11 +61,12 @@ class CliEnvCache:
     def get(self, settings, prompt_path: str, config_path: str | None,
             usage_path: str | None = None) -> dict:
         src = os.environ._data   # type: ignore[attr-defined]  (bytes → bytes, no decoding)
-        sig = (settings.env, prompt_path, config_path, self.redis_url, settings.aid,
+        url = self.redis_url() if callable(self.redis_url) else self.redis_url
+        sig = (settings.env, prompt_path, config_path, url, settings.aid,
                settings.name, self.town, usage_path)
         c = self._by_agent.get(settings.aid)
         if c is None or c[0] != src or c[1] != sig:
-            c = (dict(src), sig, build(settings, town=self.town, redis_url=self.redis_url,
+            c = (dict(src), sig, build(settings, town=self.town, redis_url=url,
                                        config_path=config_path, prompt_path=prompt_path,
                                        usage_path=usage_path))
             self._by_agent[settings.aid] = c

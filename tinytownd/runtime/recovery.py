@@ -34,11 +34,15 @@ class Sweeper:
         while not rt.initial_done and not rt.stopping.is_set():
             rt.stopping.wait(0.1)
         rt.stopping.wait(min(rt.cfg.runtime.sweep_interval_s, 1.0))
+        failing = False
         while not rt.stopping.is_set():
             try:
                 self.sweep_once()
+                failing = False
             except redis.RedisError as e:
-                rt.log.warning("sweep failed", error=str(e))
+                if not failing:         # once per outage, not once per sweep
+                    rt.log.warning("sweep failed", error=str(e))
+                failing = True
             rt.progress("sweeper")
             rt.stopping.wait(rt.cfg.runtime.sweep_interval_s)
 

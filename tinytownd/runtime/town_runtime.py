@@ -27,6 +27,7 @@ from tinytownd.daemon.component import Component, Context
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.logs import get_logger
 from tinytownd.store.cli_state import CliState, describe
+from tinytownd.store.durability import Durability
 from tinytownd.store.leases import Leases, owner_token
 from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
@@ -81,7 +82,7 @@ class TownRuntime(Component):
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
-            progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
+            progress=self.progress, env=CliEnvCache(self.keys.town, lambda: ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
             patience=self.patience, cli_state=self.cli_state,
             workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline,
@@ -91,6 +92,16 @@ class TownRuntime(Component):
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
         ctx.extra["runtime"] = self
+        # redis.wait_replicas: WAIT after the writes that carry work (store/durability.py)
+        self.durability = Durability.from_config(ctx.config, self.log)
+        self.town.set_durability(self.durability)
+        self.scripts.durability = self.durability
+        # a new primary (failover, restart): leases re-validated first (daemon/failover.py)
+        self.watch = ctx.extra.get("watch")
+        if self.watch is not None:
+            self.watch.listen(self.primary_changed)
+            if self._own_block is not None:
+                self.watch.pools.append(self._own_block.connection_pool)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -186,6 +197,8 @@ class TownRuntime(Component):
         w = self.workers.get(aid)
         if w is not None and w.greenlet is not None and not w.greenlet.dead:
             return True
+        if self.watch is not None and self.watch.holding():
+            return False        # just after a failover: owners re-assert their leases first
         if not self.leases.acquire(aid):
             self.log.info("agent owned by another daemon; not started", agent=spec.name,
                           owner=self.leases.holder(aid))
@@ -220,6 +233,13 @@ class TownRuntime(Component):
         self.restart_at[w.aid] = time.monotonic() + delay
         self.log.error("agent worker crashed; restarting", agent=w.settings.name,
                        error=repr(g.exception), restart_in_s=delay)
+
+    def primary_changed(self) -> None:
+        """A new primary: hand back the kept script connections (a former primary's are
+        closed) and renew every held agent lease now (a lost one is taken back; one another
+        daemon holds stops that agent at once)."""
+        self.scripts.close()
+        self.agents.guarded(self.agents.beat)
 
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:
@@ -326,6 +346,7 @@ class TownRuntime(Component):
             vals = [a["queue"][q] for a in agents if a["queue"][q] is not None]
             return sum(vals) if vals or not agents else None
         out = {"agents": agents, "agents_running": len(self.alive()),
+               **({"wait": self.durability.status()} if self.durability else {}),
                "clis": {n: c for n, c in cache.get("clis", {}).items() if len(c) > 1},
                "queues": {"backlog": cache["totals"].get("backlog"),
                           "deadletter": cache["totals"].get("deadletter"),

@@ -31,7 +31,11 @@ tt:<town>:mission:active           set     ids of missions the dispatcher drives
 Daemon keys (tt ignores them): tt:<town>:tinytownd:…
 ----------------------------------------------------
 daemon:<instance>                  hash    a running daemon: pid host started_at heartbeat version
-                                           config_path; EXPIRE 3×lease ttl, refreshed by the daemon.
+                                           config_path agents (JSON list of the agent names it
+                                           runs now) primary (the Redis it writes to); EXPIRE
+                                           3×lease ttl, refreshed by the daemon. The daemon
+                                           registry: `tinytownd status --town` lists every daemon
+                                           attached to the town from these (SCAN daemon:*).
 lease:agent:<aid>                  string  instance id of the daemon that runs the agent; SET NX PX,
                                            renewed every ttl/3 by compare-and-set, released by
                                            compare-and-delete. No lease → nobody runs the agent.

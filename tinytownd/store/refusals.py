@@ -5,6 +5,8 @@
   readonly  a replica (after a failover, a demoted primary): writes go to the new primary
   loading   the server is still loading its data set after a restart
   busy      a script runs too long
+  unblocked a blocking command was ended because the server changed role (failover: the primary
+            was demoted)
 A multi-key write refused this way was not applied at all (it is a MULTI/EXEC or one script).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import redis
 
 _PREFIXES = {"OOM": "oom", "MISCONF": "misconf", "READONLY": "readonly", "LOADING": "loading",
-             "BUSY": "busy"}
+             "BUSY": "busy", "UNBLOCKED": "unblocked"}
 
 EXPLAIN = {
     "oom": "Redis is out of memory (maxmemory reached): it refused the write, nothing was applied",
@@ -21,6 +23,7 @@ EXPLAIN = {
     "readonly": "Redis is a read-only replica (READONLY): the write went nowhere",
     "loading": "Redis is still loading its data: try again shortly",
     "busy": "Redis is busy running a script: try again shortly",
+    "unblocked": "Redis changed role (a failover) while a command waited: try again",
 }
 
 

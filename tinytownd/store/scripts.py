@@ -25,6 +25,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from .durability import DURABLE
 from .packing import pack as _pack
 
 KEEP = 4   # connections the runtime's Scripts keeps out of its client's pool (fast path)
@@ -85,13 +86,14 @@ def composite_source(first: str, second: str) -> str:
 
 
 class Script:
-    __slots__ = ("owner", "name", "src", "sha")
+    __slots__ = ("owner", "name", "src", "sha", "durable")
 
     def __init__(self, owner: "Scripts", name: str, src: str | None = None):
         self.owner = owner
         self.name = name
         self.src = src if src is not None else source(name)
         self.sha = hashlib.sha1(self.src.encode()).hexdigest()
+        self.durable = name in DURABLE     # WAITed after when the owner has a Durability
 
     def __call__(self, keys=(), args=(), client=None):
         c = client if client is not None else self.owner.r
@@ -103,6 +105,8 @@ class Script:
             self.owner.reload()
         call = self.owner._call if c is self.owner.r and self.owner.keep else \
             (lambda *a: c.execute_command(*a))
+        if self.durable and self.owner.durability is not None:
+            call = (lambda *a: self.owner._call_durable(c, a))
         try:
             return call("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -117,6 +121,7 @@ class Scripts:
         self.r = r
         self.keep = keep
         self.loaded = False
+        self.durability = None     # store/durability.Durability: WAIT after DURABLE scripts
         self._free: list = []      # connections kept out of r's pool (fast path)
         self._pid = os.getpid()
         self._all = []
@@ -153,6 +158,28 @@ class Scripts:
             self._put(conn)
             raise
         self._put(conn)
+        return res
+
+    def _call_durable(self, client, cmd):
+        """`cmd` and a WAIT on one connection (kept, or from `client`'s pool); a broken
+        connection is retried on a fresh one with the pool's backoff, as redis-py would."""
+        if self._pid != os.getpid():
+            self._free, self._pid = [], os.getpid()
+        kept = client is self.r and self.keep
+        pool = client.connection_pool
+        conn = self._free.pop() if kept and self._free else pool.get_connection()
+        packed = _pack(cmd)
+        try:
+            res = conn.retry.call_with_retry(
+                lambda: self.durability.call(conn, packed), lambda _e: conn.disconnect())
+        except redis.ResponseError:
+            self._put(conn) if kept else pool.release(conn)
+            raise
+        except BaseException:
+            conn.disconnect()
+            self._put(conn) if kept else pool.release(conn)
+            raise
+        self._put(conn) if kept else pool.release(conn)
         return res
 
     def _put(self, conn) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from . import events, records
+from . import durability, events, records
 from .scripts import source
 from .wire import hash_ts, new_id
 
@@ -235,7 +235,7 @@ class TaskRecords:
                     timeout_s: float | None = None, meta: dict | None = None) -> str:
         """A pending task pushed on the backlog (RPUSH), plus a notify so idle agents claim it."""
         k = self.keys
-        p = self.r.pipeline(transaction=True)
+        p = durability.wrap(self.durability, self.r.pipeline(transaction=True))
         tid = self.create_task(description, tags=tags, pipe=p)
         m = _meta_fields(max_attempts, timeout_s, meta)
         if m:

@@ -34,7 +34,8 @@ ACTIVITY_TTL_S = 3600
 class Town(AgentRecords, TaskRecords):
     """Store operations for one town. Greenlet-safe (no state apart from the client)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, log=None, task_events: str = "lifecycle"):
+    def __init__(self, r: redis.Redis, keys: Keys, log=None, task_events: str = "lifecycle",
+                 durability=None):
         self.r = r
         self.keys = keys
         # which per-task events to write (config runtime.task_events; its owner sets it):
@@ -45,26 +46,40 @@ class Town(AgentRecords, TaskRecords):
             log = get_logger("town", town=keys.town)
         self.log = log
         self.scripts = Scripts(r)
+        self.durability = None
+        self.set_durability(durability)
+
+    def set_durability(self, durability) -> None:
+        """store/durability.Durability (or None): WAIT after the writes that carry work."""
+        self.durability = durability
+        self.scripts.durability = durability
 
     # ------------------------------------------------------------------ raw writes
     def send_raw(self, cmds: list[tuple], *, transaction: bool = False) -> list:
         """Send many commands in one write and read the replies (a lean pipeline: hiredis
         packing, no per-command redis-py bookkeeping). Raises the first error reply after
         reading them all. With `transaction`, the commands go inside MULTI/EXEC and the reply
-        is EXEC's (an error queueing any command aborts them all)."""
+        is EXEC's (an error queueing any command aborts them all); every such write creates or
+        assigns tasks, so with a Durability it is followed by a WAIT (store/durability.py)."""
+        dur = self.durability if transaction else None
         if transaction:
             cmds = [("MULTI",), *cmds, ("EXEC",)]
         pool = self.r.connection_pool
         conn = pool.get_connection()
         out, err = [], None
         try:
-            conn.send_packed_command([b"".join([_pack(c) for c in cmds])])
+            packed = [b"".join([_pack(c) for c in cmds])]
+            if dur is not None:
+                packed.append(dur.packed())
+            conn.send_packed_command(packed)
             for _ in cmds:
                 try:
                     out.append(conn.read_response())
                 except redis.ResponseError as e:
                     err = err or e
                     out.append(e)
+            if dur is not None:
+                dur.read(conn)
         except BaseException:
             conn.disconnect()
             raise
