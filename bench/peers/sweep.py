@@ -39,7 +39,10 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("huey", {"k": "thread", "w": "16"}),
     ("huey", {"k": "process"}),
     ("huey", {"k": "greenlet"}),
+    ("huey", {"k": "process", "w": "16"}),
     ("rq", {}),
+    ("rq", {"worker": "rq.worker.Worker"}),
+    ("rq", {"pool": "1"}),
 ]
 
 

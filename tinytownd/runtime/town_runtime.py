@@ -29,6 +29,7 @@ from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
 
+from . import gc_tuning
 from . import settings as agent_settings
 from .agents_service import AgentsService
 from .backlog import BacklogClaims
@@ -227,6 +228,7 @@ class TownRuntime(Component):
         self.leases.release_all(self.specs)
         self.scripts.close()
         self.lifeline.close()
+        gc_tuning.release()
         if self._own_block is not None:
             try:
                 self._own_block.connection_pool.disconnect()
