@@ -64,8 +64,7 @@ try:
     sys.stdin.readline()                   # go
     th0 = time.thread_time()
     t0 = time.time()
-    batch.subscribe(); batch.write_meta(); batch.submit(on_chunk=batch.feed)
-    batch.start_dispatch(fresh=True)
+    batch.subscribe(); batch.write_meta(); batch.start(resume=False)   # as `tinytownd batch`
     assert batch.follow()
     t1 = time.time()
     th1 = time.thread_time()

@@ -4,11 +4,13 @@
     dramatiq-gevent peers.jobs_dramatiq -p <cores> -t 4
 
 Defaults: `-p` = the number of cores (dramatiq's own default and its guide's "as many processes as
-there are CPU cores"), `-t 4` (the issue's configuration; the sweep in BENCHMARKS.md found 8, the
-default, no faster), the queue prefetch dramatiq computes (2 × threads). Options a run may set:
-`worker_timeout` (ms, env dramatiq_worker_timeout: the longest an idle consumer sleeps between
-polls, default 1000) and `prefetch` (env dramatiq_queue_prefetch). Jobs are sent with
-`actor.send()`, one Redis call each (dramatiq has no bulk enqueue).
+there are CPU cores"), `-t 4` (the issue's configuration; run_all also runs `-t 8`, dramatiq's
+default), the queue prefetch dramatiq computes (2 × threads), and `dramatiq_worker_timeout=100`
+(ms; dramatiq's default 1000 is how long an idle consumer waits between polls: the bench's idle
+half-second before the clock would otherwise cost dramatiq up to a second of its run, which a
+busy queue never sees). Options a run may set: `worker_timeout` and `prefetch` (env
+dramatiq_queue_prefetch). Jobs are sent with `actor.send()`, one Redis call each (dramatiq has
+no bulk enqueue).
 """
 from __future__ import annotations
 
@@ -21,9 +23,7 @@ from peers.harness import Peer, bin_path
 def make(lab, w: int, opts: dict, gevent: bool = False) -> Peer:
     p = int(opts.get("p", os.cpu_count() or 2))
     t = int(opts.get("t", 4))
-    env = {}
-    if "worker_timeout" in opts:
-        env["dramatiq_worker_timeout"] = str(opts["worker_timeout"])
+    env = {"dramatiq_worker_timeout": str(opts.get("worker_timeout", 100))}
     if "prefetch" in opts:
         env["dramatiq_queue_prefetch"] = str(opts["prefetch"])
     os.environ.update(env)
