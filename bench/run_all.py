@@ -374,6 +374,13 @@ def render(rows: list[tuple], head=("section", "measure", "value", "reference", 
     return "\n".join(lines)
 
 
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def versions() -> dict:
     import gevent
     import redis
@@ -424,6 +431,8 @@ def main() -> int:
     only = set(filter(None, a.only.split(",")))
     res: dict = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "argv": sys.argv[1:], "n": a.n, "workers": a.w, **versions()}}
+    res["meta"]["uptime_start"] = uptime()
+    log(f"uptime at the start: {res['meta']['uptime_start']}")
     t0 = time.monotonic()
     for name in SECTIONS:
         if name in skip or (only and name not in only):
@@ -435,10 +444,13 @@ def main() -> int:
             res[name] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{name} failed: {e}")
     res["meta"]["wall_s"] = round(time.monotonic() - t0, 1)
+    res["meta"]["uptime_end"] = uptime()
     out = a.out or os.path.join(HERE, "results", time.strftime("run_all-%Y%m%d-%H%M%S.json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
+    print(f"uptime at the start: {res['meta']['uptime_start']}")
+    print(f"uptime at the end:   {res['meta']['uptime_end']}\n")
     print(render(table(res)))
     runs = runs_table(res)
     if runs:
