@@ -11,7 +11,8 @@ import importlib
 
 from . import __version__, exitcodes
 
-AREAS = ("daemon_cmds", "town_cmds", "mission_cmds", "batch_cmd")
+AREAS = ("daemon_cmds", "town_cmds", "mission_cmds", "batch_cmd", "workspace_cmds",
+         "agent_cli_cmds")
 
 
 class Parser(argparse.ArgumentParser):

@@ -18,12 +18,29 @@ def test_percentile_and_summary():
              "result": None}]
     doc = progress.summarize("B1", rows, wall_s=4.0)
     assert doc["totals"] == {"total": 3, "completed": 1, "failed": 1, "cancelled": 0,
-                             "running": 0, "queued": 1}
+                             "running": 0, "queued": 1, "cost_usd": 0, "input_tokens": 0,
+                             "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+                             "turns": 0}
     assert doc["duration_p50_s"] == 1.0 and doc["attempts_total"] == 4
     table = progress.render_table(doc)
     assert "batch B1: 1/3 completed, 1 failed" in table
     lines = table.splitlines()
     assert lines[4].startswith("b ") and "boom" in lines[4]  # failures first
+    assert "COST" not in table                                # no CLI reported a cost
+
+
+def test_summary_usage_totals_and_cost_column():
+    rows = [{"id": "a", "state": "completed", "attempts": 1, "cost_usd": 0.25,
+             "input_tokens": 100, "output_tokens": 10},
+            {"id": "b", "state": "completed", "attempts": 2, "cost_usd": 0.5, "input_tokens": 7,
+             "turns": 3, "failures": ["rate_limited"]}]
+    doc = progress.summarize("B2", rows, wall_s=1.0)
+    t = doc["totals"]
+    assert t["cost_usd"] == 0.75 and t["input_tokens"] == 107 and t["output_tokens"] == 10
+    assert t["turns"] == 3 and t["cached_tokens"] == 0
+    table = progress.render_table(doc)
+    assert "cost $0.7500, 107 in / 10 out tokens" in table
+    assert "COST" in table and "$0.2500" in table
 
 
 def test_json_progress_lines():

@@ -165,3 +165,42 @@ def test_a_refused_assign_applied_nothing_and_says_why(env):
     inbox = r.lrange(k.inbox(aid), 0, -1)
     assert len(tasks) == len(inbox) == codes.index(74)     # nothing half-written
     assert {json.loads(m)["task_id"] for m in inbox} == {t["id"] for t in tasks}
+
+
+def test_task_show_agents_resume_cli_with_usage_and_cli_state(env):
+    """`task show` prints the usage summed over attempts and the class of each failed round;
+    `agents` the agent's cost and its CLI's pause; `resume-cli` ends it (65 for an unknown CLI)."""
+    from tinytownd.store.cli_state import CliState
+
+    town, k = env["town"], env["town"].keys
+    aid = town.register_agent("w", role="worker", cli="claude")
+    tid = town.assign(aid, "x")
+    town.r.hset(k.task_meta(tid), mapping={
+        "input_tokens": "1200", "output_tokens": "340", "cost_usd": "0.0123", "turns": "2",
+        "model": "claude-sonnet-4-5", "session_id": "s-1", "last_class": "rate_limited",
+        "failures": json.dumps([{"class": "rate_limited", "error": "exit status 75",
+                                 "at": "2026-12-02T00:00:00Z"},
+                                {"class": "error", "error": "exit status 1",
+                                 "at": "2026-12-02T00:00:01Z"}])})
+    town.r.hset(k.agent_info(aid), mapping={"cost_usd": "0.5", "input_tokens": "10"})
+    shown = jcli(env, "task", "show", tid)
+    assert shown["usage"] == {"input_tokens": 1200, "output_tokens": 340, "cost_usd": 0.0123,
+                              "turns": 2, "model": "claude-sonnet-4-5", "session_id": "s-1"}
+    assert [f["class"] for f in shown["failures"]] == ["rate_limited", "error"]
+    r = cli(env, "task", "show", tid)
+    assert "usage: $0.0123, 1200 in / 340 out tokens, 2 turns" in r.stdout
+    assert "failed round 1: [rate_limited] exit status 75" in r.stdout
+    CliState(town.r, k).pause("claude", "Invalid API key")
+    agents = jcli(env, "agents")
+    assert agents[0]["usage"]["cost_usd"] == 0.5
+    assert agents[0]["cli_state"]["paused"] and agents[0]["cli_state"]["paused_reason"] == \
+        "Invalid API key"
+    r = cli(env, "agents")
+    assert "PAUSED (Invalid API key)" in r.stdout and "$0.5000" in r.stdout
+    r = cli(env, "resume-cli", "claude")
+    assert r.returncode == 0 and "resumed (was paused: Invalid API key)" in r.stdout
+    assert not town.r.exists(k.cli("claude"))
+    r = cli(env, "resume-cli", "claude")
+    assert r.returncode == 0 and "neither paused nor cooling down" in r.stdout
+    r = cli(env, "resume-cli", "nope")
+    assert r.returncode == 65 and "unknown agent CLI 'nope'" in r.stderr

@@ -19,6 +19,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def cmdline(pid) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:           # (gone meanwhile)
+        return b""
+
+
 def pids(path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
@@ -89,8 +97,7 @@ def test_a_restarted_daemon_ends_the_crashed_round_before_running_it_again(redis
         wait_for(lambda: runs.exists(), 15, what="the CLI running")
         time.sleep(0.3)                     # (the watcher saves its list every 0.1 s)
         watcher = [p for p in os.listdir("/proc") if p.isdigit() and
-                   b"lifeline_watcher" in open(f"/proc/{p}/cmdline", "rb").read()
-                   and str(d.root) in open(f"/proc/{p}/cmdline", "rb").read().decode()]
+                   b"lifeline_watcher" in cmdline(p) and str(d.root).encode() in cmdline(p)]
         assert watcher, "no lifeline watcher"
         for p in watcher:
             os.kill(int(p), signal.SIGKILL)
@@ -105,3 +112,26 @@ def test_a_restarted_daemon_ends_the_crashed_round_before_running_it_again(redis
     finally:
         d.terminate()
         d.cleanup()
+
+
+def test_a_recorded_group_whose_leader_exited_is_still_ended(tmpdir_short):
+    """The crashed round's shell has finished but its background child still runs in its group
+    (and may hold the task's files): a starting daemon ends it too."""
+    import json
+    import subprocess
+
+    from tinytownd.runtime import lifeline, lifeline_watcher
+    sh = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!"], stdout=subprocess.PIPE,
+                          start_new_session=True)
+    child = int(sh.stdout.readline())
+    state = tmpdir_short / "cli-groups.json"
+    state.write_text(json.dumps({str(sh.pid): lifeline_watcher.start_time(sh.pid)}))
+    sh.wait(10)
+    try:
+        assert alive(child)
+        assert lifeline.end_recorded(state) == 1
+        wait_for(lambda: not alive(child), 10, what="the leaderless group ended")
+        assert not state.exists()
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -345,7 +345,7 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
                k.agent_lease(aid), k.delayed, k.agent(aid), k.agent_info(aid), k.activity(aid),
                k.events, k.agent_events(aid)]
     ok_args = [k.prefix, "2026-01-01T00:00:00+00:00", "done", "", "", "", "", "", k.notify, "",
-               "{}", "Round 1: ok", rt.owner, 1000, 100, 500]
+               "{}", "Round 1: ok", rt.owner, 1000, 100, 500, ""]
     fin, pre = rt.scripts.round_ok_take(
         keys=ok_keys + w.take_keys,
         args=[len(ok_keys), len(ok_args), *ok_args, *w.take_args()])

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from tinytownd import config as cfgmod
+from tinytownd.config.load import workspace_problems
 from tinytownd.store import fit
 
 from .file import BatchFile, BatchFileError, UsageError, did_you_mean
@@ -45,6 +46,36 @@ def agent_sections(bf: BatchFile, *, agents: int | None, cli: str | None) -> tup
     clis = dict(bf.agent_clis) if isinstance(bf.agent_clis, dict) else bf.agent_clis
     if not isinstance(clis, dict):
         raise BatchFileError(bf.path, "agent_clis", "must be a mapping of CLI name → {command: …}")
+    clis, specs = _agent_sections(bf, clis, agents=agents, cli=cli)
+    return clis, _with_workspace(bf, clis, specs)
+
+
+def _with_workspace(bf: BatchFile, clis: dict, specs: list) -> list:
+    """The file's `workspace:` keys go into every agent entry, below the keys its CLI and the
+    entry itself give; a relative `repo` is relative to the current directory (as workdir)."""
+    def absolute(ws):
+        if isinstance(ws, dict) and isinstance(ws.get("repo"), str):
+            return {**ws, "repo": os.path.abspath(os.path.expanduser(ws["repo"]))}
+        return ws
+    for name, c in list(clis.items()):
+        if isinstance(c, dict) and "workspace" in c:
+            clis[name] = {**c, "workspace": absolute(c["workspace"])}
+    top = absolute(bf.workspace) or {}
+    for s in specs:
+        if not isinstance(s, dict):
+            continue
+        own = absolute(s.get("workspace"))
+        c = clis.get(s.get("cli"))
+        cli_ws = c.get("workspace") if isinstance(c, dict) else None
+        cli_keys = set(cli_ws) if isinstance(cli_ws, dict) else set()
+        if top or own is not None:
+            base = {k: v for k, v in top.items() if k not in cli_keys}
+            s["workspace"] = {**base, **own} if isinstance(own, dict) else (own or base)
+    return specs
+
+
+def _agent_sections(bf: BatchFile, clis: dict, *, agents: int | None,
+                    cli: str | None) -> tuple[dict, list]:
     known = {**{k: None for k in cfgmod.BUILTIN_CLIS}, **clis}
     cli_name = None
     if cli:
@@ -94,6 +125,9 @@ def check_agents(bf: BatchFile, clis: dict, agents: list, *, town_root: str = "/
     except cfgmod.ConfigError as e:
         key, msg = e.problems[0]
         raise BatchFileError(bf.path, key, msg) from None
+    problems = workspace_problems(cfg)     # worktree mode: a git repository we can write to
+    if problems:
+        raise BatchFileError(bf.path, *problems[0])
     known = cfg.clis()
     for i, a in enumerate(cfg.agents):
         if a.cli not in known:

@@ -44,6 +44,8 @@ class DispatchedBatch(TaskBatch):
         self._refill = None                           # the pending _dispatch_soon greenlet
         self._recounts = 0
         self._spec_by_id = None                       # file id -> TaskSpec
+        self.blocked_aids: set = set()                # agents of a paused CLI (batch/guard.py)
+        self.gate = None                              # () -> False: hand out nothing (budget)
 
     def start(self, *, resume: bool) -> tuple[int, int, int]:
         if not resume and not self.submitted_before():
@@ -180,7 +182,7 @@ class DispatchedBatch(TaskBatch):
         picks: list[tuple[str, str]] = []
         for depth in range(1, PREFETCH + 1):
             for aid in self.agent_words:
-                if len(self.handed[aid]) >= depth or not self.queue:
+                if len(self.handed[aid]) >= depth or not self.queue or aid in self.blocked_aids:
                     continue
                 idx = next((i for i, tid in enumerate(self.queue[:FIT_SCAN])
                             if self._fits(tid, aid)), None)
@@ -194,7 +196,7 @@ class DispatchedBatch(TaskBatch):
 
     def dispatch(self) -> int:
         """Hand out what fits, in one MULTI/EXEC; how many tasks went out."""
-        if not self.dispatching:
+        if not self.dispatching or (self.gate is not None and not self.gate()):
             return 0
         if self._handed_back:
             back, self._handed_back = self._handed_back, []

@@ -14,6 +14,8 @@ A batch file (YAML) is either a task list or a mission (the missions file format
     name: "..."                                       # optional
     agent_clis: {NAME: {command: ..., timeout_s, max_attempts, env}}   # as in the daemon config
     agents: [{name, role, cli, count}]                                 # as in the daemon config
+    workspace: {mode: worktree, ...}   # optional: every agent's workspace keys, below the CLI's
+                                       # and the agent entry's own (README "Agent workspaces")
 
 A mission file has `objective`, `policy`, `work_items` (and `title`) instead of `tasks`; its graph
 is checked by the missions compiler (batch/mission.py). The agent sections stay raw YAML here:
@@ -33,7 +35,7 @@ import yaml
 
 TASK_KEYS = ("id", "description", "role", "tags", "timeout_s", "max_attempts")
 DEFAULT_KEYS = ("role", "tags", "timeout_s", "max_attempts")
-TOP_KEYS_TASKS = ("tasks", "defaults", "agent_clis", "agents", "name")
+TOP_KEYS_TASKS = ("tasks", "defaults", "agent_clis", "agents", "name", "workspace")
 MISSION_KEYS = ("objective", "policy", "work_items", "title")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
@@ -75,6 +77,7 @@ class BatchFile:
     mission: dict | None = None                      # the raw mission document
     digest: str = ""                                 # of the parsed document
     name: str | None = None
+    workspace: dict = field(default_factory=dict)    # raw YAML (checked as agents' keys)
 
     def by_id(self) -> dict[str, TaskSpec]:
         return {t.id: t for t in self.tasks}
@@ -173,14 +176,14 @@ def _mission(data: dict, path: str, digest: str) -> BatchFile:
     if "tasks" in data:
         raise BatchFileError(path, "tasks", "a file is either a task list or a mission "
                                             "(work_items), not both")
-    allowed = MISSION_KEYS + ("agent_clis", "agents")
+    allowed = MISSION_KEYS + ("agent_clis", "agents", "workspace")
     for k in data:
         if k not in allowed:
             raise BatchFileError(path, str(k), f"unknown key{did_you_mean(k, allowed)}")
     mission = {k: v for k, v in data.items() if k in MISSION_KEYS}
     return BatchFile(path=path, kind="mission", mission=mission,
                      agent_clis=data.get("agent_clis") or {}, agents=data.get("agents") or [],
-                     digest=digest)
+                     digest=digest, workspace=_workspace(data, path))
 
 
 def parse(data: Any, path: str = "<batch>") -> BatchFile:
@@ -214,7 +217,17 @@ def parse(data: Any, path: str = "<batch>") -> BatchFile:
     tasks = [_task(spec, i, defaults, seen, path) for i, spec in enumerate(tasks_raw)]
     return BatchFile(path=path, kind="tasks", tasks=tasks,
                      agent_clis=data.get("agent_clis") or {}, agents=data.get("agents") or [],
-                     digest=digest, name=name)
+                     digest=digest, name=name, workspace=_workspace(data, path))
+
+
+def _workspace(data: dict, path: str) -> dict:
+    ws = data.get("workspace")
+    if ws is None:
+        return {}
+    if not isinstance(ws, dict):
+        raise BatchFileError(path, "workspace", "must be a mapping of workspace keys (mode, "
+                                                "repo, base, branch, dir, commit, keep, setup)")
+    return dict(ws)
 
 
 def load(path: str) -> BatchFile:

@@ -11,7 +11,8 @@ release.
 
 Exit codes (tinytownd.exitcodes): OK every task completed, FAILURE some failed, BATCH_USAGE a usage
 error or an invalid file, UNAVAILABLE Redis or a daemon unavailable, TEMPFAIL interrupted (Ctrl-C /
-SIGTERM: drained, resumable with --resume ID).
+SIGTERM, the cost budget reached, an agent CLI paused, cooldowns past --max-wait: drained,
+resumable with --resume ID; batch/guard.py).
 """
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ from tinytownd.daemon.redis_clients import RedisUnavailable, check_server, make_
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
+from . import artifacts
 from .agents import agent_sections, check_agents, embedded_config, roster
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
 from .follow import Batch
+from .guard import Guard, resume_hint
 from .mission import MissionBatch, check_mission
 from .progress import Reporter, dumps, make_reporter, render_table, summarize
 from .tasks import TaskBatch
@@ -66,9 +69,22 @@ def _err(msg: str) -> None:
     print(f"tinytownd batch: {msg}", file=sys.stderr, flush=True)
 
 
+MAX_COST_USD = 1e6           # --max-cost-usd
+MAX_WAIT_S = 7 * 86400       # --max-wait
+
+
+def check_limits(args) -> None:
+    """--max-cost-usd and --max-wait: positive and bounded."""
+    for opt, v, hi in (("--max-cost-usd", getattr(args, "max_cost_usd", None), MAX_COST_USD),
+                       ("--max-wait", getattr(args, "max_wait", None), MAX_WAIT_S)):
+        if v is not None and not (0 < v <= hi):
+            raise UsageError(f"{opt} {v:g}: must be a number in (0, {hi:g}]")
+
+
 def main(args) -> int:
     """`tinytownd batch` (args from commands/batch_cmd.py). Returns the exit code."""
     try:
+        check_limits(args)
         bf = load(args.file)
         batch_id = check_batch_id(args.resume or args.batch_id or new_batch_id())
         if bf.kind == "mission":
@@ -130,13 +146,21 @@ def _run(mode: "Mode") -> int:
                 new, old, lost = batch.start(resume=mode.resume)
                 batch.log.info("batch submitted", new=new, existing=old, requeued=lost,
                                submit_s=round(batch.submit_s, 3))
-                done = batch.follow(stop_event=stopper.requested)
+                guard = Guard(batch, reporter, stopper.requested, agent_clis=mode.agent_clis(),
+                              max_cost_usd=getattr(mode.args, "max_cost_usd", None),
+                              max_wait_s=getattr(mode.args, "max_wait", None),
+                              on_stop=lambda d: setattr(stopper, "signame", d.stop)).start()
+                try:
+                    done = batch.follow(stop_event=stopper.requested)
+                finally:
+                    guard.stop()
                 if not done:
                     mode.drain(batch, stopper)
                 batch.set_state("done" if done else "interrupted")
                 reporter.finish(batch.counts())
                 return _summarise(batch, reporter, mode, wall_s=time.monotonic() - t0,
-                                  interrupted=not done, at_once=stopper.at_once.is_set())
+                                  interrupted=not done, at_once=stopper.at_once.is_set(),
+                                  guard=guard)
             finally:
                 batch.close()
                 mode.close(graceful=not stopper.at_once.is_set())
@@ -155,28 +179,52 @@ def exit_code(totals: dict, interrupted: bool) -> int:
 
 
 def _summarise(batch: Batch, reporter: Reporter, mode: "Mode", *, wall_s: float,
-               interrupted: bool, at_once: bool) -> int:
+               interrupted: bool, at_once: bool, guard: Guard | None = None) -> int:
     """Write the summary (--summary, the table, the last progress line); the exit code."""
     args = mode.args
-    doc = summarize(batch.id, batch.rows(), wall_s=wall_s,
-                    extra={"mode": mode.name, "file": os.path.abspath(batch.file.path),
-                           "submit_s": round(batch.submit_s, 3), "interrupted": interrupted,
-                           **mode.summary_extra()})
+    stop = guard.decision if guard is not None and guard.decision.stop else None
+    extra = {"mode": mode.name, "file": os.path.abspath(batch.file.path),
+             "submit_s": round(batch.submit_s, 3), "interrupted": interrupted,
+             **mode.summary_extra()}
+    if stop is not None:
+        extra["stopped"] = {"reason": stop.stop, "message": stop.message,
+                            "spent_usd": round(guard.spent_usd, 6)}
+        batch.set_state("interrupted", stop_reason=stop.stop)
+    doc = summarize(batch.id, batch.rows(), wall_s=wall_s, extra=extra)
+    if getattr(batch, "mission_id", None):     # a mission's usage is summed on its meta
+        doc["totals"].update(_mission_usage(batch))
     totals = doc["totals"]
     code = doc["exit_code"] = exit_code(totals, interrupted)
+    notes = artifacts.write(batch, doc, patches_dir=getattr(args, "patches", None),
+                            junit_path=getattr(args, "junit", None))
     if args.summary:
         _write_summary(args.summary, doc)
     table = render_table(doc)
+    if notes:
+        table += "\n" + "\n".join(notes)
     if interrupted:
         # one signal drains (running rounds finish); a second one stops at once
         how = "stopped" if at_once else "drained"
-        table += (f"\ninterrupted ({how}): continue with"
+        why, hint = "interrupted", ""
+        if stop is not None:
+            why, hint = f"stopped: {stop.message}\n", resume_hint(stop.stop, list(stop.paused))
+        table += (f"\n{why} ({how}): {hint}continue with"
                   f"  tinytownd batch {batch.file.path} --resume {batch.id}"
                   + (f" --dir {args.dir}" if args.dir else ""))
     reporter.summary(table, batch_id=batch.id, totals=totals, exit_code=code,
                      wall_time_s=doc["wall_time_s"], duration_p50_s=doc["duration_p50_s"],
                      duration_p95_s=doc["duration_p95_s"], summary_path=args.summary)
     return code
+
+
+def _mission_usage(batch) -> dict:
+    from tinytownd.runtime.agent_cli.usage import usage_view
+
+    from .progress import USAGE_SUMMED
+
+    got = usage_view(dict(zip(USAGE_SUMMED, batch.redis.hmget(
+        batch.keys.mission_meta(batch.mission_id), USAGE_SUMMED))))
+    return {k: got.get(k, 0) for k in USAGE_SUMMED}
 
 
 def _write_summary(path: str, doc: dict) -> None:
@@ -219,6 +267,10 @@ class Mode:
         """The batch is over: stop what open() started."""
 
     def summary_extra(self) -> dict:
+        return {}
+
+    def agent_clis(self) -> dict[str, str]:
+        """Agent name → agent CLI of the agents that run the batch (batch/guard.py)."""
         return {}
 
     def release(self) -> None:
@@ -320,6 +372,9 @@ class Embedded(Mode):
     def summary_extra(self) -> dict:
         return {"dir": str(self.root), "agents": self._n_agents()}
 
+    def agent_clis(self) -> dict[str, str]:
+        return {a.name: a.cli for a in self.cfg.expanded_agents()}
+
     def release(self) -> None:
         self.lock.release()
 
@@ -411,6 +466,11 @@ class Submit(Mode):
 
     def summary_extra(self) -> dict:
         return {"town": self.cfg.town.name}
+
+    def agent_clis(self) -> dict[str, str]:
+        agents = Town(self.clients.cmd, self.keys).list_agents()
+        return {a["name"]: a["cli"] for a in agents if a.get("name") and a.get("cli")
+                and a.get("state") not in ("stopped", "error", "cold")}
 
     def release(self) -> None:
         if self.clients is not None:

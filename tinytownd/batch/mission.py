@@ -17,6 +17,8 @@ from tinytownd.missions.storage import MissionStore
 from tinytownd.store import records
 from tinytownd.store.wire import TASK_TERMINAL
 
+from tinytownd.workspaces.records import summary_fields
+
 from .file import BatchFile, BatchFileError
 from .follow import Batch, duration_s
 from .progress import Counts
@@ -163,6 +165,11 @@ class MissionBatch(Batch):
     def rows(self) -> list[dict]:
         self.recount()
         latest, n_tasks = self._latest_tasks()
+        p = self.redis.pipeline(transaction=False)
+        wids = [w for w in self.ids.values() if latest.get(w, {}).get("id")]
+        for wid in wids:
+            p.hgetall(self.keys.task_meta(latest[wid]["id"]))
+        metas = dict(zip(wids, p.execute())) if wids else {}
         out = []
         stuck = self.counts().queued == 0
         for fid, wid in self.ids.items():
@@ -182,5 +189,6 @@ class MissionBatch(Batch):
                         "agent": self._agent_name(getattr(it, "assigned_to", None)
                                                   or h.get("assigned_to")),
                         "duration_s": duration_s(h), "result": h.get("result"),
-                        "started_at": h.get("started_at"), "completed_at": h.get("completed_at")})
+                        "started_at": h.get("started_at"), "completed_at": h.get("completed_at"),
+                        **summary_fields(metas.get(wid) or {})})
         return out

@@ -271,6 +271,7 @@ def summarize(batch_id: str, rows: Iterable[dict], *, wall_s: float,
             if t.get("state") == "completed" and t.get("duration_s") is not None]
     all_durs = [t["duration_s"] for t in tasks if t.get("duration_s") is not None]
     p50, p95 = percentile(durs or all_durs, 50), percentile(durs or all_durs, 95)
+    totals.update(usage_totals(tasks))
     doc = {
         "batch_id": batch_id,
         "ok": totals["completed"] == totals["total"],
@@ -285,6 +286,34 @@ def summarize(batch_id: str, rows: Iterable[dict], *, wall_s: float,
     if extra:
         doc.update(extra)
     return doc
+
+
+USAGE_SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cached_tokens",
+                "cache_write_tokens", "turns")
+
+
+def usage_totals(rows: Iterable[dict]) -> dict:
+    """The sums of the rows' usage (cost_usd, input_tokens, …): 0 for what no row reported."""
+    out: dict = {k: 0 for k in USAGE_SUMMED}
+    for r in rows:
+        for k in USAGE_SUMMED:
+            v = r.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] += v
+    out["cost_usd"] = round(float(out["cost_usd"]), 6)
+    return out
+
+
+def usage_line(t: dict) -> str:
+    """`cost $0.1234, 1200 in / 340 out / 800 cached tokens` ('' when nothing was reported)."""
+    parts = []
+    if t.get("cost_usd"):
+        parts.append(f"cost ${t['cost_usd']:.4f}")
+    tok = [f"{t[k]} {w}" for k, w in (("input_tokens", "in"), ("output_tokens", "out"),
+                                      ("cached_tokens", "cached")) if t.get(k)]
+    if tok:
+        parts.append(" / ".join(tok) + " tokens")
+    return ", ".join(parts)
 
 
 def _cell(v: Any, width: int) -> str:
@@ -305,27 +334,49 @@ def render_table(summary: dict, *, max_rows: int = 20) -> str:
         f"task duration p50 {_fmt_s(summary.get('duration_p50_s'))}  "
         f"p95 {_fmt_s(summary.get('duration_p95_s'))}  attempts {summary.get('attempts_total', 0)}",
     ]
+    if usage_line(t):
+        lines.append(usage_line(t))
     tasks = summary["tasks"]
     if not tasks:
         return "\n".join(lines)
     order = {"failed": 0, "cancelled": 1, "running": 2, "assigned": 3, "pending": 4, "completed": 5}
     rows = sorted(tasks, key=lambda r: order.get(r.get("state") or "pending", 4))
     shown = rows[:max_rows]
-    header = ("ID", "STATE", "TRIES", "AGENT", "SECS", "RESULT")
+    costs = any("cost_usd" in r for r in tasks)   # the COST column, when a CLI reports one
+    header = ("ID", "STATE", "TRIES", "AGENT", "SECS") + (("COST",) if costs else ()) + \
+        ("RESULT",)
     widths = [max(2, min(24, max(len(str(r.get("id"))) for r in shown))), 9, 5,
-              max(5, min(20, max(len(str(r.get("agent") or "")) for r in shown))), 7, 50]
+              max(5, min(20, max(len(str(r.get("agent") or "")) for r in shown))), 7] + \
+        ([9] if costs else []) + [50]
+    branches = any(r.get("base") for r in tasks)      # workspaces on: BRANCH and its diffstat
+    if branches:
+        header = header[:5] + ("BRANCH", "CHANGES") + header[5:]
+        widths[5:5] = [max(6, min(40, max(len(str(r.get("branch") or "-")) for r in shown))), 11]
+        widths[-1] = 36
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines.append("")
     lines.append(fmt.format(*header).rstrip())
     for r in shown:
-        lines.append(fmt.format(
-            _cell(r.get("id"), widths[0]), _cell(r.get("state"), widths[1]),
-            _cell(r.get("attempts"), widths[2]), _cell(r.get("agent") or "-", widths[3]),
-            _cell("-" if r.get("duration_s") is None else f"{r['duration_s']:.2f}", widths[4]),
-            _cell(r.get("result") or "", widths[5])).rstrip())
+        cells = [_cell(r.get("id"), widths[0]), _cell(r.get("state"), widths[1]),
+                 _cell(r.get("attempts"), widths[2]), _cell(r.get("agent") or "-", widths[3]),
+                 _cell("-" if r.get("duration_s") is None else f"{r['duration_s']:.2f}",
+                       widths[4])]
+        if branches:
+            cells += [_cell(r.get("branch") or "-", widths[5]), _cell(diffstat(r), widths[6])]
+        if costs:
+            cells.append(_cell(f"${r['cost_usd']:.4f}" if "cost_usd" in r else "-", 9))
+        cells.append(_cell(r.get("result") or "", widths[-1]))
+        lines.append(fmt.format(*cells).rstrip())
     if len(rows) > len(shown):
         lines.append(f"… {len(rows) - len(shown)} more (all in --summary JSON)")
     return "\n".join(lines)
+
+
+def diffstat(row: dict) -> str:
+    """`3f +12 -4` (files, insertions, deletions of the task's branch), `-` without changes."""
+    if not row.get("files_changed"):
+        return "-"
+    return f"{row['files_changed']}f +{row.get('insertions') or 0} -{row.get('deletions') or 0}"
 
 
 def _fmt_s(v: float | None) -> str:

@@ -13,8 +13,11 @@ import time
 
 import gevent
 
+from tinytownd.runtime.agent_cli.usage import USAGE_FIELDS, usage_view
 from tinytownd.store import fit
 from tinytownd.store.wire import TASK_TERMINAL
+
+from tinytownd.workspaces.records import summary_fields
 
 from .follow import Batch, duration_s
 
@@ -216,5 +219,20 @@ class TaskBatch(Batch):
                 "agent": self._agent_name(task.get("assigned_to") or meta.get("agent")),
                 "duration_s": duration_s(task), "result": task.get("result"),
                 "started_at": task.get("started_at"), "completed_at": task.get("completed_at"),
+                **summary_fields(meta),
                 **({"error": meta["last_error"]} if meta.get("last_error") and
-                   st != "completed" else {})}
+                   st != "completed" else {}),
+                **usage_view({f: meta.get(f) for f in USAGE_FIELDS}),
+                **_failure_classes(meta)}
+
+
+def _failure_classes(meta: dict) -> dict:
+    """{"failures": [class of each failed round, oldest first]} (nothing when none failed)."""
+    import json
+
+    try:
+        got = json.loads(meta.get("failures") or "[]")
+    except ValueError:
+        return {}
+    classes = [f.get("class") for f in got if isinstance(f, dict)] if isinstance(got, list) else []
+    return {"failures": classes} if classes else {}

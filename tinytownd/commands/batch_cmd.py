@@ -18,6 +18,7 @@ batch file (YAML):
       role: worker            # optional; also: tags, timeout_s, max_attempts
   agent_clis: {demo: {command: "python3 examples/agents/demo-agent.py"}}
   agents: [{name: w, role: worker, cli: demo, count: 4}]
+  workspace: {mode: worktree, repo: .}   # optional: each task in a git worktree and branch
 
 Without -c the batch runs embedded: its own redis-server, agents and dispatcher in this process,
 state under --dir (default .tinytownd/batches/<ID>). With -c it submits to that running daemon.
@@ -27,7 +28,8 @@ exit codes:
     1  some tasks failed (after their retries)
     2  usage error or invalid batch file (the offending entry is named)
    69  Redis unavailable
-   75  interrupted (Ctrl-C / SIGTERM): drained; continue with --resume ID
+   75  interrupted (Ctrl-C / SIGTERM), --max-cost-usd reached, an agent CLI paused after a
+       fatal error, or cooldowns longer than --max-wait: drained; continue with --resume ID
 """
 
 
@@ -57,11 +59,22 @@ def register(sub) -> None:
     p.add_argument("--cli", metavar="NAME",
                    help="agent CLI: a name from agent_clis, a built-in, or a command")
     p.add_argument("--summary", metavar="PATH", help="write the JSON summary to PATH")
+    p.add_argument("--patches", metavar="DIR",
+                   help="worktree mode: write <task id>.patch (git format-patch base..head) "
+                        "for every task with changes into DIR")
+    p.add_argument("--junit", metavar="PATH",
+                   help="write a JUnit XML report to PATH (one testcase per task)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="progress output (default: bar on a terminal, JSON lines otherwise)")
     p.add_argument("--appendfsync", choices=("always", "everysec", "no", "off"),
                    help="embedded run: AOF policy of the batch's redis-server (default everysec; "
                         "off = no AOF)")
+    p.add_argument("--max-cost-usd", type=float, metavar="USD",
+                   help="cost budget: once the batch's tasks have cost this much (as the agent "
+                        "CLIs report it), nothing new starts, running tasks finish, exit 75")
+    p.add_argument("--max-wait", type=float, metavar="SECONDS",
+                   help="the longest to wait while every agent CLI of the batch cools down after "
+                        "rate limits (default: as long as it takes); then exit 75")
     p.set_defaults(handler="tinytownd.commands.batch_cmd:cmd_batch")
 
 

@@ -190,6 +190,9 @@ def _fmt_status(st: dict) -> str:
             age = comp.get("age_s", comp.get("redis_age_s"))
             note = " (stale" + (f", {age:.1f}s old" if isinstance(age, (int, float)) else "") + ")"
         lines.append(f"{name}{note}: {json.dumps(comp, default=str)[:400]}")
+    from .agent_cli_cmds import cli_state_line
+    clis = ((st.get("components") or {}).get("runtime") or {}).get("clis") or {}
+    lines += [ln for ln in map(cli_state_line, clis.values()) if ln]
     return "\n".join(lines)
 
 

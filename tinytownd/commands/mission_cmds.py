@@ -190,6 +190,12 @@ def _status(args) -> int:
     s["dispatcher"] = {k: md[k] for k in md if k.startswith("dispatcher_")}
     s["pending_notes"] = [c.body for c in sorted(snap.controls, key=lambda c: c.created_at)
                           if c.processed_at is None][:3]
+    from tinytownd.runtime.agent_cli.usage import USAGE_FIELDS, usage_view
+
+    from .agent_cli_cmds import usage_text
+    s["usage"] = usage_view({f: snap.meta.get(f) for f in USAGE_FIELDS
+                             if f not in ("model", "session_id")})
+    s["max_cost_usd"] = usage_view({"cost_usd": snap.meta.get("max_cost_usd")}).get("cost_usd")
     s["watches"] = [{"id": w.id, "kind": w.kind, "target": w.target_ref, "status": w.status,
                      "item": w.work_item_id} for w in snap.watches.values()] + \
                    [{"id": w.id, "kind": "command", "target": w.command, "status": w.status,
@@ -216,6 +222,9 @@ def _status(args) -> int:
              f"max_attempts={s['max_attempts']}"]
     if m.blocked_reason:
         lines.append(f"  blocked:    {m.blocked_reason}")
+    if s["usage"] or s["max_cost_usd"]:
+        lines.append(f"  usage:      {usage_text(s['usage']) or 'none reported'}"
+                     + (f" (budget ${s['max_cost_usd']:g})" if s["max_cost_usd"] else ""))
     lines.append(f"  dispatcher: {'held by ' + s['lease_holder'] if s['lease_holder'] else 'no lease'};"
                  f" last tick {md['dispatcher_last_tick_at'] or '-'}")
     if s["pending_notes"]:

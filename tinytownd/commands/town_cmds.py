@@ -121,21 +121,38 @@ def cmd_agents(args) -> int:
         agents = town.list_agents()
         k = town.keys
         p = town.r.pipeline(transaction=False)
+        from tinytownd.runtime.agent_cli.usage import usage_view
+        from tinytownd.store.cli_state import CliState
+
+        from .agent_cli_cmds import cli_state_line, usage_text
         for a in agents:
             p.llen(k.inbox(a["id"]))
             p.llen(k.urgent(a["id"]))
             p.get(k.agent_lease(a["id"]))
+            p.hgetall(k.agent_info(a["id"]))
         res = p.execute()
+        clis = CliState(town.r, k).read({a.get("cli") or "" for a in agents} - {""})
         out = []
         for i, a in enumerate(agents):
-            out.append({**a, "inbox": res[3 * i], "urgent": res[3 * i + 1],
-                        "owner": res[3 * i + 2]})
+            info = res[4 * i + 3] or {}
+            st = clis.get(a.get("cli") or "", {})
+            out.append({**a, "inbox": res[4 * i], "urgent": res[4 * i + 1],
+                        "owner": res[4 * i + 2], "usage": usage_view(
+                            {f: info.get(f) for f in ("input_tokens", "output_tokens",
+                                                      "cached_tokens", "cost_usd", "turns")}),
+                        "cli_state": st if len(st) > 1 else None})
         rows = [[a.get("name", ""), a["id"][:8], a.get("role_id") or "-", a.get("state", "?"),
                  a.get("cli", ""), (a.get("current_task") or "-")[:8],
                  a.get("rounds_completed", "0"), a.get("tasks_completed", "0"),
-                 f"{a['inbox']}+{a['urgent']}u", "yes" if a["owner"] else "no"] for a in out]
-        common.output(args, out, common.table(rows, ["NAME", "ID", "ROLE", "STATE", "CLI", "TASK", "ROUNDS",
-                                      "DONE", "QUEUED", "RUN"]))
+                 f"{a['inbox']}+{a['urgent']}u", "yes" if a["owner"] else "no",
+                 "paused" if (a["cli_state"] or {}).get("paused") else
+                 "cooldown" if (a["cli_state"] or {}).get("cooldown_until") else "-",
+                 f"${a['usage']['cost_usd']:.4f}" if "cost_usd" in a["usage"] else "-"]
+                for a in out]
+        human = common.table(rows, ["NAME", "ID", "ROLE", "STATE", "CLI", "TASK", "ROUNDS",
+                                    "DONE", "QUEUED", "RUN", "CLI STATE", "COST"])
+        extra = [ln for ln in map(cli_state_line, clis.values()) if ln]
+        common.output(args, out, "\n".join([human, *extra]))
     return _run(args, fn)
 
 
@@ -226,12 +243,32 @@ def cmd_task(args) -> int:
             raise LookupError("no task id given and $TINYTOWN_TASK_ID is not set")
         tid = _task_id(town, ref)
         if args.action == "show":
+            from tinytownd.runtime.agent_cli.usage import USAGE_FIELDS, usage_view
+
+            from .agent_cli_cmds import usage_text
             t = town.get_task(tid)
             meta = town.get_task_meta(tid)
-            obj = {**t, "daemon": meta}
+            used = usage_view({f: meta.get(f) for f in USAGE_FIELDS})
+            try:
+                failures = json.loads(meta.get("failures") or "[]")
+            except ValueError:
+                failures = []
+            obj = {**t, "daemon": meta, "usage": used, "failures": failures}
             human = "\n".join(f"{k}: {v}" for k, v in t.items())
             if meta:
-                human += "\n" + "\n".join(f"daemon.{k}: {v}" for k, v in meta.items())
+                human += "\n" + "\n".join(f"daemon.{k}: {v}" for k, v in meta.items()
+                                           if k != "failures")
+            if used:
+                human += f"\nusage: {usage_text(used)}" + "".join(
+                    f"; {k} {used[k]}" for k in ("model", "session_id") if k in used)
+            for i, f in enumerate(failures if isinstance(failures, list) else [], 1):
+                if isinstance(f, dict):
+                    human += f"\nfailed round {i}: [{f.get('class')}] {f.get('error')}"
+            ws = workspace_of(meta)
+            if ws:
+                obj["workspace"] = ws
+                human += "\n" + "\n".join(f"workspace.{k}: {v}" for k, v in ws.items()
+                                           if v is not None)
             common.output(args, obj, human)
             return 0
         if args.action == "complete":
@@ -242,6 +279,14 @@ def cmd_task(args) -> int:
         note = "" if changed else f" (already {state}; unchanged)"
         common.output(args, {"task": tid, "state": state, "changed": changed}, f"{tid} {state}{note}")
     return _run(args, fn)
+
+
+def workspace_of(meta: dict) -> dict | None:
+    """The task's workspace (worktree mode): branch, base, head, counts, worktree path."""
+    if not meta.get("base"):
+        return None
+    from tinytownd.workspaces.records import summary_fields
+    return {**summary_fields(meta), "worktree": meta.get("workspace")}
 
 
 def cmd_control(args) -> int:

@@ -12,9 +12,10 @@ from .diff import Change, diff, keep_old
 from .load import discover, from_dict, load
 from .schema import (BUILTIN_CLIS, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX, AgentCli, AgentSpec,
                      Config, ControlSection, DaemonSection, LoggingSection, MissionsSection,
-                     RedisSection, RuntimeSection, TlsSection, TownSection)
+                     RedisSection, RuntimeSection, TlsSection, TownSection, WorkspaceSection)
 
 __all__ = ["ConfigError", "is_loopback", "redact_url", "Change", "diff", "keep_old", "discover",
            "from_dict", "load", "BUILTIN_CLIS", "DEFAULT_PATH", "ENV_CONFIG", "UNIX_PATH_MAX",
            "AgentCli", "AgentSpec", "Config", "ControlSection", "DaemonSection", "LoggingSection",
-           "MissionsSection", "RedisSection", "RuntimeSection", "TlsSection", "TownSection"]
+           "MissionsSection", "RedisSection", "RuntimeSection", "TlsSection", "TownSection",
+           "WorkspaceSection"]

@@ -30,6 +30,9 @@ MAX_CLI_TIMEOUT_S = 7 * 86400   # agent_clis.*.timeout_s (null = no limit)
 MAX_MAXMEMORY = 1 << 40         # redis.maxmemory: 1 TiB
 MAX_SAVE_RULES = 16             # redis.save pairs
 MAX_PROBLEMS = 50               # lines of one ConfigError shown (then "... and N more")
+MAX_PATTERNS = 32               # agent_clis.*.rate_limit_patterns / fatal_patterns entries
+MAX_PATTERN = 512               # characters of one such pattern
+MAX_COOLDOWN_S = 86400          # agent_clis.*.cooldown_s / cooldown_max_s
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -166,6 +169,25 @@ def cli_timeout(value: float) -> float:
 cli_timeout.lo, cli_timeout.hi = 0, MAX_CLI_TIMEOUT_S
 
 
+def pattern_list(value: list) -> list:
+    """Regular expressions matched (case-insensitively) against a failed round's output: at
+    most 32, each 1-512 characters and a valid Python regex."""
+    if len(value) > MAX_PATTERNS:
+        raise Invalid(f"{len(value)} patterns, over the maximum {MAX_PATTERNS}")
+    for i, p in enumerate(value):
+        try:
+            if not isinstance(p, str) or not p:
+                raise Invalid(f"must be a non-empty string, not {show(p)}")
+            text(p, MAX_PATTERN)
+            re.compile(p, re.IGNORECASE)
+        except re.error as e:
+            raise Invalid(f"{show(p)} is not a valid regular expression: {e}", sub=f"[{i}]") \
+                from None
+        except Invalid as e:
+            raise Invalid(e.msg, sub=f"[{i}]") from None
+    return [str(p) for p in value]
+
+
 def save_rules(value: str) -> str:
     parts = value.split()
     if len(parts) % 2 or not all(re.fullmatch(r"[0-9]{1,10}", p) for p in parts) \
@@ -217,6 +239,29 @@ def tag_list(value: list) -> list:
             name(t, "a tag")
         except Invalid as e:
             raise Invalid(e.msg, sub=f"[{i}]") from None
+    return value
+
+
+def nonempty(value: str) -> str:
+    if not value.strip():
+        raise Invalid("must not be empty")
+    return value
+
+
+def base_ref(value: str) -> str:
+    """workspace.base: a ref or commit for git (no spaces, not an option)."""
+    if not value.strip() or value.startswith("-") or any(c.isspace() for c in value):
+        raise Invalid(f"{show(value)} is not a git ref (e.g. HEAD, main, origin/main, a commit)")
+    return value
+
+
+def branch_pattern(value: str) -> str:
+    """workspace.branch: known placeholders, and a valid branch name for a sample task."""
+    from tinytownd.workspaces.naming import pattern_problem   # pure, stdlib only
+
+    why = pattern_problem(value)
+    if why:
+        raise Invalid(f"{show(value)}: {why}")
     return value
 
 

@@ -14,11 +14,13 @@ import yaml
 
 from tinytownd.store.wire import RESERVED_AGENT_NAMES
 
+from .agent_cli import PLACEHOLDERS, implied_prompt_mode
 from .checks import (MAX_AGENT_CLIS, MAX_AGENTS_TOTAL, MAX_FILE_BYTES, MAX_STR, ConfigError,
                      Invalid, finite, is_loopback, name as check_name, redis_url_value, show, text)
 from .schema import (_SECTION_OF_DICT, _SECTION_OF_LIST, DEFAULT_PATH, ENV_CONFIG, UNIX_PATH_MAX,
                      AgentCli, AgentSpec, Config, ControlSection, DaemonSection, LoggingSection,
-                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection)
+                     MissionsSection, RedisSection, RuntimeSection, TlsSection, TownSection,
+                     WorkspaceSection)
 
 def discover(path: str | None) -> str:
     """-c, else $TINYTOWND_CONFIG, else /etc/tinytownd/tinytownd.yaml."""
@@ -108,6 +110,9 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
             if k in _SECTION_OF_LIST and cls is Config:
                 kwargs[k] = _build_agents(v, key, problems)
                 continue
+            if k == "workspace" and cls in (AgentCli, AgentSpec):
+                kwargs[k] = _build_workspace(v, key, problems)
+                continue
             v = _coerce(v, hint, k, f.metadata.get("max_len", MAX_STR))
             check = f.metadata.get("check")
             if check is not None and v is not None:
@@ -122,6 +127,18 @@ def _build(cls, data: Any, prefix: str, problems: list[tuple[str, str]]):
     except TypeError as e:  # pragma: no cover - schema bug
         problems.append((prefix.rstrip("."), str(e)))
         return cls()
+
+
+def _build_workspace(data, key, problems) -> dict:
+    """The `workspace:` keys given, each checked as WorkspaceSection's field."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append((key, f"must be a mapping of {', '.join(_file_fields(WorkspaceSection))}"
+                              f", not {type(data).__name__}"))
+        return {}
+    sec = _build(WorkspaceSection, data, f"{key}.", problems)
+    return {k: getattr(sec, k) for k in data if k in _file_fields(WorkspaceSection)}
 
 
 def _build_cli_map(data, key, problems) -> dict:
@@ -146,8 +163,30 @@ def _build_cli_map(data, key, problems) -> dict:
         cli = _build(AgentCli, spec, f"{k}.", problems)
         if not cli.command.strip():
             problems.append((f"{k}.command", "is required and must not be empty"))
+        cli = _prompt_mode(cli, spec, k, problems)
+        if cli.cooldown_max_s < cli.cooldown_s:
+            problems.append((f"{k}.cooldown_max_s", f"{cli.cooldown_max_s:g} is below cooldown_s "
+                                                    f"{cli.cooldown_s:g}"))
         out[str(name)] = cli
     return out
+
+
+def _prompt_mode(cli: AgentCli, spec, key: str, problems) -> AgentCli:
+    """A placeholder in the command implies the prompt mode; a `prompt:` that says otherwise
+    is a problem."""
+    try:
+        implied = implied_prompt_mode(cli.command)
+    except ValueError as e:
+        problems.append((f"{key}.command", str(e)))
+        return cli
+    if implied is None or implied == cli.prompt:
+        return cli
+    if isinstance(spec, dict) and "prompt" in spec:
+        ph = next(p for p, m in PLACEHOLDERS.items() if m == implied)
+        problems.append((f"{key}.prompt", f"{cli.prompt!r}, but the command's {ph} means "
+                                          f"prompt: {implied}"))
+        return cli
+    return dataclasses.replace(cli, prompt=implied)
 
 
 def _build_agents(data, key, problems) -> list:
@@ -235,6 +274,7 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
                 problems.append(("logging.file", f"directory {log.parent} does not exist"))
     if len(str(cfg.control_socket_path)) > UNIX_PATH_MAX:
         problems.append(("control.socket", f"path over the {UNIX_PATH_MAX}-byte unix socket limit"))
+    problems += workspace_problems(cfg)
     rt = cfg.runtime
     if rt.stale_after_s < 2 * rt.heartbeat_interval_s:
         problems.append(("runtime.stale_after_s", "must be at least twice "
@@ -242,6 +282,30 @@ def _validate_whole(cfg: Config, problems: list[tuple[str, str]]) -> None:
     if rt.lease_ttl_s < 2 * rt.heartbeat_interval_s:
         problems.append(("runtime.lease_ttl_s", "must be at least twice "
                                                 "runtime.heartbeat_interval_s"))
+
+
+def workspace_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Every agent in worktree mode needs a git repository the daemon can write to."""
+    clis, out, seen = cfg.clis(), [], {}
+    for i, a in enumerate(cfg.agents):
+        cli = clis.get(a.cli)
+        ws = {**(cli.workspace if cli else {}), **a.workspace}
+        if ws.get("mode") != "worktree":
+            continue
+        if "repo" in a.workspace or not (cli and "repo" in cli.workspace):
+            key, what = f"agents[{i}].workspace.repo", ""
+        else:
+            key, what = f"agent_clis.{a.cli}.workspace.repo", ""
+        if not ws.get("repo"):
+            what = "the agent's workdir: "
+        repo = str(cfg.resolve(ws.get("repo")) or cfg.resolve(a.workdir or (cli and cli.workdir))
+                   or cfg.root)
+        if repo not in seen:
+            from tinytownd.workspaces.git import not_a_repo_problem   # runs git (a timeout)
+            seen[repo] = not_a_repo_problem(repo)
+        if seen[repo]:
+            out.append((key, what + seen[repo]))
+    return out
 
 
 def _default_root(config_path: str) -> str:

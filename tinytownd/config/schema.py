@@ -9,9 +9,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_NAME, cli_ref, cli_timeout, env_map,
-                     one_of, log_level, in_range, redis_url_value, role_name, save_rules,
-                     byte_size, tag_list, town_name, opt, redact_url)
+from .agent_cli import (OUTPUT_FORMATS, PRESET_FATAL_PATTERNS, PRESET_RATE_LIMIT_PATTERNS,
+                        PROMPT_MODES)
+from .checks import (MAX_AGENT_COUNT, MAX_COMMAND, MAX_COOLDOWN_S, MAX_NAME, base_ref,
+                     branch_pattern, cli_ref, cli_timeout, env_map, one_of, log_level, in_range,
+                     nonempty, pattern_list, redis_url_value,
+                     role_name, save_rules, byte_size, tag_list, town_name, opt, redact_url)
 
 DEFAULT_PATH = "/etc/tinytownd/tinytownd.yaml"
 ENV_CONFIG = "TINYTOWND_CONFIG"
@@ -105,12 +108,51 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True)
+class WorkspaceSection:
+    """`workspace:` of an agent CLI or an agent entry (the entry's keys win); README "Agent
+    workspaces"."""
+    mode: str = opt("shared", check=one_of("shared", "worktree"),
+                    doc="shared: every task runs in the agent's workdir; worktree: each task in "
+                        "a git worktree and branch of its own")
+    repo: str | None = opt(None, doc="a git repository; null = the agent's workdir")
+    base: str = opt("HEAD", check=base_ref,
+                    doc="ref the task's branch starts from, resolved once per task")
+    branch: str = opt("tt/{task_short}-{slug}", check=branch_pattern,
+                      doc="the branch name; placeholders {town} {task} {task_short} {slug} "
+                          "{agent} {batch} {item}")
+    dir: str = opt("workspaces", check=nonempty,
+                   doc="where worktrees live (relative = under town.root)")
+    commit: str = opt("auto", check=one_of("auto", "agent"),
+                      doc="auto: after exit 0, commit what the agent left uncommitted; agent: "
+                          "leave the tree as the agent left it")
+    keep: str = opt("on_failure", check=one_of("never", "on_failure", "always"),
+                    doc="the worktree directory after the task ends (a branch with commits "
+                        "always stays)")
+    setup: str | None = opt(None, max_len=MAX_COMMAND,
+                            doc="command run once in a new worktree before the first round")
+
+
+@dataclass(frozen=True)
 class AgentCli:
     command: str = opt("", check=None, max_len=MAX_COMMAND)
     timeout_s: float | None = opt(3600.0, check=cli_timeout, doc="per round; null = no limit")
     max_attempts: int = opt(3, check=in_range(1, 1000))
     env: dict = opt(factory=dict, check=env_map)
     workdir: str | None = opt(None)
+    prompt: str = opt("stdin", check=one_of(*PROMPT_MODES),
+                      doc="how the prompt goes in; a {prompt_file}/{prompt} placeholder implies it")
+    output: str = opt("text", check=one_of(*OUTPUT_FORMATS),
+                      doc="text (the output's tail) | claude-json | codex-jsonl")
+    rate_limit_patterns: list = opt(factory=list, check=pattern_list,
+                                    doc="regexes on a failed round's output: rate_limited")
+    fatal_patterns: list = opt(factory=list, check=pattern_list,
+                               doc="regexes on a failed round's output: fatal (CLI paused)")
+    cooldown_s: float = opt(30.0, check=in_range(1, MAX_COOLDOWN_S),
+                            doc="first cooldown after a rate limit (then doubling)")
+    cooldown_max_s: float = opt(900.0, check=in_range(1, MAX_COOLDOWN_S))
+    inactivity_timeout_s: float | None = opt(None, check=cli_timeout,
+                                             doc="end a round whose output stopped growing")
+    workspace: dict = opt(factory=dict, doc="WorkspaceSection keys given (an agent's win)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +165,7 @@ class AgentSpec:
     env: dict = opt(factory=dict, check=env_map)
     tags: list = opt(factory=list, check=tag_list,
                      doc="backlog tags this agent claims (besides its role)")
+    workspace: dict = opt(factory=dict, doc="WorkspaceSection keys given (win over the CLI's)")
 
 
 @dataclass(frozen=True)
@@ -235,14 +278,23 @@ class Config:
         return out
 
 
+def _preset(command: str, *, prompt: str = "stdin", output: str = "text") -> AgentCli:
+    return AgentCli(command=command, prompt=prompt, output=output,
+                    rate_limit_patterns=list(PRESET_RATE_LIMIT_PATTERNS),
+                    fatal_patterns=list(PRESET_FATAL_PATTERNS))
+
+
+# Each preset's flags and their sources: config/agent_cli.py PRESET_SOURCES (README table).
 BUILTIN_CLIS: dict[str, AgentCli] = {
-    "claude": AgentCli(command="claude --print --dangerously-skip-permissions"),
-    "codex": AgentCli(command="codex exec --dangerously-bypass-approvals-and-sandbox"),
-    "auggie": AgentCli(command="auggie --print"),
-    "aider": AgentCli(command="aider --yes --no-auto-commits --message"),
-    "gemini": AgentCli(command="gemini"),
-    "copilot": AgentCli(command="gh copilot"),
-    "cursor": AgentCli(command="cursor"),
+    "claude": _preset("claude -p --output-format json --dangerously-skip-permissions",
+                      output="claude-json"),
+    "codex": _preset("codex exec --json --sandbox danger-full-access --skip-git-repo-check -",
+                     output="codex-jsonl"),
+    "auggie": _preset("auggie --print"),
+    "aider": _preset("aider --yes --no-auto-commits --message-file {prompt_file}", prompt="file"),
+    "gemini": _preset("gemini --yolo -p {prompt}", prompt="arg"),
+    "copilot": _preset("copilot -s --allow-all-tools --no-ask-user"),
+    "cursor": _preset("cursor-agent -p {prompt}", prompt="arg"),
 }
 
 _SECTION_OF_DICT = {"agent_clis": AgentCli}

@@ -2,7 +2,7 @@
 
     objective: "free text"
     policy: {max_parallel_items: 2, reviewer_required: false, watch_interval_secs: 180,
-             max_attempts: 3}
+             max_attempts: 3, max_cost_usd: 5.0}     # max_cost_usd: missions/budget.py
     work_items:
       - id: api                 # unique in the file; stored as a UUID work item, file id kept
         title: Build the API    # default: the id
@@ -29,13 +29,14 @@ import yaml
 from tinytownd.store.wire import new_id, utcnow
 
 from . import scoring
+from .budget import META_BUDGET, parse_budget
 from .mission import Mission, MissionPolicy, objective_doc
 from .watch import CommandWatch
 from .work import WORK_KINDS, WorkItem
 
 TOP_KEYS = {"objective", "policy", "work_items"}
 POLICY_KEYS = {"max_parallel_items", "reviewer_required", "watch_interval_secs", "max_attempts",
-               "auto_merge"}
+               "auto_merge", "max_cost_usd"}
 ITEM_KEYS = {"id", "title", "kind", "owner_role", "depends_on", "description", "watches"}
 WATCH_KEYS = {"command", "interval_secs", "timeout_secs"}
 KIND_ALIASES = {"merge_gate": "mergegate", "merge-gate": "mergegate", "follow-up": "followup"}
@@ -225,7 +226,8 @@ def _parse_policy(raw: Any, problems: list[str]) -> tuple[MissionPolicy, int]:
 
 def build(specs: list[ItemSpec], objectives: list[dict], policy: MissionPolicy,
           max_attempts: int, *, objective_text: str = "", watch_cwd: str | None = None,
-          now: datetime | None = None, mid: str | None = None, source: str = "file") -> Compiled:
+          now: datetime | None = None, mid: str | None = None, source: str = "file",
+          max_cost_usd: float | None = None) -> Compiled:
     """Turn validated specs into tt records (ids, depends_on uuids, running mission)."""
     now = now or utcnow()
     m = Mission.new(objectives, policy, now=now, mid=mid)
@@ -233,6 +235,8 @@ def build(specs: list[ItemSpec], objectives: list[dict], policy: MissionPolicy,
     ids = {s.file_id: new_id() for s in specs}
     items, watches = [], []
     meta = {"max_attempts": str(max_attempts), "source": source}
+    if max_cost_usd is not None:
+        meta[META_BUDGET] = repr(max_cost_usd)
     if objective_text:
         meta["objective"] = objective_text
     for n, s in enumerate(specs):
@@ -274,6 +278,8 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
         problems.append("objective: must be a string")
         objective = ""
     policy, attempts = _parse_policy(data.get("policy"), problems)
+    budget = parse_budget(data["policy"].get("max_cost_usd"), problems) \
+        if isinstance(data.get("policy"), dict) else None
     specs = _parse_items(data.get("work_items"), problems)
     if not problems:
         problems.extend(validate_graph(specs, roles))
@@ -282,7 +288,7 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
     abspath = os.path.abspath(path) if not path.startswith("<") else path
     cwd = str(Path(abspath).parent) if not path.startswith("<") else None
     return build(specs, [objective_doc(abspath)], policy, attempts, objective_text=objective,
-                 watch_cwd=cwd, now=now, source="file")
+                 watch_cwd=cwd, now=now, source="file", max_cost_usd=budget)
 
 
 def compile_file(path: str, *, roles: set[str] | None = None) -> Compiled:

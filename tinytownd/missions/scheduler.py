@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from .budget import over_budget
 from .controls import apply_controls
 from .mission import HELP_MARKER
 from .submissions import (apply_watch_results, approve, finalize, record_submission,
@@ -44,8 +45,15 @@ def run_tick(inp: TickInput) -> TickOutput:
         reconcile(t)
         finalize(t)
         promote(t)
-        assign(t)
-        mission_bookkeeping(t)
+        spent = over_budget(t.meta) if any(it.status != "done" for it in t.items.values()) \
+            else None
+        if spent:          # the cost budget: running tasks finish, nothing new is assigned
+            t.mission.block(spent, t.now)
+            t.out.progress = True
+            t.log(f"Mission blocked: {spent}")
+        else:
+            assign(t)
+            mission_bookkeeping(t)
     dispatcher_bookkeeping(t)
     return t.out
 

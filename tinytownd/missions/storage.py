@@ -359,12 +359,14 @@ class MissionStore:
                 p.execute()
                 return
             except redis.ResponseError as e:
-                # a shared key of the wrong type (the active set, a stream): moved away, once
-                if not (tries_left and quarantine.is_wrongtype(e) and quarantine.quarantine(
-                        self.town, {**self.engine_keys(), **self.expected_types(m.id),
-                                    k.events: "stream",
-                                    k.mission_events_stream(m.id): "stream"})):
+                # a shared key of the wrong type (the active set, a stream): moved away, then
+                # written once more (also when another reader moved it away first)
+                if not (tries_left and quarantine.is_wrongtype(e)):
                     raise
+                quarantine.quarantine(self.town, {**self.engine_keys(),
+                                                  **self.expected_types(m.id),
+                                                  k.events: "stream",
+                                                  k.mission_events_stream(m.id): "stream"})
 
     def update_mission(self, mid: str, fn: Callable[[Mission, object], object],
                        retries: int = 50):

@@ -19,7 +19,9 @@ READ_CHUNK = 65536
 
 
 class CappedLog:
-    def __init__(self, path: str, head_max: int, tail_max: int, result_max: int):
+    def __init__(self, path: str, head_max: int, tail_max: int, result_max: int,
+                 observer=None):
+        """`observer(data)`: also given every chunk (a structured-output parser)."""
         self.path = path
         self.head_max = head_max
         self.tail_max = tail_max
@@ -32,6 +34,7 @@ class CappedLog:
         self.on_disk = 0            # bytes written to the file
         self.error: str | None = None
         self.last_output = time.monotonic()
+        self.observer = observer
 
     def _open(self) -> bool:
         if self.fd is None and self.error is None:
@@ -61,6 +64,8 @@ class CappedLog:
     def feed(self, data: bytes) -> None:
         self.total += len(data)
         self.last_output = time.monotonic()
+        if self.observer is not None:
+            self.observer(data)
         if self.result_max:
             self.last += data[-self.result_max:]
             if len(self.last) > self.result_max:

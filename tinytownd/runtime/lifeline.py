@@ -32,8 +32,7 @@ def end_recorded(state_file: Path, log=None) -> int:
         groups = {int(k): v for k, v in json.loads(state_file.read_text()).items()}
     except (OSError, ValueError, AttributeError):
         return 0
-    live = {g: t for g, t in groups.items()
-            if t is None or lifeline_watcher.start_time(g) == t}
+    live = {g: t for g, t in groups.items() if _still_ours(g, t)}
     if live:
         if log is not None:
             log.warning("ending agent CLIs a previous daemon left running",
@@ -44,6 +43,16 @@ def end_recorded(state_file: Path, log=None) -> int:
     except OSError:
         pass
     return len(live)
+
+
+def _still_ours(pgid: int, started) -> bool:
+    """The recorded group still runs: its leader is the process recorded (same start time), or
+    the leader is gone but members of its group remain (a CLI's background children; Linux does
+    not hand out a pid that is still some group's id, so the group is still the one recorded)."""
+    now = lifeline_watcher.start_time(pgid)
+    if now is not None:
+        return started is None or now == started
+    return lifeline_watcher.group_exists(pgid)
 
 
 class Lifeline:

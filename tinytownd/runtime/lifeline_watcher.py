@@ -41,7 +41,7 @@ def end_groups(groups, grace_s):
     deadline = time.monotonic() + grace_s
     while live and time.monotonic() < deadline:
         time.sleep(0.05)
-        live = [g for g in live if _exists(g)]
+        live = [g for g in live if group_exists(g)]
     for pgid in live:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -49,7 +49,7 @@ def end_groups(groups, grace_s):
             pass
 
 
-def _exists(pgid):
+def group_exists(pgid):
     try:
         os.killpg(pgid, 0)
         return True

@@ -4,12 +4,17 @@
      in-flight in the same MULTI). One task-bearing message per round: further ones stay in
      flight and go back to their queue heads with this round's ack.
   2. round_start (one Lua call): agent `working` + current_task, task `running`, attempts += 1.
-  3. The CLI runs (runner.py) with the prompt on stdin and in $TINYTOWN_PROMPT_FILE.
-  4. The end (outcome.py decides): exit 0 → round_ok (task completed with the output tail unless
-     the CLI finished it itself, ack, bookkeeping, events, notify — and the next round's take, in
-     one call); a failure → retry with backoff (the envelope is parked in the delayed zset in
-     the same call as the ack) or, out of attempts, task `failed` + dead letter; interrupted →
-     the messages go back to the queue heads (or stay in flight for the lease's new owner).
+  3. The CLI runs (runner.py) with the prompt on stdin, in a file or as an argument
+     (agent_cli/delivery.py) and always in $TINYTOWN_PROMPT_FILE; its output is parsed as it
+     comes when the CLI declares a structured format (agent_cli/output.py).
+  4. The end (agent_cli/report.py judges, outcome.py decides): success → round_ok (task completed
+     with the result unless the CLI finished it itself, ack, bookkeeping, usage, events, notify —
+     and the next round's take, in one call); a failure → retry with backoff (the envelope is
+     parked in the delayed zset in the same call as the ack) or, out of attempts, task `failed`
+     + dead letter; rate limited → the messages go back without using an attempt and the CLI
+     cools down for the town; fatal → task `failed` at once and the CLI paused for the town;
+     interrupted → the messages go back to the queue heads (or stay in flight for the lease's
+     new owner). Every failure has its class, on the task and in the log line.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from tinytownd.store.records import TASK_BEARING, Poison
 from tinytownd.store.wire import TASK_TERMINAL, hash_ts
 
 from . import outcome, runner
+from .agent_cli import accounting, delivery, output, report, usage as usage_mod
+from .agent_cli.cooldown import JITTER, cooldown_named_s
 from .process import close_fd
 from .prompt import round_prompt
 from .round_logs import RoundLogs
@@ -35,6 +42,13 @@ def _pairs(flat) -> dict:
     """A flat [field, value, ...] reply (HGETALL inside Lua) as a dict."""
     it = iter(flat or ())
     return dict(zip(it, it))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -122,6 +136,9 @@ class Round:
             else:
                 meta = w.r.hgetall(k.task_meta(mid))
         self.msgs, self.task_msg, self.tid, self.task = this_round, task_msg, tid, task
+        self.meta = meta
+        self.mission = records.mission_of(records.decode_tags(task.get("tags"))) \
+            if task else None
         if task:    # streams the round's end writes besides the agent's own (quarantine)
             mission = records.mission_of(records.decode_tags(task.get("tags")))
             if task.get("assigned_to"):
@@ -212,7 +229,22 @@ class Round:
             self._defer(f"cannot write the prompt file {prompt_path}: {e.strerror}", cfg)
             return
         w.problem, w.deferrals = None, 0
-        env = links.env.get(s, prompt_path, cfg.path)
+        cli = s.agent_cli
+        try:
+            command, stdin_text = delivery.prepare(cli.prompt, s.command, prompt, prompt_path)
+        except delivery.PromptTooLong as e:
+            command, stdin_text, too_long = "exit 64", "", str(e)
+        else:
+            too_long = None
+        usage_path = os.path.join(logs_dir, f"{s.name}_usage.json")
+        env = links.env.get(s, prompt_path, cfg.path, usage_path)
+        exports = {"TINYTOWN_TASK_ID": tid} if tid else None
+        self.ws = None
+        if s.workspace is not None and tid:     # worktree mode: the task's own worktree
+            if not self._workspace(meta, env, cfg):
+                _unlink(prompt_path)
+                return
+            exports.update(self.ws.exports())
         w.round_started = time.monotonic()
         w.log.debug("round started", round=rnd, attempt=attempt, task=tid)
         rt = cfg.runtime
@@ -226,35 +258,54 @@ class Round:
             for hook in links.spawn_hooks:
                 hook(w, tid, pid)
 
-        result = runner.run(s.command, prompt=prompt, env=env, cwd=s.workdir,
-                            exports={"TINYTOWN_TASK_ID": tid} if tid else None,
+        parser = output.collector(cli.output)
+        result = runner.run(command, prompt=stdin_text, env=env,
+                            cwd=self.ws.path if self.ws is not None else s.workdir,
+                            exports=exports,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
                             tail_bytes=cfg.runtime.result_tail_bytes,
                             log_head_bytes=rt.round_log_max_bytes // 4,
                             log_tail_bytes=rt.round_log_max_bytes - rt.round_log_max_bytes // 4,
-                            lifeline=links.lifeline)
+                            lifeline=links.lifeline,
+                            inactivity_timeout_s=cli.inactivity_timeout_s,
+                            observer=parser.feed if parser is not None else None)
         w.pid = None
         w.round_started = None
-        try:
-            os.unlink(prompt_path)
-        except OSError:
-            pass
+        _unlink(prompt_path)
         w.round_logs.add(log_path, result.log_bytes)
         if result.log_error:
             w.log.warning("round log incomplete", error=result.log_error)
-        self._end(result, cfg)
+        verdict = report.judge(result, cli, parser.parse() if parser is not None else None,
+                               usage_mod.from_file(usage_path), time.time())
+        if too_long:
+            verdict.failure, verdict.error = "error", too_long
+        for note in verdict.notes:
+            w.log.warning("round usage not recorded", problem=note)
+        self._end(result, cfg, verdict)
 
     # ------------------------------------------------------------------ 4. the end
-    def _end(self, result, cfg) -> None:
+    def _end(self, result, cfg, verdict=None) -> None:
         w, k, a, tid, town = self.w, self.k, self.aid, self.tid, self.links.town
         rt = cfg.runtime
-        task_state = w.r.hget(k.task(tid), "state") if tid and not result.ok and \
+        verdict = verdict if verdict is not None else report.Verdict(
+            failure=None if result.ok else ("timeout" if result.timed_out else "error"))
+        ws = getattr(self, "ws", None)
+        if ws is not None and result.ok and verdict.failure is None and not w.lost:
+            result = self._commit(ws, result)   # before the task completes; may fail the round
+            if not result.ok:
+                verdict = report.Verdict(failure="error", error=result.error or "workspace",
+                                         usage=verdict.usage)
+        self.verdict = verdict
+        task_state = w.r.hget(k.task(tid), "state") if tid and verdict.failure and \
             not (result.killed or w.lost) else None
         out = outcome.decide(result, lease_lost=w.lost, has_task=self.task_msg is not None,
                              task_state=task_state, attempt=self.attempt,
                              max_attempts=self.max_attempts, backoff_s=rt.retry_backoff_s,
-                             backoff_max_s=rt.retry_backoff_max_s)
+                             backoff_max_s=rt.retry_backoff_max_s, failure=verdict.failure,
+                             error=verdict.error)
+        if ws is not None and out.kind != "ok":
+            self._workspace_end(ws, out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -266,19 +317,28 @@ class Round:
                 p = w.r.pipeline(transaction=False)
                 if tid:
                     town.reassigned(tid, p)
+                self._queue_usage(p)
                 self.links.scripts.requeue_inflight(keys=w.queue_keys(), client=p)
                 p.execute()
                 self._round_end("🛑 interrupted", result)
             return
         if out.kind == "ok":
-            self._ok(result.output or "Completed", result)
+            self._ok(verdict.result or result.output or "Completed", result)
             return
         err = out.error
         w.log.warning("round failed", round=rnd, error=err, attempt=attempt,
-                      max_attempts=self.max_attempts)
+                      max_attempts=self.max_attempts, failure_class=out.failure_class)
+        if out.kind != "rate_limited":
+            p = w.r.pipeline(transaction=False)
+            self._queue_usage(p)
+            accounting.queue_failure(p, self.attempts_key, self.meta, out.failure_class, err)
+            p.execute()
         if out.kind == "cli_finished":
             self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
             self._round_end(f"⚠️ CLI error ({err})", result)
+            return
+        if out.kind == "rate_limited":
+            self._rate_limited(err, result)
             return
         if out.kind == "retry":
             self._retry(out.backoff_s, err, result)
@@ -298,7 +358,100 @@ class Round:
             p.hset(self.attempts_key, "last_error", err)
         p.execute()
         self._ack([(wh, raw, "", "") for wh, raw, _m in msgs])
+        if out.failure_class == "fatal":
+            name = w.settings.cli
+            self.links.cli_state.pause(name, err)
+            w.log.error("agent CLI paused for the town after a fatal error; `tinytownd "
+                        "resume-cli` (or a reload) ends the pause", cli=name, error=err)
+            self._round_end(f"❌ fatal: {err}; CLI {name} paused", result)
+            return
         self._round_end(f"❌ failed: {err}", result)
+
+    def _queue_usage(self, p) -> None:
+        accounting.queue_usage(p, self.links.scripts, self.k, aid=self.aid,
+                               meta_key=self.attempts_key, mission=self.mission,
+                               u=self.verdict.usage)
+
+    def _rate_limited(self, err: str, result) -> None:
+        """The CLI's provider said "not now": the attempt is given back, the messages go back to
+        their queue heads, and the CLI cools down for every agent of the town (the next take of
+        any of them waits it out)."""
+        w, tid, town, s = self.w, self.tid, self.links.town, self.w.settings
+        cli = s.agent_cli
+        cd = self.links.cli_state.rate_limited(
+            s.cli, cooldown_s=cli.cooldown_s, cooldown_max_s=cli.cooldown_max_s,
+            named_s=cooldown_named_s(self.verdict.retry_after_s), reason=err, jitter=JITTER)
+        secs = round((cd["until_ms"] - cd["now_ms"]) / 1000, 1)
+        w.extra_ack = []
+        p = w.r.pipeline(transaction=False)
+        if self.attempts_key:
+            self.links.scripts.counter(keys=[self.attempts_key], args=["attempts", -1], client=p)
+        if tid:
+            town.reassigned(tid, p)
+        self._queue_usage(p)
+        accounting.queue_failure(p, self.attempts_key, self.meta, "rate_limited", err)
+        if self.attempts_key:
+            p.hset(self.attempts_key, "last_error", err)
+        self.links.scripts.requeue_inflight(keys=w.queue_keys(), client=p)
+        p.execute()
+        w.log.warning("round rate limited: the task goes back without using an attempt; the "
+                      "CLI cools down", cli=s.cli, cooldown_s=secs, level=cd["level"],
+                      named_s=self.verdict.retry_after_s, failure_class="rate_limited")
+        self._round_end(f"⏳ rate limited ({err}); CLI {s.cli} cools down {secs:g}s", result)
+
+    # ------------------------------------------------------------------ worktree mode
+    def _workspace(self, meta: dict, env: dict, cfg) -> bool:
+        """The task's workspace for this round (self.ws); False when the round ended here: the
+        daemon is at fault (deferred), the task cannot have one (failed now), or the setup
+        command failed (as a failed round)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        try:
+            self.ws = self.links.workspaces.prepare(self.w.settings, self.tid, self.task, meta,
+                                                    env=env, logs_dir=cfg.logs_dir_str)
+            return True
+        except WorkspaceError as e:
+            if e.kind == "daemon":
+                self._defer(f"workspace: {e}", cfg)
+                return False
+            self.ws = e.workspace
+            if e.kind == "task":
+                self.max_attempts = self.attempt     # another attempt would meet the same
+            self._end(runner.CliResult(None, False, False, 0.0, None, error=str(e),
+                                       output=e.output), cfg)
+        except OSError as e:
+            self._defer(f"workspace: {e}", cfg)
+        return False
+
+    def _commit(self, ws, result):
+        """Exit 0: commit and record the workspace, apply its keep policy. A failure turns the
+        round into a failed one (the worktree keeps the agent's changes for the retry)."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        s = self.w.settings
+        try:
+            self.links.workspaces.complete(ws, agent=s.name,
+                                           description=(self.task or {}).get("description", ""))
+            return result
+        except (WorkspaceError, OSError) as e:
+            self.w.log.warning("workspace commit failed", error=str(e))
+            return runner.CliResult(None, False, False, result.duration_s, result.pid,
+                                    error=f"workspace: {e}", output=result.output)
+
+    def _workspace_end(self, ws, kind: str, task_state: str | None) -> None:
+        """The round did not complete the task: the keep policy when the task has ended, else
+        the worktree waits for the next round."""
+        from tinytownd.workspaces.policy import WorkspaceError
+        mgr, s = self.links.workspaces, self.w.settings
+        try:
+            if kind == "cli_finished" and task_state == "completed":
+                mgr.complete(ws, agent=s.name,
+                             description=(self.task or {}).get("description", ""))
+            elif kind in ("failed", "cli_finished"):
+                mgr.ended(ws, task_state if kind == "cli_finished" else "failed")
+            else:
+                mgr.release(ws)
+        except (WorkspaceError, OSError) as e:   # the sweep tries again
+            mgr.release(ws)
+            self.w.log.warning("workspace end failed", error=str(e))
 
     def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
         """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in
@@ -352,7 +505,8 @@ class Round:
         idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data
         args = [k.prefix, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
                 k.notify, note, idle_data, f"Round {w.rounds}: ✅ completed", links.owner,
-                events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN]
+                events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN,
+                accounting.usage_arg(self.verdict.usage)]
         entries = [(wh, raw, "", "") for wh, raw, _m in self.msgs] + w.extra_ack
         w.extra_ack = []
         for e in entries:

@@ -46,14 +46,15 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         timeout_s: float | None, should_stop=None, on_start=None, poll_s: float = 0.5,
         tail_bytes: int = 0, log_head_bytes: int = 1 << 20, log_tail_bytes: int = 1 << 20,
         exports: dict | None = None, lifeline=None,
-        inactivity_timeout_s: float | None = None) -> CliResult:
+        inactivity_timeout_s: float | None = None, observer=None) -> CliResult:
     """Run `sh -c command` in its own session; prompt on stdin; output → a capped round log.
 
     `exports` are extra environment variables set by the shell line (TINYTOWN_TASK_ID), so that
     `env` can be one unchanging dict per agent. `should_stop()` is polled every `poll_s` while
     the CLI runs; when it returns true the process group is killed (result.killed).
     `on_start(pid)` is called right after the spawn. `inactivity_timeout_s`: a round whose
-    output has not grown for that long is ended as a timeout.
+    output has not grown for that long is ended as a timeout. `observer(data)` also gets every
+    chunk of output (a structured-output parser, agent_cli/output.py).
     """
     t0 = time.monotonic()
     out_r, out_w = os.pipe()
@@ -73,7 +74,7 @@ def run(command: str, *, prompt: str, env: dict, cwd: str, log_path: str,
         except Exception:
             pass
     fcntl.fcntl(out_r, fcntl.F_SETFL, fcntl.fcntl(out_r, fcntl.F_GETFL) | os.O_NONBLOCK)
-    log = CappedLog(log_path, log_head_bytes, log_tail_bytes, tail_bytes)
+    log = CappedLog(log_path, log_head_bytes, log_tail_bytes, tail_bytes, observer)
     reader = gevent.spawn(pump, out_r, log)
     process.running += 1
     try:

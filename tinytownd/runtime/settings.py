@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinytownd.config import AgentSpec, Config
+from tinytownd.config import AgentCli, AgentSpec, Config
+from tinytownd.workspaces import spec as workspace_spec
 
 # fields a reload may change in place (the next round uses them)
-LIVE_FIELDS = ("role", "cli", "command", "timeout_s", "max_attempts", "workdir", "env", "tags")
+LIVE_FIELDS = ("role", "cli", "command", "timeout_s", "max_attempts", "workdir", "env", "tags",
+               "workspace", "agent_cli")
 
 
 @dataclass
@@ -26,6 +28,8 @@ class AgentSettings:
     env: dict = field(default_factory=dict)
     tags: list = field(default_factory=list)
     adopted: bool = False        # an agent tt registered that this daemon runs (`adopt: true`)
+    agent_cli: AgentCli = field(default_factory=AgentCli)   # prompt, output, failure classes
+    workspace: object = None     # workspaces.spec.WorkspaceSettings; None = shared mode
 
     def update_from(self, new: "AgentSettings") -> list[str]:
         """Take the live fields of `new`; return the names of those that changed."""
@@ -43,7 +47,10 @@ def resolve(cfg: Config, a: AgentSpec, aid: str, *, adopted: bool = False) -> Ag
         return None
     workdir = cfg.resolve(a.workdir or cli.workdir) or cfg.root
     env = {str(k): str(v) for k, v in {**cli.env, **a.env}.items()}
+    ws = workspace_spec.resolve(cfg, cli.workspace, a.workspace, str(workdir)) \
+        if cli.workspace or a.workspace else None
     return AgentSettings(name=a.name, aid=aid, role=a.role or "worker", cli=a.cli,
                          command=cli.command, timeout_s=cli.timeout_s,
                          max_attempts=cli.max_attempts, workdir=str(workdir), env=env,
-                         tags=[str(t) for t in a.tags], adopted=adopted)
+                         tags=[str(t) for t in a.tags], adopted=adopted, workspace=ws,
+                         agent_cli=cli)

@@ -10,6 +10,8 @@ services, run and restarted by the daemon's supervisor:
   retry-timer  retry_timer.py: due retry envelopes back to their queues.
   backlog      backlog.py: idle agents claim fitting backlog tasks.
   sweeper      recovery.py: agents of dead daemons → stopped, their queues moved on.
+  workspaces   workspaces/manager.py: at start `git worktree prune` of the agents' repositories,
+               and (then every 30 s) the keep policy for worktrees whose task has ended.
 """
 from __future__ import annotations
 
@@ -24,13 +26,16 @@ from tinytownd.config import AgentSpec, Config
 from tinytownd.daemon.component import Component, Context
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.logs import get_logger
+from tinytownd.store.cli_state import CliState, describe
 from tinytownd.store.leases import Leases, owner_token
 from tinytownd.store.refusals import Patience, refusal
 from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
+from tinytownd.workspaces.manager import WorkspaceManager
 
 from . import gc_tuning
 from . import settings as agent_settings
+from .agent_cli.usage import usage_view
 from .agents_service import AgentsService
 from .backlog import BacklogClaims
 from .cli_env import CliEnvCache
@@ -41,6 +46,7 @@ from .settings import AgentSettings
 from .worker import BacklogSignal, Worker, WorkerLinks
 
 CRASH_BACKOFF_MAX_S = 30.0
+USAGE_SHOWN = ("input_tokens", "output_tokens", "cached_tokens", "cost_usd")
 QUICK_CRASH_S = 60.0       # a worker that dies within this keeps its crash count (backoff grows)
 
 
@@ -71,12 +77,14 @@ class TownRuntime(Component):
         self.backlog = BacklogClaims(self)
         self.lifeline = Lifeline(ctx.config.root, log=self.log)
         self.patience = Patience(self.log)
+        self.cli_state = CliState(self.r, self.keys, self.scripts)
         self.links = WorkerLinks(
             town=self.town, scripts=self.scripts, block=self.block, owner=self.owner,
             leases=self.leases, config=lambda: self.ctx.config, stopping=self.stopping,
             progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
-            patience=self.patience)
+            patience=self.patience, cli_state=self.cli_state,
+            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline))
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
@@ -108,7 +116,13 @@ class TownRuntime(Component):
 
     def services(self) -> dict:
         return {"agents": self.agents.run, "retry-timer": lambda: retry_timer(self),
-                "backlog": self.backlog.run, "sweeper": self.sweeper.run}
+                "backlog": self.backlog.run, "sweeper": self.sweeper.run,
+                "workspaces": lambda: self.links.workspaces.run_sweeps(
+                    self.workspace_repos, self.stopping)}
+
+    def workspace_repos(self) -> set[str]:
+        """The repositories of the agents in worktree mode."""
+        return {s.workspace.repo for s in self.specs.values() if s.workspace is not None}
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.greenlet is not None and not w.greenlet.dead]
@@ -125,8 +139,12 @@ class TownRuntime(Component):
 
     def sync(self, *, initial: bool) -> list[str]:
         """Register the configured agents; start added ones, stop removed ones, update the
-        settings of the others in place (their next round uses them)."""
-        notes = []
+        settings of the others in place (their next round uses them). A start or reload ends
+        the town-wide pause of the config's CLIs (fatal errors: the config may be fixed)."""
+        notes = [f"agent CLI {n}: pause ended" for n in
+                 self.cli_state.clear_pauses({a.cli for a in self.cfg.expanded_agents()})]
+        for n in notes:
+            self.log.info(n)
         agents = self.cfg.expanded_agents()
         aids = self.town.register_agents([{"name": a.name, "role": a.role, "cli": a.cli}
                                           for a in agents])
@@ -245,6 +263,7 @@ class TownRuntime(Component):
                                                            "error": None, "g": None})
         k = self.keys
         ws = list(self.workers.values())
+        cli_names = sorted({w.settings.cli for w in ws})
 
         def read():
             try:
@@ -257,6 +276,9 @@ class TownRuntime(Component):
                         p.llen(k.inflight_urgent(w.aid))
                         p.hmget(k.agent(w.aid), "state", "current_task", "rounds_completed",
                                 "tasks_completed")
+                        p.hmget(k.agent_info(w.aid), *USAGE_SHOWN)
+                    for name in cli_names:
+                        p.hgetall(k.cli(name))
                     p.llen(k.backlog)
                     p.llen(k.deadletter)
                     p.zcard(k.delayed)
@@ -269,14 +291,17 @@ class TownRuntime(Component):
                 return
             agents = {}
             for i, w in enumerate(ws):
-                inbox, urgent, inf, infu, (state, cur, rounds, done) = res[5 * i:5 * i + 5]
+                inbox, urgent, inf, infu, (state, cur, rounds, done), used = res[6 * i:6 * i + 6]
                 agents[w.aid] = {"state": state, "current_task": cur,
                                  "rounds_completed": int(rounds or 0),
                                  "tasks_completed": int(done or 0),
                                  "queue": {"inbox": inbox, "urgent": urgent,
-                                           "inflight": inf + infu}}
+                                           "inflight": inf + infu},
+                                 "usage": usage_view(dict(zip(USAGE_SHOWN, used)))}
+            clis = {name: describe(name, h or {})
+                    for name, h in zip(cli_names, res[6 * len(ws):6 * len(ws) + len(cli_names)])}
             backlog, dead, delayed = res[-3:]
-            cache.update(at=time.monotonic(), agents=agents, error=None,
+            cache.update(at=time.monotonic(), agents=agents, error=None, clis=clis,
                          totals={"backlog": backlog, "deadletter": dead, "delayed": delayed})
 
         t0 = time.monotonic()
@@ -293,12 +318,13 @@ class TownRuntime(Component):
             agents.append({"name": w.settings.name, "id": w.aid, "role": w.settings.role,
                            "cli": w.settings.cli, "running": bool(
                                w.greenlet is not None and not w.greenlet.dead),
-                           "pid": w.pid, "problem": w.problem, **got})
+                           "pid": w.pid, "problem": w.problem, "cli_wait": w.cli_wait, **got})
 
         def total(q):
             vals = [a["queue"][q] for a in agents if a["queue"][q] is not None]
             return sum(vals) if vals or not agents else None
         out = {"agents": agents, "agents_running": len(self.alive()),
+               "clis": {n: c for n, c in cache.get("clis", {}).items() if len(c) > 1},
                "queues": {"backlog": cache["totals"].get("backlog"),
                           "deadletter": cache["totals"].get("deadletter"),
                           "delayed": cache["totals"].get("delayed"),

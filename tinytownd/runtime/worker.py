@@ -1,8 +1,9 @@
 """One agent's worker loop (a greenlet): take a round at-least-once, run it, take the next.
 
 The loop (keys in store/keys.py, scripts in store/lua/):
-  1. take_round (one Lua call): fenced by the agent lease; honours the stop flag and the paused /
-     stopped states; moves every urgent message → inflight_urgent and inbox messages → inflight
+  1. take_round (one Lua call): fenced by the agent lease; honours the stop flag, the paused /
+     stopped states and the CLI's town-wide pause or cooldown (store/cli_state.py: the agent
+     waits it out); moves every urgent message → inflight_urgent and inbox messages → inflight
      until one task-bearing message (task_assign / task) is in flight.
   2. Nothing taken: the agent is idle and parks in BLMOVE inbox → inflight on the blocking pool
      (a server-side timeout; the runtime wakes it early with a ping), then takes again.
@@ -14,6 +15,7 @@ duplicate run after a crash is possible.
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,6 +34,7 @@ from tinytownd.store.records import DEADLETTER_KEPT, MESSAGE_MAX_BYTES
 from tinytownd.store.refusals import transient
 from tinytownd.store.wire import hash_ts, json_ts
 
+from .agent_cli.cooldown import agent_wait_s
 from .cli_env import CliEnvCache
 from .round import MAX_INBOX_PER_ROUND, Round
 from .settings import AgentSettings
@@ -65,6 +68,8 @@ class WorkerLinks:
     spawn_hooks: list = field(default_factory=list)   # hook(worker, task id, pid) at each CLI start
     lifeline: object = None            # lifeline.Lifeline: CLIs end with the daemon
     patience: object = None            # refusals.Patience: waiting out Redis, logged once
+    cli_state: object = None           # store.cli_state.CliState: CLI cooldowns and pauses
+    workspaces: object = None          # workspaces.manager.WorkspaceManager (worktree mode)
 
 
 def idle_park_s(cfg: Config) -> float:
@@ -103,6 +108,8 @@ class Worker:
         self.round_logs = None        # RoundLogs, made with the first round
         self.problem: str | None = None    # why rounds cannot run now (shown in status)
         self.deferrals = 0            # rounds deferred in a row (their backoff grows)
+        self.cli_wait: dict | None = None   # the CLI's pause or cooldown this agent waits out
+        self._take_cli: str | None = None   # the CLI whose state key take_keys holds
 
     def take_args(self) -> list:
         """ARGV of lua/take_round.lua (also the second half of round_ok_take)."""
@@ -214,8 +221,7 @@ class Worker:
 
     def _loop(self) -> None:
         k, a, links = self.keys, self.aid, self.links
-        self.take_keys = [k.urgent(a), k.inbox(a), k.inflight_urgent(a), k.inflight(a),
-                          k.stop(a), k.agent(a), k.agent_lease(a), k.deadletter]
+        self._take_keys()
         idle_since = time.monotonic()
         announced = False
         while True:
@@ -245,6 +251,12 @@ class Worker:
                 self.exit_reason = "state stopped"
                 return
             cfg = links.config()
+            if status in ("cli_paused", "cooldown"):
+                self._wait_for_cli(res)
+                idle_since = time.monotonic()
+                continue
+            if self.cli_wait is not None:
+                self.cli_wait = self.problem = None
             if status == "paused":
                 self.state = "paused"
                 self.idle = False
@@ -281,11 +293,41 @@ class Worker:
             idle_since = time.monotonic()
             links.progress("agents")
 
+    def _take_keys(self) -> list[str]:
+        """KEYS of take_round.lua; the last one is the state of the agent's CLI (a reload may
+        change the CLI)."""
+        if self._take_cli != self.settings.cli or not self.take_keys:
+            k, a = self.keys, self.aid
+            self._take_cli = self.settings.cli
+            self.take_keys = [k.urgent(a), k.inbox(a), k.inflight_urgent(a), k.inflight(a),
+                              k.stop(a), k.agent(a), k.agent_lease(a), k.deadletter,
+                              k.cli(self.settings.cli)]
+        return self.take_keys
+
     def _take(self):
         if self.next_take is not None:     # taken with the end of the last round
             res, self.next_take = self.next_take, None
             return res
-        return self.links.scripts.take_round(keys=self.take_keys, args=self.take_args())
+        return self.links.scripts.take_round(keys=self._take_keys(), args=self.take_args())
+
+    def _wait_for_cli(self, res) -> None:
+        """The CLI is paused (a fatal error) or cooling down (a rate limit) for the town: the
+        take put everything back; wait, then look again (status shows why)."""
+        name = self.settings.cli
+        self.idle = False
+        self.state = "idle"
+        if res[0] == "cli_paused":
+            self.cli_wait = {"cli": name, "paused": True, "reason": res[1]}
+            self.problem = f"CLI {name} is paused: {res[1]} (tinytownd resume-cli {name})"
+            wait = 1.0
+        else:
+            until, now = int(res[1]), int(res[2])
+            self.cli_wait = {"cli": name, "cooldown_until": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(until / 1000)), "reason": res[3]}
+            self.problem = (f"CLI {name} cools down for {(until - now) / 1000:.0f}s after a "
+                            f"rate limit: {res[3]}")
+            wait = agent_wait_s(until, now, random.random())
+        self.links.stopping.wait(wait)
 
     def expected_types(self) -> dict[str, str]:
         """The Redis type of every key a round of this agent uses."""
@@ -293,7 +335,8 @@ class Worker:
         out = {k.urgent(a): "list", k.inbox(a): "list", k.inflight_urgent(a): "list",
                k.inflight(a): "list", k.agent(a): "hash", k.agent_info(a): "hash",
                k.agent_lease(a): "string", k.activity(a): "list", k.delayed: "zset",
-               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream"}
+               k.deadletter: "list", k.events: "stream", k.agent_events(a): "stream",
+               k.cli(self.settings.cli): "hash"}
         for tid in self.round_tasks:
             out[k.task(tid)] = out[k.task_meta(tid)] = "hash"
         for key in self.round_streams:

@@ -38,7 +38,8 @@ lease:agent:<aid>                  string  instance id of the daemon that runs t
 agent_names                        hash    agent name → aid; HSETNX makes registration by name
                                            idempotent across restarts and across daemons.
 agent:<aid>                        hash    daemon-side agent info: owner, pid (of the running CLI),
-                                           round, round_started_at, last_exit, cli.
+                                           round, round_started_at, last_exit, cli; usage sums of its
+                                           rounds (input_tokens … cost_usd, as task:<tid>).
 inflight:<aid>                     list    messages moved out of the inbox for the current round
                                            (LMOVE inbox→inflight, in one Lua call). Acked by DEL at the
                                            end of the round; re-queued to the inbox head when a worker
@@ -47,19 +48,43 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent batch.
+                                           last_error agent batch batch_task; its workspace (worktree
+                                           mode, workspaces/records.py): branch base head
+                                           files_changed insertions deletions workspace (the path,
+                                           while it exists) workspace_repo workspace_git
+                                           workspace_dir workspace_keep workspace_commit
+                                           workspace_setup workspace_ended; last_class and failures
+                                           (JSON list of {class, error, at}, newest 20) of failed
+                                           rounds; usage summed over rounds: input_tokens
+                                           output_tokens cached_tokens cache_write_tokens turns
+                                           cost_usd, and the last model and session_id
+                                           (runtime/agent_cli/usage.py).
+workspaces                         set     ids of tasks whose worktree may exist (SADD before it is
+                                           made, SREM once it is removed): `tinytownd workspaces`
+                                           and the daemon's sweep of ended tasks read it.
+cli:<name>                         hash    an agent CLI's state for the whole town (every daemon on
+                                           the Redis): cooldown_until (ms, Redis clock) cooldown_level
+                                           cooldown_reason cooldown_at cooldown_s after a rate limit;
+                                           paused ("1") paused_reason paused_at after a fatal error.
+                                           take_round.lua reads it in the same call as the take
+                                           (store/cli_state.py; cleared by `resume-cli`, a reload).
 deadletter                         list    JSON {id reason source raw at ...}: messages that did not
                                            parse and tasks that used up their attempts. RPUSH.
 notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
                                            task reaches a terminal state, so mission owners wake at once;
                                            and {"task": tid, "state": "pending", "backlog": true} when a
                                            task is put on the backlog (runtime claims wake on it).
-batch:<bid>                        hash    batch run meta: state created_at file totals...
+batch:<bid>                        hash    batch run meta: state created_at file totals...; the usage
+                                           sums of its tasks' rounds (input_tokens … cost_usd), added
+                                           at each round's end (lua/add_usage.lua), which
+                                           --max-cost-usd compares with its budget; stop_reason.
 batch:<bid>:tasks                  list    task ids of the batch, in file order.
 batch:<bid>:ids                    hash    batch-file task id → task uuid (idempotent submission).
 mission:<mid>                      hash    daemon bookkeeping of a mission: fence (token counter),
                                            file ids, per-item attempts ("attempts:<wid>") and
-                                           implementer ("implementer:<wid>").
+                                           implementer ("implementer:<wid>"); max_cost_usd (policy)
+                                           and the usage sums of its tasks' rounds (input_tokens …
+                                           cost_usd), written by the runtime at each round's end.
 mission:<mid>:tasks                set     ids of tasks bound to the mission that the engine has not
                                            processed yet (live, or terminal and not yet reconciled).
 mission:<mid>:cmdwatch             hash    command-watch id → JSON CommandWatch (tt has no such
@@ -183,8 +208,15 @@ class Keys:
         return f"{self.daemon_prefix}deadletter"
 
     @property
+    def workspaces(self) -> str:
+        return f"{self.daemon_prefix}workspaces"
+
+    @property
     def notify(self) -> str:
         return f"{self.daemon_prefix}notify"
+
+    def cli(self, name: str) -> str:
+        return f"{self.daemon_prefix}cli:{name}"
 
     def batch(self, bid: str) -> str:
         return f"{self.daemon_prefix}batch:{bid}"

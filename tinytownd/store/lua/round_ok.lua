@@ -19,7 +19,12 @@
 -- ARGV[7] = task_completed event data   ARGV[8] = mission id or ""   ARGV[9] = notify channel
 -- ARGV[10] = notify JSON   ARGV[11] = Working -> Idle event data   ARGV[12] = activity text
 -- ARGV[13] = owner token   ARGV[14..16] = MAXLEN ~ of town, agent, mission streams
--- ARGV[17..] = ack groups of 4: list ('u' | 'i'), raw, score ('' = plain ack), envelope
+-- ARGV[17] = the round's usage, JSON {"n": {count field: int}, "f": {cost_usd: float},
+--            "s": {label field: string}} or '' (none): counts and cost are added to the task's
+--            daemon meta, the agent's info (KEYS[9]) and, with a mission (ARGV[8]), the mission's
+--            daemon meta and the task's batch (add_usage.lua); labels (model, session_id) are
+--            set on the task's meta
+-- ARGV[18..] = ack groups of 4: list ('u' | 'i'), raw, score ('' = plain ack), envelope
 -- Returns {finish code, a, b, events written (1/0), acked (1/0), old agent state or false}:
 -- finish code -2 no task, -3 the task key is unreadable (not a hash), -1 no task hash,
 -- 0 already terminal (a = its state), 1 completed (a = assigned_to or "", b = tags or "[]").
@@ -45,11 +50,19 @@ end
 -- 2. ack
 --#include ack_round
 local ack_args = {ARGV[13]}
-for i = 17, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
+for i = 18, #ARGV do ack_args[#ack_args + 1] = ARGV[i] end
 local acked = ack_round({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, ack_args)
 -- 3. agent round end
 --#include agent_round_end
 local ret_old = agent_round_end({KEYS[8]}, {now, tid})
+-- usage
+--#include add_usage
+if ARGV[17] ~= '' then
+  local targets = {KEYS[9]}
+  if tid ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:task:' .. tid end
+  if ARGV[8] ~= '' then targets[#targets + 1] = prefix .. 'tinytownd:mission:' .. ARGV[8] end
+  add_usage(targets, {ARGV[17], tid ~= '' and 2 or 0, prefix .. 'tinytownd:'})
+end
 -- 4., 5.
 redis.call('HSET', KEYS[9], 'last_exit', '0', 'task', '')
 redis.call('HDEL', KEYS[9], 'crashes')

@@ -7,6 +7,9 @@
 -- ARGV[7] = lease ttl (ms): a lease that vanished is taken back (see below)
 -- KEYS[8] = the dead-letter list (with ARGV[4..6]: a message over ARGV[4] bytes is dead-lettered
 -- and removed from in-flight here, never sent to the daemon; source = its queue)
+-- KEYS[9] = the state hash of the agent's CLI (optional): while the CLI is paused (a fatal error)
+-- or cooling down (a rate limit), in-flight items go back to their queues and
+-- {'cli_paused', reason} | {'cooldown', until ms, now ms, reason} is returned (Redis clock).
 -- If the lease is another daemon's, the stop flag is set, or the agent is paused/stopped, in-flight
 -- items go back to their queues (head, order kept) and {'lost', holder}|{'stop'}|{'paused'}|
 -- {'stopped'} is returned.
@@ -64,6 +67,17 @@ if holder ~= ARGV[1] then requeue_all() return {'lost', holder or ''} end
 if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
 local st = redis.call('HGET', KEYS[6], 'state')
 if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
+if KEYS[9] then
+  local c = redis.call('HMGET', KEYS[9], 'paused', 'paused_reason', 'cooldown_until',
+                       'cooldown_reason')
+  if c[1] then requeue_all() return {'cli_paused', c[2] or ''} end
+  if c[3] then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local untl = tonumber(c[3]) or 0
+    if now < untl then requeue_all() return {'cooldown', untl, now, c[4] or ''} end
+  end
+end
 local tasks = 0
 for _, raw in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
   if task_bearing(raw) then tasks = tasks + 1 end
