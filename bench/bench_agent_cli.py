@@ -4,10 +4,11 @@ prints a claude-json result (`output: claude-json`: parsed, usage summed on the 
 and the batch) against the same CLI printing plain text (`output: text`), in the same run.
 
     python bench/bench_agent_cli.py [-n 2000] [-w 8] [--runs 3]
+    python bench/bench_agent_cli.py --micro     # the same work in-process, µs per task
 
 Both CLIs are `cat FILE` (one fork/exec each, like `true`); FILE is the claude-json fixture of
 the tests (tests/fixtures/agent_cli/claude_success.json) or its `result` text. Runs alternate
-(text, json, text, json, ...) so load changes hit both; each run is `tinytownd batch` embedded
+(text json, json text, text json, ...) so load changes and order hit both; each run is `tinytownd batch` embedded
 (its own redis-server, W agents), the rate is the summary's completed / wall_time_s. Prints one
 JSON line per run and a last line with the medians and their ratio (goal: json >= 0.9 x text).
 """
@@ -60,7 +61,43 @@ def one(n: int, w: int, fmt: str, d: str, i: int) -> dict:
     return row
 
 
+def micro(number: int = 20000) -> dict:
+    """Per task, in-process: claude-json (feed + parse + verdict + usage-file probe + the usage
+    argument of round_ok.lua) against text (verdict + usage-file probe); min of 5 repeats."""
+    import timeit
+
+    sys.path.insert(0, ROOT)
+    from tinytownd import config
+    from tinytownd.runtime.agent_cli import output, report, usage
+    from tinytownd.runtime.agent_cli.accounting import usage_arg
+    from tinytownd.runtime.runner import CliResult
+
+    data = open(FIXTURE, "rb").read()
+    res = CliResult(exit_code=0, timed_out=False, killed=False, duration_s=1.0, pid=1,
+                    output=data.decode())
+    claude, plain = config.BUILTIN_CLIS["claude"], config.AgentCli(command="x")
+    nofile = "/nonexistent/usage.json"
+
+    def structured():
+        c = output.collector("claude-json")
+        c.feed(data)
+        v = report.judge(res, claude, c.parse(), usage.from_file(nofile), time.time())
+        usage_arg(v.usage)
+
+    def text():
+        report.judge(res, plain, None, usage.from_file(nofile), time.time())
+    out = {"micro": True}
+    for name, fn in (("claude_json_us", structured), ("text_us", text)):
+        out[name] = round(min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6, 1)
+    out["load"] = os.getloadavg()
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> int:
+    if "--micro" in sys.argv:
+        micro()
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("-w", type=int, default=8)
@@ -74,8 +111,8 @@ def main() -> int:
         with open(os.path.join(d, "out.txt"), "w") as f:
             f.write(doc["result"] + "\n")
         rows = {"text": [], "claude-json": []}
-        for i in range(a.runs):
-            for fmt in ("text", "claude-json"):
+        for i in range(a.runs):        # ABBA: which goes first alternates
+            for fmt in (("text", "claude-json") if i % 2 == 0 else ("claude-json", "text")):
                 rows[fmt].append(one(a.n, a.w, fmt, d, i))
     med = {k: statistics.median(r["tasks_per_s"] for r in v) for k, v in rows.items()}
     bad = [r for r in rows["claude-json"] if r["completed"] != a.n or

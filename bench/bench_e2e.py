@@ -284,9 +284,12 @@ try:
     bf = parse({"tasks": [{"id": f"t{i}", "description": "noop"} for i in range(n)]}, "gen")
     clis, agents = agent_sections(bf, agents=w, cli="true")
     cfg = embedded_config(bf, root, clis, agents)
+    import dataclasses
     if variant == "claim":   # the runtime's backlog claiming instead of the batch dispatcher
-        import dataclasses
         cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, backlog_claim=True))
+    if len(sys.argv) > 5 and sys.argv[5]:   # runtime.task_events (else the default)
+        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime,
+                                                                  task_events=sys.argv[5]))
     d = Daemon(cfg, install_signals=False)
     d.start()
     g = gevent.spawn(d.run)
@@ -299,8 +302,9 @@ try:
     if variant == "claim":
         batch = TaskBatch(bf, "cc", r, d.ctx.keys)
     else:
-        batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg))
+        batch = DispatchedBatch(bf, "cc", r, d.ctx.keys, roster=roster(cfg), link_meta=False)
         batch.wait_agents()
+    batch.town.task_events = cfg.runtime.task_events
     t0 = time.monotonic()
     batch.subscribe(); batch.write_meta(); batch.submit()
     if variant != "claim":
@@ -319,7 +323,8 @@ try:
           if v["usec"] / n >= 5}
     batch.close()
     d.request_stop(graceful=True); g.join(30)
-    out = {"n": n, "workers": w, "wall_s": round(wall, 3), "tasks_per_s": round(n / wall, 1),
+    out = {"n": n, "workers": w, "task_events": getattr(cfg.runtime, "task_events", "lifecycle"),
+           "wall_s": round(wall, 3), "tasks_per_s": round(n / wall, 1),
            "redis_cmds_per_task": round(total / n, 1), "per_task": per,
            "redis_usec_per_task_by_cmd": us,
            "py_cpu_ms_per_task": round(((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) / n * 1000, 2),
@@ -334,14 +339,15 @@ finally:
 """
 
 
-def bench_cmdcount(n: int, w: int, variant: str = "dispatch") -> dict:
+def bench_cmdcount(n: int, w: int, variant: str = "dispatch", task_events: str = "") -> dict:
     """In-process embedded batch, with Redis command and CPU accounting per task.
 
     variant: `dispatch` = as shipped (the batch hands tasks to agents, prefetch 2);
     `claim` = the runtime's backlog claiming instead; `dispatch+spawn` = as shipped with
     tinytownd.runner.run replaced by the posix_spawn proposal (bench/peers/spawn_probe.py)."""
     out = subprocess.run([sys.executable, "-c", CMDCOUNT_CODE, str(n), str(w), variant,
-                          HERE], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                          HERE, task_events], check=True, capture_output=True, text=True,
+                         cwd=ROOT).stdout
     d = json.loads(out.strip().splitlines()[-1])
     return emit({"system": f"tinytownd_cost[{variant}]", **d})
 
@@ -363,6 +369,8 @@ def main() -> None:
     ap.add_argument("--variant", default="dispatch", choices=["dispatch", "claim", "dispatch+spawn"],
                     help="cmdcount: dispatch = as shipped; claim = the runtime's backlog claim "
                          "path; dispatch+spawn = runner.run replaced by the posix_spawn proposal")
+    ap.add_argument("--task-events", default="", choices=["", "lifecycle", "terminal", "none"],
+                    help="cmdcount: runtime.task_events (default: the config default)")
     a = ap.parse_args()
     opts = dict(o.split("=", 1) for o in a.opt)
     if a.system == "floor":
@@ -372,7 +380,7 @@ def main() -> None:
     elif a.system == "memory":
         bench_memory()
     elif a.system == "cmdcount":
-        bench_cmdcount(a.n, a.w, a.variant)
+        bench_cmdcount(a.n, a.w, a.variant, a.task_events)
     elif a.system in PEERS:
         bench_peer(a.system, a.n, a.w, a.appendfsync, opts)
     else:

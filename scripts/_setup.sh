@@ -1,6 +1,6 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
 # Installs what is missing and nothing more, so a second run is fast:
-#   - redis-server (Debian package) when it is not on PATH;
+#   - redis-server, openssl and git (Debian packages) when they are not on PATH;
 #   - a virtualenv .venv with tinytownd installed (editable) plus the extras named in $TT_EXTRAS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -9,6 +9,7 @@ cd "$ROOT"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v git >/dev/null 2>&1 || need_apt+=(git)       # worktree mode (workspaces)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tinytownd needs: ${need_apt[*]}. Install with:" >&2

@@ -115,3 +115,30 @@ def test_a_stop_request_ends_the_follow(town):
     assert [row["state"] for row in b.rows()] == ["pending", "pending"]
     unsubmitted = _batch(town, n=3, bid="b2")
     assert [row["state"] for row in unsubmitted.rows()] == ["unsubmitted"] * 3
+
+
+def test_without_the_meta_link_a_task_with_nothing_to_record_has_no_meta(town):
+    """An embedded batch whose agents use no worktree (agents.uses_workspaces) leaves the batch
+    link to batch:<bid>:ids: a task without limits or a role gets no daemon meta at all (one
+    command per task less); one with limits gets just those."""
+    bf = parse({"tasks": [{"id": "plain", "description": "x"},
+                          {"id": "limited", "description": "y", "max_attempts": 2}]}, "b.yaml")
+    b = tasks.TaskBatch(bf, "b2", town.r, town.keys, link_meta=False)
+    assert b.submit() == (2, 0)
+    assert town.r.exists(town.keys.task_meta(b.ids["plain"])) == 0
+    assert town.r.hgetall(town.keys.task_meta(b.ids["limited"])) == {"max_attempts": "2"}
+    assert town.r.hgetall(town.keys.batch_ids("b2")) == b.ids
+
+
+def test_uses_workspaces_follows_the_agents_and_their_clis(tmp_path):
+    from tinytownd.batch.agents import uses_workspaces
+    from tinytownd.config import from_dict
+
+    def cfg(cli: dict, agent: dict):
+        return from_dict({"town": {"name": "w", "root": str(tmp_path)},
+                          "agent_clis": {"c": {"command": "true", **cli}},
+                          "agents": [{"name": "a", "cli": "c", **agent}]},
+                         str(tmp_path / "c.yaml"), env={}, check_files=False)
+    ws = {"workspace": {"repo": str(tmp_path)}}
+    assert not uses_workspaces(cfg({}, {}))
+    assert uses_workspaces(cfg({}, ws)) and uses_workspaces(cfg(ws, {}))

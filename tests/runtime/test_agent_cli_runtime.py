@@ -313,3 +313,21 @@ def test_cooldown_across_two_daemon_processes(redis_server, tmpdir_short):
         for d in daemons:
             d.terminate()
             d.cleanup()
+
+
+@pytest.mark.parametrize("junk", ["list", "fields"])
+def test_junk_in_the_cli_state_key_is_no_crash(harness, junk):
+    """A client wrote junk into tt:<town>:tinytownd:cli:<name>: a key of the wrong type is
+    quarantined (the agents keep working), junk field values count as no cooldown."""
+    h = harness([{"name": "j", "cli": "ok"}], {"ok": "cat >/dev/null; echo fine"})
+    aid = first_aid(h)
+    key = h.keys.cli("ok")
+    if junk == "list":
+        h.town.r.delete(key)
+        h.town.r.rpush(key, "junk")
+    else:
+        h.town.r.hset(key, mapping={"cooldown_until": "soon", "cooldown_level": "x"})
+    tid = h.town.assign(aid, "x")
+    wait_for(lambda: task_state(h, tid) == "completed", timeout=30)
+    assert h.town.r.type(key) in ("hash", "none")
+    assert CliState(h.town.r, h.keys).read(["ok"])["ok"].get("cooldown_until") is None

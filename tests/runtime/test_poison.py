@@ -209,7 +209,8 @@ def test_junk_on_the_notify_channel(harness):
 
 
 def test_event_streams_of_the_wrong_type(harness):
-    h, aid = one_agent(harness)
+    # (with the per-task events on: every round writes both streams)
+    h, aid = one_agent(harness, runtime={"task_events": "lifecycle"})
     r, k = h.town.r, h.keys
     for key in (k.events, k.agent_events(aid)):
         r.delete(key)

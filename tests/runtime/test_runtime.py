@@ -16,11 +16,13 @@ def task_state(h, tid):
     return (h.town.get_task(tid) or {}).get("state")
 
 
-def test_assign_runs_cli_and_completes(harness, tmpdir_short):
+@pytest.mark.parametrize("events", ["lifecycle", "terminal", "none"])
+def test_assign_runs_cli_and_completes(harness, tmpdir_short, events):
     out = tmpdir_short / "out.txt"
     h = harness([{"name": "w", "cli": "echo", "role": "worker"}],
                 {"echo": {"command": f"cat > /dev/null; echo \"$TINYTOWN_TASK_ID $TINYTOWN_AGENT_NAME"
-                                     f" $TINYTOWN_TOWN\" >> {out}; echo all done"}})
+                                     f" $TINYTOWN_TOWN\" >> {out}; echo all done"}},
+                runtime={"task_events": events})
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
     tid = h.town.assign(aid, "say hi")
@@ -34,9 +36,17 @@ def test_assign_runs_cli_and_completes(harness, tmpdir_short):
     assert "current_task" not in a
     assert h.town.r.llen(h.keys.inflight(aid)) == 0
     assert all_records_valid_town(h.town) == []
-    types = [f["event_type"] for _i, f in h.town.r.xrange(h.keys.events)]
-    for t in ("agent_spawned", "agent_state_changed", "task_assigned", "task_completed"):
-        assert t in types
+    evs = [json.loads(f["data"]) for _i, f in h.town.r.xrange(h.keys.events)]
+    types = {e["event_type"] for e in evs}
+    per_task = {"task_assigned", "task_completed"} & types
+    working = [e for e in evs if e.get("new_state") == "Working"]
+    # runtime.task_events: which of the events tt never writes itself are written
+    assert "agent_spawned" in types and "agent_state_changed" in types   # agent start: always
+    assert per_task == {"lifecycle": {"task_assigned", "task_completed"},
+                        "terminal": {"task_completed"}, "none": set()}[events]
+    assert bool(working) == (events == "lifecycle")
+    agent_types = {f["event_type"] for _i, f in h.town.r.xrange(h.keys.agent_events(aid))}
+    assert ("task_completed" in agent_types) == (events != "none")
 
 
 def test_tt_written_task_completes(harness):
@@ -97,7 +107,8 @@ def test_urgent_before_normal_and_fifo(harness, tmpdir_short):
 def test_retries_then_failed_and_deadletter(harness, tmpdir_short):
     cnt = tmpdir_short / "count"
     h = harness([{"name": "w", "cli": "bad"}],
-                {"bad": {"command": f"echo run >> {cnt}; echo oops; exit 3", "max_attempts": 3}})
+                {"bad": {"command": f"echo run >> {cnt}; echo oops; exit 3", "max_attempts": 3}},
+                runtime={"task_events": "terminal"})
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     tid = h.town.assign(aid, "fails")
     wait_for(lambda: task_state(h, tid) == "failed", timeout=30)
@@ -345,7 +356,7 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
                k.agent_lease(aid), k.delayed, k.agent(aid), k.agent_info(aid), k.activity(aid),
                k.events, k.agent_events(aid)]
     ok_args = [k.prefix, "2026-01-01T00:00:00+00:00", "done", "", "", "", "", "", k.notify, "",
-               "{}", "Round 1: ok", rt.owner, 1000, 100, 500, ""]
+               "{}", "Round 1: ok", rt.owner, 1000, 100, 500, "", "1", "0", "1"]
     fin, pre = rt.scripts.round_ok_take(
         keys=ok_keys + w.take_keys,
         args=[len(ok_keys), len(ok_args), *ok_args, *w.take_args()])
@@ -364,6 +375,10 @@ def test_next_round_taken_with_round_end_goes_back_on_stop(harness, tmpdir_short
     assert h.town.r.lrange(k.inbox(aid), 0, -1) == before_inbox
     assert h.town.r.lrange(k.urgent(aid), 0, -1) == before_urgent
     assert [json.loads(m)["task_id"] for m in before_inbox] == [t1, t2]
+    # the take had started t1's round (task running, attempt 1): taken back with the messages
+    assert pre[3][4] == 1 and task_state(h, t1) == "assigned"
+    assert h.town.r.hget(k.task_meta(t1), "attempts") == "0"
+    assert h.town.get_agent(aid).get("current_task") is None
 
 
 def test_kept_connections_survive_killed_clients_and_flushed_scripts(harness):

@@ -77,7 +77,13 @@ class DaemonProcess:
             stdout=open(self.stdout_path, "ab"), stderr=open(self.root / "stderr.log", "ab"),
             env=full_env, stdin=subprocess.DEVNULL)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                # a start that never got ready leaves nothing behind, even when the caller had no
+                # handle on this object yet (`d = DaemonProcess(...).start()` raised)
+                self.cleanup()
+                raise
         return self
 
     def wait_ready(self, timeout=20.0) -> dict:

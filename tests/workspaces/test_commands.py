@@ -45,14 +45,14 @@ def test_task_show_and_workspaces_list_prune(ws_harness, repo):
     (row,) = rows
     bmeta = h.town.get_task_meta(bad)
     assert row["state"] == "kept" and row["task_state"] == "failed"
-    assert row["path"] == bmeta["workspace"] and row["bytes"] > 0
+    assert row["path"] == bmeta["worktree"] and row["bytes"] > 0
     assert "kept" in _cli(h, "workspaces").stdout             # list is the default
 
     r = _cli(h, "workspaces", "prune", "--json")              # on_failure keeps it
-    assert json.loads(r.stdout)["pruned"] == [] and os.path.isdir(bmeta["workspace"])
+    assert json.loads(r.stdout)["pruned"] == [] and os.path.isdir(bmeta["worktree"])
     r = _cli(h, "workspaces", "prune", "--all", "--json")
     assert json.loads(r.stdout)["pruned"] == [bad], r.stdout + r.stderr
-    assert not os.path.exists(bmeta["workspace"]) and worktrees(repo) == []
+    assert not os.path.exists(bmeta["worktree"]) and worktrees(repo) == []
     assert branches(repo) == [meta["branch"]]   # the failed one had no commits: deleted
     assert json.loads(_cli(h, "workspaces", "list", "--json").stdout) == []
 
@@ -77,7 +77,7 @@ def test_startup_after_crash_prunes_reattaches_and_applies_keep(ws_harness, repo
     git(repo, "worktree", "add", "-q", str(ended_wt), "-b", "tt/ended", "main")
     h.town.r.hset(h.keys.task_meta(ended), mapping={
         "branch": "tt/ended", "base": git(repo, "rev-parse", "main").strip(),
-        "workspace": str(ended_wt), "workspace_repo": str(repo),
+        "worktree": str(ended_wt), "workspace_repo": str(repo),
         "workspace_git": str(repo / ".git"), "workspace_dir": str(tmpdir_short / "town" / "workspaces"),
         "workspace_keep": "never", "workspace_commit": "auto"})
     h.town.r.sadd(h.keys.workspaces, ended)
@@ -86,9 +86,32 @@ def test_startup_after_crash_prunes_reattaches_and_applies_keep(ws_harness, repo
     h2 = ws_harness(_agents(repo, keep="never"),
                     {"c": {"command": 'cat partial.txt > seen.txt'}}, root_name="town")
     wait_for(lambda: not ended_wt.exists(), 30, what="ended task's worktree removed")
-    assert "tt/ended" not in branches(repo)               # no commits: deleted with it
+    wait_for(lambda: "tt/ended" not in branches(repo), 20)   # no commits: deleted with it
     wait_for(lambda: h2.town.get_task(live)["state"] == "completed", 60)
     meta = h2.town.get_task_meta(live)
     assert git(repo, "show", f"{meta['branch']}:seen.txt") == "partial\n"
     wait_for(lambda: worktrees(repo) == [str(tmpdir_short / "stray")], 20)
     assert outside.read_text() == "mine\n"
+
+
+def test_records_pointing_outside_dir_never_delete_anything(ws_harness, repo, tmpdir_short):
+    h = ws_harness(_agents(repo, keep="never"), {"c": {"command": "true"}}, root_name="town")
+    victims = []
+    for n, (wdir, path) in enumerate([
+            (tmpdir_short, None),                              # a dir the config does not name
+            (tmpdir_short / "town" / "workspaces", tmpdir_short / "precious"),   # not dir/<id>
+            ("/", None)]):
+        tid = f"0000000{n}-0000-4000-8000-000000000000"
+        target = path or (tmpdir_short / tid if wdir != "/" else tmpdir_short / "rootish")
+        target.mkdir(exist_ok=True)
+        (target / "keep.txt").write_text("mine\n")
+        victims.append(target)
+        h.town.r.hset(h.keys.task_meta(tid), mapping={
+            "branch": f"tt/x{n}", "base": "0" * 40, "worktree": str(target),
+            "workspace_repo": str(repo), "workspace_git": str(repo / ".git"),
+            "workspace_dir": str(wdir), "workspace_keep": "never", "workspace_commit": "auto"})
+        h.town.r.sadd(h.keys.workspaces, tid)
+    r = _cli(h, "workspaces", "prune", "--all", "--json")
+    assert r.returncode == 0, r.stderr
+    for v in victims:       # (the daemon's own sweep may have met them first: the same rule)
+        assert (v / "keep.txt").read_text() == "mine\n", v

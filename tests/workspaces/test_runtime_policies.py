@@ -45,7 +45,7 @@ def test_retry_continues_on_the_same_worktree(ws_harness, repo):
 def test_environment_and_cwd(ws_harness, repo, tmpdir_short):
     h, aid = _one(ws_harness, repo, ENV_CLI, keep="always")
     tid, meta = _run(h, aid)
-    path = meta["workspace"]
+    path = meta["worktree"]
     assert path == str(tmpdir_short / "town0" / "workspaces" / tid) and os.path.isdir(path)
     lines = open(os.path.join(path, "env.txt")).read().split("\n")
     assert lines[:4] == [path, path, meta["branch"], meta["base"]]
@@ -61,7 +61,7 @@ def test_keep_policies(ws_harness, repo, keep, fails, dir_stays):
     cmd = "echo change > f.txt" + ("; exit 1" if fails else "")
     h, aid = _one(ws_harness, repo, cmd, keep=keep, max_attempts=1)
     tid, meta = _run(h, aid, state="failed" if fails else "completed")
-    assert ("workspace" in meta) == dir_stays
+    assert ("worktree" in meta) == dir_stays
     assert (len(worktrees(repo)) == 1) == dir_stays
     assert meta["workspace_ended"] == ("failed" if fails else "completed")
     if fails:
@@ -69,7 +69,7 @@ def test_keep_policies(ws_harness, repo, keep, fails, dir_stays):
         assert meta["head"] == meta["base"]
         assert (meta.get("branch") in branches(repo)) == dir_stays
         if dir_stays:
-            assert open(os.path.join(meta["workspace"], "f.txt")).read() == "change\n"
+            assert open(os.path.join(meta["worktree"], "f.txt")).read() == "change\n"
     else:
         assert meta["branch"] in branches(repo)       # a branch with commits always stays
         assert git(repo, "show", f"{meta['branch']}:f.txt") == "change\n"
@@ -112,7 +112,7 @@ def test_commit_agent_leaves_the_tree(ws_harness, repo):
     br = meta["branch"]
     assert git(repo, "log", "-1", "--format=%s|%an", br).strip() == "agent commit|me"
     assert git(repo, "rev-list", "--count", f"{meta['base']}..{br}").strip() == "1"
-    assert git(meta["workspace"], "status", "--porcelain").strip() == "?? b.txt"
+    assert git(meta["worktree"], "status", "--porcelain").strip() == "?? b.txt"
     assert meta["head"] == git(repo, "rev-parse", br).strip()
     assert meta["files_changed"] == "1"
 
@@ -130,7 +130,7 @@ def test_failing_setup_is_a_failed_round(ws_harness, repo):
                   max_attempts=2)
     tid, meta = _run(h, aid, state="failed")
     assert meta["attempts"] == "2" and "setup failed (exit status 7)" in meta["last_error"]
-    assert worktrees(repo) == [] or meta.get("workspace")
+    assert worktrees(repo) == [] or meta.get("worktree")
 
 
 def test_repo_gone_defers_without_using_attempts(ws_harness, repo, tmpdir_short):

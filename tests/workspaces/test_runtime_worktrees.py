@@ -32,5 +32,5 @@ def test_eight_agents_one_file_eight_branches(ws_harness, repo):
         assert git(repo, "show", f"{br}:own-{tid}.txt").strip() == br
         log = git(repo, "log", "-1", "--format=%an|%s", br).strip()
         assert log.startswith("w-") and log.endswith(f"|edit the notes, agent {tids.index(tid)}")
-        assert "workspace" not in meta          # completed + keep on_failure: directory removed
+        assert "worktree" not in meta          # completed + keep on_failure: directory removed
     assert worktrees(repo) == []

@@ -195,3 +195,11 @@ def embedded_config(bf: BatchFile, root: Path, clis: dict, agents: list, *,
     except cfgmod.ConfigError as e:
         key, msg = e.problems[0]
         raise BatchFileError(bf.path, key, msg) from None
+
+
+def uses_workspaces(cfg) -> bool:
+    """Whether any agent of `cfg` runs its rounds in worktrees (runtime/settings.py's rule):
+    only then do its tasks need the batch link in their meta (batch/tasks.py link_meta)."""
+    clis = cfg.clis()
+    return any(a.workspace or getattr(clis.get(a.cli), "workspace", None)
+               for a in cfg.expanded_agents())

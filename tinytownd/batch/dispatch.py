@@ -4,8 +4,9 @@ In an embedded task batch the runtime's backlog claiming is off (batch/agents.py
 `embedded_config`); instead every agent's inbox is kept PREFETCH deep with `Town.assign_cmds`
 (one running + one waiting), so an agent that finishes a round takes its next task at once,
 without the claim hop through the backlog service. Which agent may take which task is the tag rule
-of store/fit.py. Each hand-out pass is one MULTI/EXEC (the backlog removal + the assignment of
-every pick), so a task is always either queued in the backlog or assigned in an inbox; after a
+of store/fit.py. Each hand-out pass is one Lua call (lua/dispatch.lua: the backlog removal + the
+assignment of every pick; a task no longer in the backlog is not handed out), so a task is always
+either queued in the backlog or assigned in an inbox; after a
 crash the agents' in-flight and inbox messages are redelivered by the runtime, and
 `requeue_lost` puts a pending task that is in no queue back in the backlog.
 """
@@ -153,14 +154,14 @@ class DispatchedBatch(TaskBatch):
             self._dispatch_soon()
         elif st == "pending" and self._handed_at.get(tid, 0.0) < self._read_at:
             # handed back (recovery moved it to the backlog) — a state read *after* we gave it
-            # out; a re-count that read `pending` before our MULTI landed is just stale
+            # out; a re-count that read `pending` before our dispatch call landed is just stale
             del self.holder[tid]
             self.handed[aid].discard(tid)
             self._handed_back.append(tid)
 
     def _dispatch_soon(self) -> None:
         """One dispatch for every notification read meanwhile: the refill runs in its own
-        greenlet once the follower waits, so the follower never waits on a MULTI/EXEC per
+        greenlet once the follower waits, so the follower never waits on a dispatch call per
         finished task and agents' inboxes do not run dry behind it."""
         if self._refill is not None:
             return
@@ -195,7 +196,7 @@ class DispatchedBatch(TaskBatch):
         return picks
 
     def dispatch(self) -> int:
-        """Hand out what fits, in one MULTI/EXEC; how many tasks went out."""
+        """Hand out what fits, in one call; how many tasks went out."""
         if not self.dispatching or (self.gate is not None and not self.gate()):
             return 0
         if self._handed_back:
@@ -210,13 +211,8 @@ class DispatchedBatch(TaskBatch):
         picks = self._pick()
         if not picks:
             return 0
-        cmds = []
-        now = hash_ts()
-        for aid, tid in picks:
-            cmds.append(self.town.backlog_take_cmd(tid))
-            cmds += self.town.assign_cmds(aid, tid, self.task_tags.get(tid, ()), now)
-        try:
-            self.town.send_raw(cmds, transaction=True)     # one MULTI/EXEC, one write
+        try:       # one call (lua/dispatch.lua): backlog removal + assignment of every pick
+            handed = self.town.dispatch(picks, lambda t: self.task_tags.get(t, ()), hash_ts())
         except Exception as e:   # Redis blip: put them back; the next pass retries
             for aid, tid in reversed(picks):
                 self.handed[aid].discard(tid)
@@ -226,7 +222,11 @@ class DispatchedBatch(TaskBatch):
                 self.log.warning("batch dispatch failed", error=str(e))
             return 0
         handed_at = time.monotonic()
-        for _aid, tid in picks:
-            self.state[tid] = "assigned"
-            self._handed_at[tid] = handed_at
-        return len(picks)
+        for (aid, tid), ok in zip(picks, handed):
+            if ok:
+                self.state[tid] = "assigned"
+                self._handed_at[tid] = handed_at
+            else:       # someone else took it off the backlog: theirs now (re-counts follow it)
+                self.handed[aid].discard(tid)
+                self.holder.pop(tid, None)
+        return sum(handed)

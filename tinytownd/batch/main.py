@@ -37,7 +37,7 @@ from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
 from . import artifacts
-from .agents import agent_sections, check_agents, embedded_config, roster
+from .agents import agent_sections, check_agents, embedded_config, roster, uses_workspaces
 from .dispatch import DispatchedBatch
 from .file import BatchFile, BatchFileError, UsageError, load
 from .follow import Batch
@@ -343,10 +343,15 @@ class Embedded(Mode):
         self.runner = gevent.spawn(self.daemon.run)
         r, keys = self.daemon.ctx.clients.cmd, self.daemon.ctx.keys
         if self.file.kind == "mission":
-            return MissionBatch(self.file, self.batch_id, r, keys, log=log,
-                                roles={a.role for a in self.cfg.expanded_agents()})
-        return DispatchedBatch(self.file, self.batch_id, r, keys, log=log,
-                               roster=roster(self.cfg))
+            batch = MissionBatch(self.file, self.batch_id, r, keys, log=log,
+                                 roles={a.role for a in self.cfg.expanded_agents()})
+        else:
+            batch = DispatchedBatch(self.file, self.batch_id, r, keys, log=log,
+                                    roster=roster(self.cfg),
+                                    link_meta=uses_workspaces(self.cfg) or
+                                    getattr(self.args, "max_cost_usd", None) is not None)
+        batch.town.task_events = self.cfg.runtime.task_events
+        return batch
 
     def drain(self, batch: Batch, stopper: Stopper) -> None:
         """Stop handing out work and let running rounds finish (until drain_timeout_s or a
@@ -425,6 +430,7 @@ class Submit(Mode):
         log = logs.get_logger("tinytownd.batch", batch=self.batch_id)
         self.batch = (MissionBatch(bf, self.batch_id, r, keys, log=log, roles=roles)
                       if bf.kind == "mission" else TaskBatch(bf, self.batch_id, r, keys, log=log))
+        self.batch.town.task_events = cfg.runtime.task_events
         if self.resume and not self.batch.exists():
             raise UsageError(f"no batch {self.batch_id!r} in town {cfg.town.name!r} to resume")
         if not self.resume and self.batch.exists():

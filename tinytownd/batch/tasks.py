@@ -33,8 +33,15 @@ NO_KEY = "tt:-"             # read in place of a task that was never submitted (
 class TaskBatch(Batch):
     """The tasks of a task file on one town: submission, progress following and summary rows."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, link_meta: bool = True, **kw):
+        """`link_meta`: write batch/batch_task into each task's daemon meta: a worktree's
+        branch name reads them (agents.uses_workspaces), and so does add_usage.lua, which sums
+        the rounds' usage into batch:<bid> (the cost budget, --max-cost-usd, reads that sum).
+        Without it (an embedded batch with neither) the link is only batch:<bid>:ids, a task
+        without limits or a role gets no meta at all, and the summary's usage totals come from
+        the task rows as always."""
         super().__init__(*a, **kw)
+        self.link_meta = link_meta
         self.total = len(self.file.tasks)
         self._states_loaded = False           # self.state holds every task's state already
 
@@ -46,9 +53,10 @@ class TaskBatch(Batch):
     def submit(self, on_chunk=None) -> tuple[int, int]:
         """Submit every file task not yet submitted; return (new, already there).
 
-        Each chunk is one MULTI/EXEC: task hash + daemon task meta + backlog entry + the
-        `batch:<bid>:ids` mapping + the `batch:<bid>:tasks` list, so after a crash a file id is
-        either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
+        Each chunk is one MULTI/EXEC: the task hashes + daemon task meta (only for tasks with
+        something to record: the batch link (link_meta), limits, a role) + one RPUSH of the backlog entries + one HSET of the
+        `batch:<bid>:ids` mappings + one RPUSH of the `batch:<bid>:tasks` list, so after a crash
+        a file id is either fully submitted or not at all. `on_chunk([(file id, task id), ...])` is called
         after each chunk lands (the dispatcher starts handing out the first tasks while the
         rest are still being submitted).
         """
@@ -87,20 +95,24 @@ class TaskBatch(Batch):
         new_ids: dict[str, str] = {}
         for t in specs:
             # A task fits an agent when it has no tags or one of its tags is one of the agent's
-            # words (store/fit.py), so the batch link lives in the task meta (and
-            # batch:<bid>:tasks), never in the tags.
+            # words (store/fit.py), so the batch link lives in batch:<bid>:ids,
+            # batch:<bid>:tasks and (link_meta) the task meta, never in the tags.
             tid, hset = town.create_task_cmd(t.description, tags=fit.role_tags(t.tags, t.role))
-            meta = ["HSET", k.task_meta(tid), "batch", self.id, "batch_task", t.id]
+            cmds.append(hset)
+            meta = ["batch", self.id, "batch_task", t.id] if self.link_meta else []
             if t.max_attempts is not None:
                 meta += ("max_attempts", str(t.max_attempts))
             if t.timeout_s is not None:
                 meta += ("timeout_s", repr(float(t.timeout_s)))
             if t.role:
                 meta += ("role", t.role)
-            cmds += (hset, tuple(meta), town.backlog_push_cmd([tid]),
-                     ("HSET", k.batch_ids(self.id), t.id, tid),
-                     ("RPUSH", k.batch_tasks(self.id), tid))
+            if meta:
+                cmds.append(("HSET", k.task_meta(tid), *meta))
             new_ids[t.id] = tid
+        tids = list(new_ids.values())
+        ids = [x for fid, tid in new_ids.items() for x in (fid, tid)]
+        cmds += (town.backlog_push_cmd(tids), ("HSET", k.batch_ids(self.id), *ids),
+                 ("RPUSH", k.batch_tasks(self.id), *tids))
         return cmds, new_ids
 
     def requeue_lost(self) -> int:

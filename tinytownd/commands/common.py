@@ -69,7 +69,10 @@ def open_town(args, *, env_fallback: bool = True):
     from tinytownd.store.town import Town
 
     cfg, r, keys = open_redis(args, env_fallback=env_fallback)
-    return Town(r, keys, log=logs.get_logger("cli", town=keys.town)), cfg
+    town = Town(r, keys, log=logs.get_logger("cli", town=keys.town))
+    if cfg is not None:
+        town.task_events = cfg.runtime.task_events
+    return town, cfg
 
 
 def run(fn, *, prefix: str = "tinytownd") -> int:

@@ -286,7 +286,7 @@ def workspace_of(meta: dict) -> dict | None:
     if not meta.get("base"):
         return None
     from tinytownd.workspaces.records import summary_fields
-    return {**summary_fields(meta), "worktree": meta.get("workspace")}
+    return {**summary_fields(meta), "worktree": meta.get("worktree")}
 
 
 def cmd_control(args) -> int:

@@ -30,7 +30,8 @@ def cmd_workspaces(args) -> int:
         from tinytownd.workspaces.manager import WorkspaceManager
 
         town, cfg = common.open_town(args)
-        mgr = WorkspaceManager(town.r, town.keys, log=_StderrLog())
+        dirs = listing.dirs_of(cfg) if cfg is not None else set()
+        mgr = WorkspaceManager(town.r, town.keys, log=_StderrLog(), dirs=lambda: dirs)
         if (args.action or "list") == "prune":
             repos = listing.repos_of(cfg) if cfg is not None else set()
             done = mgr.sweep(repos, kept=args.all)

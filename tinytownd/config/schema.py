@@ -99,6 +99,12 @@ class RuntimeSection:
     max_blocking_connections: int = opt(0, check=in_range(0, 4096),
                                         doc="0 = one per agent plus headroom")
     backlog_claim: bool = opt(True, doc="idle agents claim backlog tasks that fit their role/tags")
+    task_events: str = opt("none", check=one_of("lifecycle", "terminal", "none"),
+                           doc="the per-task events tt itself never writes, on the town, agent "
+                               "and mission streams: lifecycle = task_assigned, agent "
+                               "Working/Idle per round, task_completed, task_failed; terminal = "
+                               "task_completed and task_failed only; none = none of them (each "
+                               "costs an XADD per stream per task)")
     round_log_max_bytes: int = opt(1 << 20, check=in_range(4096, 1 << 30),
                                    doc="one round's log: its first quarter and last three "
                                        "quarters are kept, the middle dropped and counted")

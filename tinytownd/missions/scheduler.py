@@ -35,6 +35,7 @@ from .work import WorkItem, task_binding
 # which live task speaks for an item: work over fix over review, running over assigned
 KIND_RANK = {"work": 3, "fix": 2, "review": 1}
 STATE_RANK = {"running": 2, "assigned": 1}
+BRANCH_REF = "branch:"   # an artifact ref naming the git branch a work task produced
 
 
 def run_tick(inp: TickInput) -> TickOutput:
@@ -165,7 +166,9 @@ def task_finished(t: Tick, it: WorkItem, task: dict) -> bool:
     if state == "completed":
         if it.status == "done" or f"task:{task['id']}" in it.artifact_refs:
             return False
-        arts = [f"task:{task['id']}"] + ([result] if result else [])
+        arts = [f"task:{task['id']}"] + ([f"{BRANCH_REF}{task['branch']}"]
+                                         if task.get("branch") else []) + \
+            ([result] if result else [])
         if kind == "review":
             low = result.lower()
             if any(low.startswith(p) for p in t.inp.cfg.review_reject_prefixes):
@@ -239,6 +242,7 @@ def assign(t: Tick):
         desc = t.description(it)
         if desc:
             text += f"\n{desc}\n"
+        text += dependency_branches(t, it)
         text += ("\nWhen you finish, complete this task with a short result. If you opened a "
                  "pull request, include its URL (or owner/repo#PR) so watches can take over.\n")
         nt = t.create_task("work", it, a, text)
@@ -248,6 +252,21 @@ def assign(t: Tick):
         t.out.assigned.append(it.id)
         slots -= 1
         t.log(f"Assigned '{it.title}' to agent '{a.get('name')}' as task {nt.task_id}")
+
+
+def dependency_branches(t: Tick, it: WorkItem) -> str:
+    """The prompt's lines naming the branches the item's dependencies produced (worktree mode:
+    their results record `branch:<name>`), or ""."""
+    lines = []
+    for dep in it.depends_on:
+        d = t.items.get(dep)
+        for ref in (d.artifact_refs if d else ()):
+            if ref.startswith(BRANCH_REF):
+                lines.append(f"- {d.title} ({dep}): {ref[len(BRANCH_REF):]}")
+    if not lines:
+        return ""
+    return ("\nBranches of its dependencies (git; build on them, e.g. merge them into your "
+            "branch):\n" + "\n".join(dict.fromkeys(lines)) + "\n")
 
 
 # ---------------------------------------------------------------------- 5. mission bookkeeping

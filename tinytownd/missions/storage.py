@@ -32,6 +32,7 @@ EVENTS_MAX = 100
 SUFFIXES = (":work", ":watch", ":events", ":control", ":dispatch_lock", ":active")
 TASK_FIELDS = ("id", "state", "assigned_to", "tags", "updated_at", "result", "completed_at",
                "created_at")
+WORKSPACE_FIELDS = ("branch", "base", "head")    # of the task's daemon meta (worktree mode)
 SCAN_CHUNK = 500
 
 
@@ -201,10 +202,15 @@ class MissionStore:
         p = self.r.pipeline(transaction=False)
         for tid in tids:
             p.hmget(self.keys.task(tid), TASK_FIELDS)
+            p.hmget(self.keys.task_meta(tid), WORKSPACE_FIELDS)
+        res = p.execute()
         out = {}
-        for tid, vals in zip(tids, p.execute()):
-            t = parse_task_fields(vals)
+        for i, tid in enumerate(tids):
+            t = parse_task_fields(res[2 * i])
             if t is not None:
+                branch, base, head = res[2 * i + 1]
+                if branch and head and head != base:    # worktree mode: a branch with commits
+                    t["branch"] = branch
                 out[tid] = t
         return out
 

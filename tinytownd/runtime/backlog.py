@@ -134,8 +134,9 @@ class BacklogClaims:
             if tid:
                 claimed += 1
                 w.idle = False
-                rt.town.emit(events.task_assigned(tid, w.aid, message=f"Task {tid} claimed from "
-                                                                      "the backlog"))
+                if rt.town.task_events == "lifecycle":
+                    rt.town.emit(events.task_assigned(tid, w.aid, message=f"Task {tid} claimed "
+                                                                          "from the backlog"))
                 rt.log.info("backlog task claimed", agent=s.name, task=tid)
                 if not rt.r.llen(k.backlog):
                     break

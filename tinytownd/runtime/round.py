@@ -34,6 +34,7 @@ from .agent_cli.cooldown import JITTER, cooldown_named_s
 from .process import close_fd
 from .prompt import round_prompt
 from .round_logs import RoundLogs
+from tinytownd.workspaces.round_hook import RoundWorkspace
 
 MAX_INBOX_PER_ROUND = 100
 
@@ -68,6 +69,23 @@ def _write_file(path: str, data: bytes) -> None:
         close_fd(fd)
 
 
+def started_of(info):
+    """(tid, attempt, task state before, started_at before) when take_round's reply says it
+    started the round of a task_assign (lua/take_round.lua), else None."""
+    if info and len(info) >= 7 and info[0] == "task_assign":
+        return info[1], int(info[4]), info[5], info[6]
+    return None
+
+
+def unstart(w, started) -> None:
+    """lua/round_unstart.lua for a start take_round made (Round.started) that is not run."""
+    if not started:
+        return
+    k, tid = w.keys, started[0]
+    w.links.scripts.round_unstart(keys=[k.task(tid), k.task_meta(tid), k.agent(w.aid)],
+                                  args=[tid, started[2] or "", started[3] or "", hash_ts()])
+
+
 class Round:
     """One round of worker `w` (it reads and updates the worker's state: pid, state, rounds,
     current_task, lost, extra_ack, next_take)."""
@@ -79,7 +97,11 @@ class Round:
         self.links = w.links
         self.k, self.aid = w.keys, w.aid
         self.taken = [("u", x) for x in urgent_raw] + [("i", x) for x in inbox_raw]
+        self.took_urgent = bool(urgent_raw)   # inflight_urgent needs emptying by the ack
         self.info = info
+        # take_round started the round of this task already (agent working, task running,
+        # attempts += 1): (tid, attempt, task state before, started_at before)
+        self.started = started_of(info)
 
     # ------------------------------------------------------------------ 1. the messages
     def run(self) -> None:
@@ -124,6 +146,8 @@ class Round:
             elif records.parse_task(task)["state"] in TASK_TERMINAL:
                 w.log.info("task already finished; skipping", task=tid, state=task.get("state"))
                 task_msg, tid, task = None, None, None
+        if self.started and self.started[0] != tid:
+            self.unstart()      # the daemon runs another task (or none) in this round
         if task_msg is None and not [g for g in actionable if g[2]["type"] not in TASK_BEARING]:
             # Nothing to run: non-actionable mail is consumed (as tt does), the rest acked.
             self._ack([(wh, raw, "", "") for wh, raw, _m in this_round])
@@ -160,15 +184,29 @@ class Round:
         for _w, _raw, reason in poison:
             self.w.log.warning("poison message dead-lettered", reason=reason)
 
+    def unstart(self) -> None:
+        """Take back take_round's start of a round this worker does not run."""
+        started, self.started = self.started, None
+        unstart(self.w, started)
+
+    def _ack_groups(self, entries) -> list:
+        """ack_round's groups: the entries, the worker's extra acks, and the 'U' flag when
+        the round took urgent messages."""
+        w = self.w
+        entries = list(entries) + w.extra_ack
+        w.extra_ack = []
+        if self.took_urgent:
+            entries.append(("U", "", "", ""))
+        out = []
+        for e in entries:
+            out.extend(e)
+        return out
+
     def _ack(self, entries, pipe=None):
         """entries: (which, raw, score, envelope). Fenced by the lease. With `pipe`, only
         queued (the caller checks the reply with _acked)."""
-        k, a, w = self.k, self.aid, self.w
-        args = [self.links.owner]
-        entries = list(entries) + w.extra_ack
-        w.extra_ack = []
-        for e in entries:
-            args.extend(e)
+        k, a = self.k, self.aid
+        args = [self.links.owner, *self._ack_groups(entries)]
         res = self.links.scripts.ack_round(
             keys=[k.inflight_urgent(a), k.inflight(a), k.urgent(a), k.inbox(a), k.agent_lease(a),
                   k.delayed], args=args, client=pipe)
@@ -205,13 +243,21 @@ class Round:
         w.rounds += 1
         rnd = w.rounds
         old_state = w.state if w.state in ("idle", "paused", "starting") else "idle"
-        data = events.agent_state_changed(a, old_state, "working").data
-        # One call: agent working + current_task, task running, attempts += 1, agent info, event.
-        attempt = int(links.scripts.round_start(
-            keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
-                  attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
-            args=[now, tid or "", "1" if attempts_key else "0", rnd, data, events.TOWN_MAXLEN,
-                  events.AGENT_MAXLEN]))
+        lifecycle = cfg.runtime.task_events == "lifecycle"
+        ev = events.agent_state_changed(a, old_state, "working")
+        if self.started and self.started[0] == tid:
+            attempt = self.started[1]    # take_round started it; only the event is left
+            if lifecycle:
+                links.town.emit(ev)
+        else:
+            # One call: agent working + current_task, task running, attempts += 1, event.
+            attempt = int(links.scripts.round_start(
+                keys=[k.agent(a), k.agent_info(a), k.task(tid) if tid else k.agent(a),
+                      attempts_key or k.agent_info(a), k.events, k.agent_events(a)],
+                args=[now, tid or "", "1" if attempts_key else "0", rnd,
+                      ev.data if lifecycle else "", events.TOWN_MAXLEN, events.AGENT_MAXLEN]))
+        self.wrote_info = not (self.started and self.started[0] == tid)   # round_start's task
+        self.started = None
         w.state = "working"
         w.current_task = tid
         others = [m for _w, _r, m in self.msgs if task_msg is None or m is not task_msg[2]]
@@ -241,8 +287,11 @@ class Round:
         exports = {"TINYTOWN_TASK_ID": tid} if tid else None
         self.ws = None
         if s.workspace is not None and tid:     # worktree mode: the task's own worktree
-            if not self._workspace(meta, env, cfg):
+            self.ws = RoundWorkspace(links.workspaces, s, tid, self.task, w.log)
+            trouble = self.ws.prepare(meta, env, logs_dir)
+            if trouble is not None:
                 _unlink(prompt_path)
+                self._workspace_trouble(trouble, cfg)
                 return
             exports.update(self.ws.exports())
         w.round_started = time.monotonic()
@@ -260,7 +309,7 @@ class Round:
 
         parser = output.collector(cli.output)
         result = runner.run(command, prompt=stdin_text, env=env,
-                            cwd=self.ws.path if self.ws is not None else s.workdir,
+                            cwd=self.ws.cwd if self.ws is not None else s.workdir,
                             exports=exports,
                             log_path=log_path, timeout_s=timeout,
                             should_stop=lambda: w.kill_now or w.lost, on_start=on_start,
@@ -292,7 +341,9 @@ class Round:
             failure=None if result.ok else ("timeout" if result.timed_out else "error"))
         ws = getattr(self, "ws", None)
         if ws is not None and result.ok and verdict.failure is None and not w.lost:
-            result = self._commit(ws, result)   # before the task completes; may fail the round
+            result = ws.after_exit0(result, lambda err: runner.CliResult(   # before completing
+                None, False, False, result.duration_s, result.pid, error=err,
+                output=result.output))
             if not result.ok:
                 verdict = report.Verdict(failure="error", error=result.error or "workspace",
                                          usage=verdict.usage)
@@ -305,7 +356,7 @@ class Round:
                              backoff_max_s=rt.retry_backoff_max_s, failure=verdict.failure,
                              error=verdict.error)
         if ws is not None and out.kind != "ok":
-            self._workspace_end(ws, out.kind, task_state)
+            ws.after_outcome(out.kind, task_state)
         msgs, rnd, attempt = self.msgs, self.rnd, self.attempt
         if out.kind == "interrupted":
             # Operator kill, drain deadline or lost lease: the work goes back (not an attempt).
@@ -399,59 +450,15 @@ class Round:
                       named_s=self.verdict.retry_after_s, failure_class="rate_limited")
         self._round_end(f"⏳ rate limited ({err}); CLI {s.cli} cools down {secs:g}s", result)
 
-    # ------------------------------------------------------------------ worktree mode
-    def _workspace(self, meta: dict, env: dict, cfg) -> bool:
-        """The task's workspace for this round (self.ws); False when the round ended here: the
-        daemon is at fault (deferred), the task cannot have one (failed now), or the setup
-        command failed (as a failed round)."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        try:
-            self.ws = self.links.workspaces.prepare(self.w.settings, self.tid, self.task, meta,
-                                                    env=env, logs_dir=cfg.logs_dir_str)
-            return True
-        except WorkspaceError as e:
-            if e.kind == "daemon":
-                self._defer(f"workspace: {e}", cfg)
-                return False
-            self.ws = e.workspace
-            if e.kind == "task":
-                self.max_attempts = self.attempt     # another attempt would meet the same
-            self._end(runner.CliResult(None, False, False, 0.0, None, error=str(e),
-                                       output=e.output), cfg)
-        except OSError as e:
-            self._defer(f"workspace: {e}", cfg)
-        return False
-
-    def _commit(self, ws, result):
-        """Exit 0: commit and record the workspace, apply its keep policy. A failure turns the
-        round into a failed one (the worktree keeps the agent's changes for the retry)."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        s = self.w.settings
-        try:
-            self.links.workspaces.complete(ws, agent=s.name,
-                                           description=(self.task or {}).get("description", ""))
-            return result
-        except (WorkspaceError, OSError) as e:
-            self.w.log.warning("workspace commit failed", error=str(e))
-            return runner.CliResult(None, False, False, result.duration_s, result.pid,
-                                    error=f"workspace: {e}", output=result.output)
-
-    def _workspace_end(self, ws, kind: str, task_state: str | None) -> None:
-        """The round did not complete the task: the keep policy when the task has ended, else
-        the worktree waits for the next round."""
-        from tinytownd.workspaces.policy import WorkspaceError
-        mgr, s = self.links.workspaces, self.w.settings
-        try:
-            if kind == "cli_finished" and task_state == "completed":
-                mgr.complete(ws, agent=s.name,
-                             description=(self.task or {}).get("description", ""))
-            elif kind in ("failed", "cli_finished"):
-                mgr.ended(ws, task_state if kind == "cli_finished" else "failed")
-            else:
-                mgr.release(ws)
-        except (WorkspaceError, OSError) as e:   # the sweep tries again
-            mgr.release(ws)
-            self.w.log.warning("workspace end failed", error=str(e))
+    def _workspace_trouble(self, trouble, cfg) -> None:
+        """Worktree mode: the task's workspace could not be prepared (workspaces/round_hook.py)."""
+        if trouble.defer:
+            self._defer(trouble.message, cfg)
+            return
+        if trouble.final:
+            self.max_attempts = self.attempt     # another attempt would meet the same
+        self._end(runner.CliResult(None, False, False, 0.0, None, error=trouble.message,
+                                   output=trouble.output), cfg)
 
     def _retry(self, backoff_s: float, err: str, result, *, activity: str | None = None) -> None:
         """The messages come back after `backoff_s` (envelopes in the delayed zset, parked in
@@ -492,6 +499,7 @@ class Round:
         """Exit 0 in one call (lua/round_ok.lua): complete the task unless the CLI finished it,
         ack, round bookkeeping, activity, the events and the notify."""
         w, k, a, tid, links = self.w, self.k, self.aid, self.tid, self.links
+        mode = links.config().runtime.task_events
         now = hash_ts()
         ts = now.replace("+00:00", "Z")
         exp_aid = exp_tags = task_data = mission = note = ""
@@ -499,18 +507,21 @@ class Round:
             task = self.task or {}
             exp_aid, exp_tags = task.get("assigned_to") or "", task.get("tags") or "[]"
             mission = records.mission_of(records.decode_tags(exp_tags)) or ""
-            task_data = events.task_completed(tid, exp_aid, mission=mission or None,
-                                              timestamp=ts).data
+            if mode != "none":
+                task_data = events.task_completed(tid, exp_aid, mission=mission or None,
+                                                  timestamp=ts).data
             note = links.town.task_note(tid, "completed", mission or None)
-        idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data
+        idle_data = events.agent_state_changed(a, "working", "idle", timestamp=ts).data \
+            if mode == "lifecycle" else ""
         args = [k.prefix, now, result_text, tid or "", exp_aid, exp_tags, task_data, mission,
                 k.notify, note, idle_data, f"Round {w.rounds}: ✅ completed", links.owner,
                 events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN,
-                accounting.usage_arg(self.verdict.usage)]
-        entries = [(wh, raw, "", "") for wh, raw, _m in self.msgs] + w.extra_ack
-        w.extra_ack = []
-        for e in entries:
-            args.extend(e)
+                accounting.usage_arg(self.verdict.usage),
+                "1" if w.last_exit != "0" or self.wrote_info else "0",
+                "1" if w.crashes_to_clear else "0", "1" if w.activity_expiry_due() else "0",
+                *self._ack_groups((wh, raw, "", "") for wh, raw, _m in self.msgs)]
+        w.crashes_to_clear = False
+        w.last_exit = "0"
         keys = [k.task(tid) if tid else k.agent(a), k.inflight_urgent(a), k.inflight(a),
                 k.urgent(a), k.inbox(a), k.agent_lease(a), k.delayed, k.agent(a),
                 k.agent_info(a), k.activity(a), k.events, k.agent_events(a)]
@@ -531,7 +542,7 @@ class Round:
             # assigned_to or tags changed during the round: the events from what Redis holds
             p2 = w.r.pipeline(transaction=False)
             links.town.finish_result(p2, tid, "completed", result_text, [1, fa, fb])
-            if old == "working":
+            if old == "working" and mode == "lifecycle":
                 links.town.emit(events.agent_state_changed(a, "working", "idle"), pipe=p2)
             try:
                 p2.execute()
@@ -544,12 +555,14 @@ class Round:
         now = hash_ts()
         p = w.r.pipeline(transaction=False)
         links.scripts.agent_round_end(keys=[k.agent(a)], args=[now, self.tid or ""], client=p)
-        p.hset(k.agent_info(a), mapping={"last_exit": "" if result.exit_code is None
-                                         else str(result.exit_code), "task": ""})
-        p.hdel(k.agent_info(a), "crashes")    # the round ended: the worker survived it
+        w.last_exit = "" if result.exit_code is None else str(result.exit_code)
+        p.hset(k.agent_info(a), mapping={"last_exit": w.last_exit, "task": ""})
+        if w.crashes_to_clear:
+            p.hdel(k.agent_info(a), "crashes")    # the round ended: the worker survived it
+            w.crashes_to_clear = False
         links.town.log_activity(a, f"Round {w.rounds}: {activity}", pipe=p)
         old = p.execute()[0]
         w.current_task = None
         w.state = "idle" if old in ("working", "idle", "starting", None) else old
-        if old == "working":
+        if old == "working" and links.config().runtime.task_events == "lifecycle":
             links.town.emit(events.agent_state_changed(a, "working", "idle"))

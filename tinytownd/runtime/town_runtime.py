@@ -63,7 +63,8 @@ class TownRuntime(Component):
         # kept connections (see scripts.py), at most 1 per 16 of the pool's
         pool_max = getattr(self.r.connection_pool, "max_connections", 0) or 0
         self.scripts = Scripts(self.r, keep=min(KEEP, pool_max // 16))
-        self.town = Town(self.r, self.keys, log=get_logger("town", town=ctx.keys.town))
+        self.town = Town(self.r, self.keys, log=get_logger("town", town=ctx.keys.town),
+                         task_events=ctx.config.runtime.task_events)
         self.owner = owner_token(ctx.instance_id)
         self.leases = Leases(self.r, self.keys.agent_lease, self.owner,
                              ctx.config.runtime.lease_ttl_s, self.scripts)
@@ -84,7 +85,9 @@ class TownRuntime(Component):
             progress=self.progress, env=CliEnvCache(self.keys.town, ctx.clients.url),
             backlog=BacklogSignal(self.backlog.wake), log=self.log, lifeline=self.lifeline,
             patience=self.patience, cli_state=self.cli_state,
-            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline))
+            workspaces=WorkspaceManager(self.r, self.keys, log=self.log, lifeline=self.lifeline,
+                                        dirs=lambda: {s.workspace.dir for s in self.specs.values()
+                                                      if s.workspace is not None}))
         self.agents = AgentsService(self)
         self.sweeper = Sweeper(self)
         ctx.extra["town"] = self.town
@@ -222,6 +225,7 @@ class TownRuntime(Component):
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:
         self.leases.ttl_s = new.runtime.lease_ttl_s
+        self.town.task_events = new.runtime.task_events
         return self.agents.guarded(lambda: self.sync(initial=False))
 
     def drain(self, deadline: float) -> None:

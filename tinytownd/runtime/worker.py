@@ -36,10 +36,11 @@ from tinytownd.store.wire import hash_ts, json_ts
 
 from .agent_cli.cooldown import agent_wait_s
 from .cli_env import CliEnvCache
-from .round import MAX_INBOX_PER_ROUND, Round
+from .round import MAX_INBOX_PER_ROUND, Round, started_of, unstart
 from .settings import AgentSettings
 
 CRASHES_BEFORE_DEADLETTER = 3   # worker crashes on one round before that round is dead-lettered
+ACTIVITY_EXPIRE_EVERY_S = 60.0  # a round end refreshes the activity list's expiry this often
 
 
 class BacklogSignal:
@@ -108,18 +109,32 @@ class Worker:
         self.round_logs = None        # RoundLogs, made with the first round
         self.problem: str | None = None    # why rounds cannot run now (shown in status)
         self.deferrals = 0            # rounds deferred in a row (their backoff grows)
+        self.crashes_to_clear = False  # agent info has a crash count the next round end clears
+        self.last_exit: str | None = None  # agent info's last_exit as this worker wrote it
+        self.activity_expired_at = float("-inf")   # last EXPIRE of the activity list (monotonic)
         self.cli_wait: dict | None = None   # the CLI's pause or cooldown this agent waits out
         self._take_cli: str | None = None   # the CLI whose state key take_keys holds
 
     def take_args(self) -> list:
-        """ARGV of lua/take_round.lua (also the second half of round_ok_take)."""
+        """ARGV of lua/take_round.lua (also the second half of round_ok_take); with the last
+        one the take starts the round of a task_assign itself (Round.started)."""
         return [self.links.owner, MAX_INBOX_PER_ROUND, self.keys.prefix, MESSAGE_MAX_BYTES,
-                json_ts(), DEADLETTER_KEPT, int(self.links.leases.ttl_s * 1000)]
+                json_ts(), DEADLETTER_KEPT, int(self.links.leases.ttl_s * 1000), hash_ts()]
 
     def queue_keys(self) -> list[str]:
         """urgent, inbox and their in-flight lists: the KEYS of requeue_inflight."""
         k, a = self.keys, self.aid
         return [k.inflight_urgent(a), k.inflight(a), k.urgent(a), k.inbox(a)]
+
+    def activity_expiry_due(self) -> bool:
+        """Whether this round's end refreshes the activity list's EXPIRE (at most once per
+        ACTIVITY_EXPIRE_EVERY_S: the list is kept 3600 s after the last activity, give or take
+        that much; a key recreated meanwhile gets its expiry at the next refresh)."""
+        now = time.monotonic()
+        if now - self.activity_expired_at < ACTIVITY_EXPIRE_EVERY_S:
+            return False
+        self.activity_expired_at = now
+        return True
 
     def running_cli(self) -> bool:
         return self.pid is not None
@@ -167,6 +182,8 @@ class Worker:
         crashes, error = self.r.hmget(k.agent_info(a), "crashes", "crash_error")
         if int(crashes or 0) >= CRASHES_BEFORE_DEADLETTER:
             self._bury_inflight(int(crashes), error or "")
+        else:
+            self.crashes_to_clear = crashes is not None
         p = self.r.pipeline(transaction=False)
         town.clear_stop(a, p)
         self.links.scripts.requeue_inflight(keys=self.queue_keys(), client=p)
@@ -365,6 +382,7 @@ class Worker:
         if taken is None or taken[0] != "ok" or not taken[2] or self.lost:
             return
         try:
+            unstart(self, started_of(taken[3]))
             self.links.scripts.requeue_inflight(keys=self.queue_keys())
         except redis.RedisError as e:   # they stay in flight: the next start requeues them
             self.log.warning("could not requeue taken messages", error=str(e))

@@ -38,8 +38,11 @@ lease:agent:<aid>                  string  instance id of the daemon that runs t
 agent_names                        hash    agent name → aid; HSETNX makes registration by name
                                            idempotent across restarts and across daemons.
 agent:<aid>                        hash    daemon-side agent info: owner, pid (of the running CLI),
-                                           round, round_started_at, last_exit, cli; usage sums of its
-                                           rounds (input_tokens … cost_usd, as task:<tid>).
+                                           cli, last_exit (of the last round, written when it
+                                           changes), crashes; round, round_started_at, task of a
+                                           round started by lua/round_start.lua (the running round
+                                           is in `tinytownd status`); usage sums of its rounds
+                                           (input_tokens … cost_usd, as task:<tid>).
 inflight:<aid>                     list    messages moved out of the inbox for the current round
                                            (LMOVE inbox→inflight, in one Lua call). Acked by DEL at the
                                            end of the round; re-queued to the inbox head when a worker
@@ -48,9 +51,12 @@ inflight_urgent:<aid>              list    the same for messages taken from the 
 delayed                            zset    retry envelopes {"key","raw","id"}, score = due time (ms);
                                            a timer moves due ones back to their list (Lua, atomic).
 task:<tid>                         hash    daemon bookkeeping of a task: attempts max_attempts timeout_s
-                                           last_error agent batch batch_task; its workspace (worktree
+                                           last_error agent role, batch batch_task (written only
+                                           when there is something to record: an embedded batch
+                                           without worktrees or a cost budget links its tasks by
+                                           batch:<bid>:ids only); its workspace (worktree
                                            mode, workspaces/records.py): branch base head
-                                           files_changed insertions deletions workspace (the path,
+                                           files_changed insertions deletions worktree (the path,
                                            while it exists) workspace_repo workspace_git
                                            workspace_dir workspace_keep workspace_commit
                                            workspace_setup workspace_ended; last_class and failures

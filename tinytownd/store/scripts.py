@@ -50,14 +50,18 @@ def source(name: str) -> str:
 # Two scripts run as one atomic call: NAME = (first, second). KEYS = the first's keys then the
 # second's; ARGV = [number of the first's keys, number of the first's args, the first's args...,
 # the second's args...]. Returns {first's reply, second's reply}. Each part is its file verbatim,
-# wrapped in a function whose parameters KEYS and ARGV shadow the globals.
+# wrapped in a function whose parameters KEYS and ARGV shadow the globals; both get one `fused`
+# table as their `...` (nil when a script runs on its own), through which the first tells the
+# second what it already knows and leaves the agent hash write (fused.key, fused.agent,
+# fused.hdel) for the end, so the agent hash is written once per call. That write is made even
+# when the second part fails (its error is returned after it).
 COMPOSITES = {"round_ok_take": ("round_ok", "take_round")}
 
 
 def composite_source(first: str, second: str) -> str:
     return (f"-- composite: {first} then {second} (scripts.py COMPOSITES)\n"
-            f"local function _first(KEYS, ARGV)\n{source(first)}\nend\n"
-            f"local function _second(KEYS, ARGV)\n{source(second)}\nend\n"
+            f"local function _first(KEYS, ARGV, ...)\n{source(first)}\nend\n"
+            f"local function _second(KEYS, ARGV, ...)\n{source(second)}\nend\n"
             "local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
             "local k1, a1, k2, a2 = {}, {}, {}, {}\n"
             "for i = 1, #KEYS do\n"
@@ -66,8 +70,18 @@ def composite_source(first: str, second: str) -> str:
             "for i = 3, #ARGV do\n"
             "  if i - 2 <= na then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end\n"
             "end\n"
-            "local r1 = _first(k1, a1)\n"
-            "return {r1, _second(k2, a2)}\n")
+            "local fused = {}\n"
+            "local r1 = _first(k1, a1, fused)\n"
+            "local ok, r2 = pcall(_second, k2, a2, fused)\n"
+            "if fused.agent and #fused.agent > 0 then\n"
+            "  redis.call('HSET', fused.key, unpack(fused.agent))\n"
+            "end\n"
+            "if fused.hdel then redis.call('HDEL', fused.key, 'current_task') end\n"
+            "if not ok then\n"
+            "  if type(r2) == 'table' and r2['err'] then return r2 end\n"
+            "  return redis.error_reply(tostring(r2))\n"
+            "end\n"
+            "return {r1, r2}\n")
 
 
 class Script:

@@ -94,6 +94,23 @@ class TaskRecords:
         send inside its own transaction."""
         return self._assign_cmds(aid, "", tags, task_id, True, None, None, None, now, tags)[1]
 
+    def dispatch(self, picks, tags_of, now: str) -> list[bool]:
+        """Hand out pending backlog tasks: picks = [(aid, tid)], each taken off the backlog and
+        assigned as assign_cmds would, in one call (lua/dispatch.lua; a task no longer in the
+        backlog is skipped). `tags_of(tid)`: its tags, for the mission of its event. Returns,
+        per pick, whether it was handed out."""
+        k = self.keys
+        nz = now.replace("+00:00", "Z")
+        args = [k.prefix, now, events.TOWN_MAXLEN, events.AGENT_MAXLEN, events.MISSION_MAXLEN]
+        for aid, tid in picks:
+            mission = records.mission_of(tags_of(tid))
+            ev = events.task_assigned(tid, aid, mission=mission, timestamp=nz).data \
+                if self.task_events == "lifecycle" else ""
+            args += (tid, aid, records.task_assign_json(aid, tid, created_at=nz), ev,
+                     mission or "")
+        res = self.scripts.dispatch(keys=[k.backlog], args=args)
+        return [bool(int(x)) for x in res]
+
     def _assign_cmds(self, aid, description, tags, tid, existing, max_attempts, timeout_s, meta,
                      now, mission_tags) -> tuple[str, list[tuple]]:
         k = self.keys
@@ -105,12 +122,16 @@ class TaskRecords:
                     records.encode_tags(tags), "assigned_to", aid)
         else:
             hcmd = ("HSET", k.task(tid), "state", "assigned", "assigned_to", aid, "updated_at", now)
-        ev = events.task_assigned(tid, aid, mission=records.mission_of(mission_tags),
-                                  timestamp=nz)
-        cmds = [hcmd, ("HSET", k.task_meta(tid), "agent", aid,
-                       *_meta_fields(max_attempts, timeout_s, meta)),
-                ("RPUSH", k.inbox(aid), records.task_assign_json(aid, tid, created_at=nz)),
-                *events.commands(k, ev)]
+        cmds = [hcmd]
+        if not existing or max_attempts is not None or timeout_s is not None or meta:
+            # (the task hash's assigned_to names the agent: for an existing task with nothing
+            # else to record, the meta's copy of it is not written)
+            cmds.append(("HSET", k.task_meta(tid), "agent", aid,
+                         *_meta_fields(max_attempts, timeout_s, meta)))
+        cmds.append(("RPUSH", k.inbox(aid), records.task_assign_json(aid, tid, created_at=nz)))
+        if self.task_events == "lifecycle":
+            cmds += events.commands(k, events.task_assigned(
+                tid, aid, mission=records.mission_of(mission_tags), timestamp=nz))
         return tid, cmds
 
     def assign_many(self, items: list[dict], *, chunk: int = 200, parallel: int = 2) -> list[str]:
@@ -184,7 +205,9 @@ class TaskRecords:
             return False
         aid, tags = res[1] or None, records.decode_tags(res[2])
         mission = records.mission_of(tags)
-        if state == "completed":
+        if self.task_events == "none":
+            pass
+        elif state == "completed":
             events.queue(p, self.keys, events.task_completed(tid, aid, mission=mission))
         elif state == "failed":
             events.queue(p, self.keys, events.task_failed(tid, aid, text, mission=mission))

@@ -32,9 +32,12 @@ ACTIVITY_TTL_S = 3600
 class Town(AgentRecords, TaskRecords):
     """Store operations for one town. Greenlet-safe (no state apart from the client)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, log=None):
+    def __init__(self, r: redis.Redis, keys: Keys, log=None, task_events: str = "lifecycle"):
         self.r = r
         self.keys = keys
+        # which per-task events to write (config runtime.task_events; its owner sets it):
+        # lifecycle | terminal (task_completed/task_failed) | none
+        self.task_events = task_events
         if log is None:
             from tinytownd.logs import get_logger
             log = get_logger("town", town=keys.town)

@@ -122,10 +122,13 @@ def dirty(path: str) -> bool:
     return bool(res.out.strip(b"\0\n "))
 
 
-def commit_all(path: str, message: str, env: dict) -> None:
-    """Stage everything and commit it (the caller checked there is something)."""
+def commit_all(path: str, message: str, env: dict) -> bool:
+    """Stage everything and commit it; False (no commit) when nothing changed."""
     git(path, "add", "-A", what="add")
+    if git(path, "diff", "--cached", "--quiet", what="diff", ok=(0, 1)).code == 0:
+        return False
     git(path, "commit", "-q", "--no-verify", "-m", message, what="commit", env=env)
+    return True
 
 
 def head(path: str) -> str:

@@ -49,7 +49,7 @@ def rows(mgr, *, sizes: bool = True) -> list[dict]:
     path, repo, bytes."""
     out = []
     for tid, task_state, meta, running in mgr.entries():
-        path = meta.get("workspace") or ""
+        path = meta.get("worktree") or ""
         branch = meta.get("branch") or ""
         present = bool(path) and git.checked_out(path) is not None
         row = {"task": tid, "task_state": task_state or "gone",
@@ -67,7 +67,16 @@ def rows(mgr, *, sizes: bool = True) -> list[dict]:
 
 def repos_of(cfg) -> set[str]:
     """The repositories the config's worktree-mode agents use."""
-    clis, out = cfg.clis(), set()
+    return {ws.repo for ws in settings_of(cfg)}
+
+
+def dirs_of(cfg) -> set[str]:
+    """The workspace dirs of the config's worktree-mode agents."""
+    return {ws.dir for ws in settings_of(cfg)}
+
+
+def settings_of(cfg) -> list:
+    clis, out = cfg.clis(), []
     for a in cfg.agents:
         cli = clis.get(a.cli)
         if cli is None or not (cli.workspace or a.workspace):
@@ -75,7 +84,7 @@ def repos_of(cfg) -> set[str]:
         workdir = str(cfg.resolve(a.workdir or cli.workdir) or cfg.root)
         ws = spec.resolve(cfg, cli.workspace, a.workspace, workdir)
         if ws is not None:
-            out.add(ws.repo)
+            out.append(ws)
     return out
 
 

@@ -34,8 +34,11 @@ READ_CHUNK = 500
 
 
 class WorkspaceManager:
-    def __init__(self, r: redis.Redis, keys, *, log, lifeline=None):
+    def __init__(self, r: redis.Redis, keys, *, log, lifeline=None, dirs=None):
+        """`dirs()`: the configured workspace dirs — a directory that is not a worktree is removed
+        only below one of them (records in Redis are anyone's to write)."""
         self.r = r
+        self.dirs = dirs
         self.keys = keys
         self.log = log
         self.lifeline = lifeline
@@ -65,11 +68,15 @@ class WorkspaceManager:
             top, common = self.repo_dirs(cfg.repo)
             ws = Workspace(tid, top, common, cfg.dir, naming.worktree_path(cfg.dir, tid), "", "",
                            cfg.keep, cfg.commit)
-        with repo_lock(ws.common):
-            if ws.branch:
+        if ws.branch and git.checked_out(ws.path) == ws.branch:
+            pass                        # a retry on its worktree: nothing to do (no git run)
+        elif ws.branch:
+            with repo_lock(ws.common):
                 self._reattach(ws)
-            else:
-                self._create(ws, cfg, s, task, meta)
+        else:
+            base = git.resolve(ws.repo, cfg.base)       # (reads only: outside the lock)
+            with repo_lock(ws.common):
+                self._create(ws, cfg, s, task, meta, base)
         self.active.add(tid)
         try:
             if cfg.setup and (ws.created or meta.get("workspace_setup") != "done"):
@@ -83,8 +90,8 @@ class WorkspaceManager:
             raise
         return ws
 
-    def _create(self, ws: Workspace, cfg, s, task: dict | None, meta: dict) -> None:
-        base = git.resolve(ws.repo, cfg.base)
+    def _create(self, ws: Workspace, cfg, s, task: dict | None, meta: dict,
+                base: str | None) -> None:
         if base is None:
             raise WorkspaceError(f"workspace.base {cfg.base!r} names no commit in {ws.repo}",
                                  "task")
@@ -136,9 +143,9 @@ class WorkspaceManager:
         inside `dir`."""
         if not os.path.lexists(ws.path):
             return
-        if not naming.inside(ws.path, ws.dir):
-            raise WorkspaceError(f"{ws.path} is outside workspace.dir {ws.dir}: not touched",
-                                 "daemon")
+        why = self.not_removable(ws)
+        if why:
+            raise WorkspaceError(f"{ws.path}: {why}: not touched", "daemon")
         if os.path.lexists(os.path.join(ws.path, ".git")):
             try:
                 git.worktree_remove(ws.repo, ws.path)
@@ -146,6 +153,18 @@ class WorkspaceManager:
                 pass
         if os.path.lexists(ws.path):
             _rmtree(ws.path)
+
+    def not_removable(self, ws: Workspace) -> str | None:
+        """Why the directory at ws.path may not be deleted, or None: only a task's own
+        directory (dir/<task id>) strictly inside `dir`, and `dir` one the config names."""
+        if os.path.realpath(ws.path) != os.path.realpath(naming.worktree_path(ws.dir, ws.tid)):
+            return "not the task's own directory in its workspace.dir"
+        if not naming.inside(ws.path, ws.dir):
+            return f"outside workspace.dir {ws.dir}"
+        dirs = self.dirs() if self.dirs is not None else ()
+        if os.path.realpath(ws.dir) not in {os.path.realpath(d) for d in dirs}:
+            return f"{ws.dir} is not a workspace.dir of this config"
+        return None
 
     def _setup(self, ws: Workspace, command: str, s, env: dict, logs_dir: str) -> None:
         log_path = os.path.join(logs_dir, f"{s.name}_setup.log")
@@ -164,19 +183,19 @@ class WorkspaceManager:
     def complete(self, ws: Workspace, *, agent: str, description: str) -> None:
         """After an exit-0 round: commit (commit: auto), record, apply the keep policy."""
         try:
-            with repo_lock(ws.common):
-                if ws.commit == "auto" and git.dirty(ws.path):
-                    git.commit_all(ws.path, naming.commit_message(description, ws.tid, agent),
-                                   naming.author(agent, self.keys.town))
-                self._end(ws, "completed")
+            # the commit touches only the worktree's own index and branch (git locks its ref):
+            # no need for the repository's lock
+            if ws.commit == "auto":
+                git.commit_all(ws.path, naming.commit_message(description, ws.tid, agent),
+                               naming.author(agent, self.keys.town))
+            self._end(ws, "completed")
         finally:
             self.active.discard(ws.tid)
 
     def ended(self, ws: Workspace, state: str) -> None:
         """The task ended another way (failed, cancelled): record and apply the keep policy."""
         try:
-            with repo_lock(ws.common):
-                self._end(ws, state)
+            self._end(ws, state)
         finally:
             self.active.discard(ws.tid)
 
@@ -186,16 +205,34 @@ class WorkspaceManager:
             self.active.discard(ws.tid)
 
     def _end(self, ws: Workspace, state: str | None) -> None:
-        """Record head and counts, then remove what the keep policy says (the caller holds the
-        repository's lock)."""
+        """Record head and counts (reads: outside the lock), then remove what the keep policy
+        says (under the repository's lock)."""
         present = git.checked_out(ws.path) == ws.branch
         head = git.head(ws.path) if present else (git.branch_sha(ws.repo, ws.branch) or ws.base)
         stats = git.shortstat(ws.repo, ws.base, head)
         remove, delete = policy.end_actions(ws.keep, state, head != ws.base)
+        if remove or delete:
+            with repo_lock(ws.common):
+                removed, deleted = self._remove(ws, present, remove, delete)
+        else:
+            removed = deleted = False
+        p = self.r.pipeline(transaction=True)
+        records.q_head(p, self.keys, ws.tid, head, stats)
+        records.q_ended(p, self.keys, ws.tid, state, removed=removed, branch_deleted=deleted)
+        p.execute()
+        self.log.info("workspace ended", task=ws.tid, state=state, branch=ws.branch,
+                      head=head[:12], files_changed=stats[0], removed=removed,
+                      branch_deleted=deleted)
+
+    def _remove(self, ws: Workspace, present: bool, remove: bool,
+                delete: bool) -> tuple[bool, bool]:
+        """The worktree directory and (without commits) the branch, as the policy said; whether
+        each went. The caller holds the repository's lock."""
         removed = deleted = False
         if remove and os.path.lexists(ws.path):
-            if not naming.inside(ws.path, ws.dir):
-                self.log.warning("workspace outside its dir; not removed", path=ws.path)
+            why = self.not_removable(ws)
+            if why:
+                self.log.warning("workspace not removed", path=ws.path, reason=why)
             else:
                 if present:
                     git.worktree_remove(ws.repo, ws.path)
@@ -206,15 +243,9 @@ class WorkspaceManager:
             removed = True
         if remove and not present:
             git.worktree_prune(ws.repo)
-        if delete:
+        if delete and removed:       # (a branch a worktree still has checked out stays)
             deleted = git.delete_branch(ws.repo, ws.branch, ws.base)
-        p = self.r.pipeline(transaction=True)
-        records.q_head(p, self.keys, ws.tid, head, stats)
-        records.q_ended(p, self.keys, ws.tid, state, removed=removed, branch_deleted=deleted)
-        p.execute()
-        self.log.info("workspace ended", task=ws.tid, state=state, branch=ws.branch,
-                      head=head[:12], files_changed=stats[0], removed=removed,
-                      branch_deleted=deleted)
+        return removed, deleted
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, repos=(), *, kept: bool = False) -> list[str]:
@@ -241,13 +272,12 @@ class WorkspaceManager:
                 continue
             if state is not None and state not in ENDED:
                 continue                 # in flight: its next round finds the worktree
-            if meta.get("workspace_ended") and not (kept and meta.get("workspace")):
+            if meta.get("workspace_ended") and not (kept and meta.get("worktree")):
                 continue
             if kept:
                 ws.keep = "never"
             try:
-                with repo_lock(ws.common):
-                    self._end(ws, state)
+                self._end(ws, state)
                 done.append(tid)
             except WorkspaceError as e:
                 self.log.warning("workspace cleanup failed", task=tid, error=str(e))

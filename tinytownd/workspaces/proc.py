@@ -1,9 +1,12 @@
 """Running git (and a workspace's setup command) without blocking the event loop.
 
-`run(argv)` starts the program with posix_spawn in a session of its own (a few ms; a fork of the
-daemon through gevent.subprocess costs ~25 ms), reads its stdout and stderr through non-blocking
-pipes and waits on a pidfd, all cooperatively; past `timeout_s` its process group is killed.
-Where posix_spawn or pidfds are missing, gevent.subprocess does the same more slowly.
+`run(argv)` starts the program through the runtime's spawner (runtime/spawn.py: posix_spawn in a
+session of its own, off the loop thread — a fork of the daemon through gevent.subprocess costs
+~25 ms), reads its stdout and stderr through non-blocking pipes and waits on a pidfd, all
+cooperatively; its exit status comes from the spawner's Reaper, which keeps the statuses libev's
+SIGCHLD handler reaps (gevent's own waitpid can wait forever for a child reaped before it looked).
+Past `timeout_s` the process group is killed. Where the spawner or pidfds are missing,
+gevent.subprocess does the same more slowly.
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from dataclasses import dataclass
 import gevent
 from gevent import subprocess as gsubprocess
 from gevent.socket import wait_read
+
+from tinytownd.runtime import spawn as _spawner
+from tinytownd.runtime.process import close_fd
 
 KILL_GRACE_S = 3.0
 MAX_CAPTURE = 8 << 20          # bytes kept of a stream (format-patch output can be large)
@@ -62,62 +68,80 @@ def run(argv: list[str], *, env: dict | None = None, timeout_s: float = 60.0,
     exe = which(argv[0])
     if exe is None:
         return Result(None, error=f"{argv[0]}: command not found")
-    env = os.environ if env is None else env
-    if not _fast:
+    env = dict(os.environ) if env is None else env
+    sp = _spawner.Spawner.get(_SIGDEF) if _fast else None
+    if sp is None:
         return _run_popen(exe, argv, env, timeout_s, out_path, t0)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    log_fd = None
+    fds = []
     try:
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fds.append(devnull)
         if out_path is not None:
             log_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            acts = [(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
+            fds.append(log_fd)
+            out_r = err_r = None
+            dups = ((devnull, 0), (log_fd, 1), (log_fd, 2))
         else:
-            acts = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-        acts.insert(0, (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            fds += [out_w, err_w]
+            dups = ((devnull, 0), (out_w, 1), (err_w, 2))
         try:
-            pid = os.posix_spawn(exe, argv, env, file_actions=acts, setsid=True,
-                                 setsigdef=_SIGDEF, setsigmask=())
-        except OSError as e:
-            return Result(None, error=f"cannot start {argv[0]}: {e.strerror}")
+            pid = sp.spawn(exe, argv, env, dups)
+        except (OSError, ValueError) as e:
+            return Result(None, error=f"cannot start {argv[0]}: {e}")
         finally:
-            for fd in (out_w, err_w) + ((log_fd,) if log_fd is not None else ()):
-                os.close(fd)
-            out_w = err_w = None
+            for fd in fds:
+                close_fd(fd)
+            fds = []
         if lifeline is not None:
             lifeline.track(pid)
-        pidfd = os.pidfd_open(pid)
-        readers = [gevent.spawn(_drain, out_r), gevent.spawn(_drain, err_r)]
-        timed_out = False
+        readers = [gevent.spawn(_drain, fd) for fd in (out_r, err_r) if fd is not None]
+        fds = [fd for fd in (out_r, err_r) if fd is not None]
+        timed_out, status = False, None
         try:
-            try:
-                wait_read(pidfd, timeout=timeout_s)
-            except OSError:     # socket.timeout is an OSError
-                timed_out = True
-                _kill(pid, pidfd)
-            try:
-                status = os.waitpid(pid, 0)[1]
-                code = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                code = 255
+            if pid not in sp.reaper.statuses:        # not exited and reaped already
+                pidfd = os.pidfd_open(pid)
+                try:
+                    try:
+                        wait_read(pidfd, timeout=timeout_s)
+                    except OSError:     # socket.timeout is an OSError
+                        timed_out = True
+                        _kill(pid, pidfd)
+                finally:
+                    close_fd(pidfd)
+            status = _status(sp.reaper, pid)
         except BaseException:
-            _kill(pid, pidfd, grace_s=0.5)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
             raise
         finally:
-            os.close(pidfd)
             if lifeline is not None:
                 lifeline.untrack(pid)
         gevent.joinall(readers, timeout=1.0)
         gevent.killall([g for g in readers if not g.dead], block=False)
-        return Result(code, readers[0].value or b"", readers[1].value or b"", timed_out,
-                      duration_s=time.monotonic() - t0)
+        outs = [g.value or b"" for g in readers] + [b"", b""]
+        code = 255 if status is None else os.waitstatus_to_exitcode(status)
+        return Result(code, outs[0], outs[1], timed_out, duration_s=time.monotonic() - t0)
     finally:
-        for fd in (out_r, err_r, out_w, err_w):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        for fd in fds:
+            try:
+                close_fd(fd)
+            except OSError:
+                pass
+
+
+def _status(reaper, pid: int) -> int | None:
+    """The wait status of exited `pid`: libev's SIGCHLD handler may have reaped it, with the
+    Reaper's callback still pending — give the loop a few turns before calling it lost."""
+    for _ in range(100):
+        st = reaper.exit_status(pid)
+        if st is not None:
+            return st
+        gevent.sleep(0.001)
+    return None
 
 
 def _drain(fd: int) -> bytes:

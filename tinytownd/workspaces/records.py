@@ -3,7 +3,7 @@ so tt's task record stays as tt writes it) and the town's set of tasks that may 
 (tt:<town>:tinytownd:workspaces). Keys are documented in store/keys.py.
 
 Meta fields: branch, base (the resolved commit), head (the branch's commit), files_changed,
-insertions, deletions, workspace (the worktree's path while it exists); and the daemon's own:
+insertions, deletions, worktree (the worktree's path while it exists); and the daemon's own:
 workspace_repo (main worktree), workspace_git (common git dir), workspace_dir (its `dir`),
 workspace_keep, workspace_commit, workspace_setup ("done"), workspace_ended (the task's state when
 its keep policy was applied).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHOWN = ("branch", "base", "head", "files_changed", "insertions", "deletions", "workspace")
+SHOWN = ("branch", "base", "head", "files_changed", "insertions", "deletions", "worktree")
 ALL = SHOWN + ("workspace_repo", "workspace_git", "workspace_dir", "workspace_keep",
                "workspace_commit", "workspace_setup", "workspace_ended")
 
@@ -38,7 +38,7 @@ class Workspace:
             return None
         from .naming import worktree_path
         return cls(tid, meta["workspace_repo"], meta["workspace_git"], meta["workspace_dir"],
-                   meta.get("workspace") or worktree_path(meta["workspace_dir"], tid),
+                   meta.get("worktree") or worktree_path(meta["workspace_dir"], tid),
                    meta["branch"], meta["base"], meta.get("workspace_keep") or "on_failure",
                    meta.get("workspace_commit") or "auto")
 
@@ -52,7 +52,7 @@ def q_intent(p, keys, ws: Workspace) -> None:
     """Before the worktree is made: the task has this branch and place (a retry, a restart or
     another agent finds them)."""
     p.hset(keys.task_meta(ws.tid), mapping={
-        "branch": ws.branch, "base": ws.base, "head": ws.base, "workspace": ws.path,
+        "branch": ws.branch, "base": ws.base, "head": ws.base, "worktree": ws.path,
         "workspace_repo": ws.repo, "workspace_git": ws.common, "workspace_dir": ws.dir,
         "workspace_keep": ws.keep, "workspace_commit": ws.commit})
     p.hdel(keys.task_meta(ws.tid), "workspace_ended", "workspace_setup", "files_changed",
@@ -68,7 +68,7 @@ def q_forget(p, keys, tid: str) -> None:
 
 def q_present(p, keys, ws: Workspace) -> None:
     """The worktree exists again (re-made for a retry)."""
-    p.hset(keys.task_meta(ws.tid), "workspace", ws.path)
+    p.hset(keys.task_meta(ws.tid), "worktree", ws.path)
     p.hdel(keys.task_meta(ws.tid), "workspace_ended")
     p.sadd(keys.workspaces, ws.tid)
 
@@ -84,7 +84,7 @@ def q_ended(p, keys, tid: str, state: str | None, *, removed: bool, branch_delet
     m = keys.task_meta(tid)
     p.hset(m, "workspace_ended", state or "gone")
     if removed:
-        p.hdel(m, "workspace")
+        p.hdel(m, "worktree")
         p.srem(keys.workspaces, tid)
     if branch_deleted:
         p.hdel(m, "branch")

@@ -1,9 +1,10 @@
--- round_start: the start of a CLI round in one call (six writes, one round trip).
+-- round_start: the start of a CLI round in one call (six writes, one round trip), for a round
+-- take_round.lua did not start itself (a `task` message, a round without a task).
 -- KEYS[1] = agent hash   KEYS[2] = daemon agent info   KEYS[3] = task hash (the round's task)
 -- KEYS[4] = daemon task meta (attempts)   KEYS[5] = town event stream   KEYS[6] = agent event stream
 -- ARGV[1] = now (RFC 3339 +00:00)   ARGV[2] = task id or "" (no task hash to touch)
 -- ARGV[3] = "1" to count an attempt in KEYS[4]   ARGV[4] = round number
--- ARGV[5] = agent_state_changed event data (JSON TownEvent, built by the worker)
+-- ARGV[5] = agent_state_changed event data (JSON TownEvent, built by the worker) or ""
 -- ARGV[6] = town stream MAXLEN ~   ARGV[7] = agent stream MAXLEN ~
 -- Single-field writes, in this order: agent state working + last_active_at + last_heartbeat
 -- (+ current_task); task running + started_at + updated_at; attempts += 1; agent info round,
@@ -21,8 +22,10 @@ end
 local attempt = 1
 if ARGV[3] == '1' then attempt = counter({KEYS[4]}, {'attempts', 1}) end
 redis.call('HSET', KEYS[2], 'round', ARGV[4], 'round_started_at', now, 'task', tid)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event_type', 'agent_state_changed',
-           'data', ARGV[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event_type', 'agent_state_changed',
-           'data', ARGV[5])
+if ARGV[5] ~= '' then   -- "" = no per-task events (config runtime.task_events)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event_type', 'agent_state_changed',
+             'data', ARGV[5])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event_type', 'agent_state_changed',
+             'data', ARGV[5])
+end
 return attempt

@@ -5,8 +5,12 @@
 -- ARGV[3] = key prefix "tt:<town>:" (optional: without it no task info is returned)
 -- ARGV[4] = largest message (bytes)   ARGV[5] = now (RFC 3339 Z)   ARGV[6] = dead-letter entries kept
 -- ARGV[7] = lease ttl (ms): a lease that vanished is taken back (see below)
+-- ARGV[8] = now (RFC 3339 +00:00), optional: with it the round's task is started here (below)
 -- KEYS[8] = the dead-letter list (with ARGV[4..6]: a message over ARGV[4] bytes is dead-lettered
 -- and removed from in-flight here, never sent to the daemon; source = its queue)
+-- Run after round_ok in one call (scripts.py COMPOSITES), `...` is round_ok's `fused` table:
+-- the lease was checked and the in-flight lists emptied by its ack (fused.acked), and the agent's
+-- state is fused.state, so neither is read again; the agent hash is written once, at the end.
 -- KEYS[9] = the state hash of the agent's CLI (optional): while the CLI is paused (a fatal error)
 -- or cooling down (a rate limit), in-flight items go back to their queues and
 -- {'cli_paused', reason} | {'cooldown', until ms, now ms, reason} is returned (Redis clock).
@@ -20,7 +24,15 @@
 -- describes the first task-bearing message in that order (as cjson reads it), so the worker needs
 -- no second round trip: {'task_assign', tid, {task hash, flat}, {daemon task meta, flat}},
 -- {'task', message id, {}, {daemon task meta, flat}}, or {} (none / no prefix).
+-- The round's start, with ARGV[8] and a task_assign whose task hash exists and is not terminal:
+-- agent working + last_active_at + last_heartbeat + current_task, task running + started_at +
+-- updated_at, attempts += 1 in the task meta (round_start.lua's writes, without its events), so
+-- the worker sends no round_start. info then has three more entries: the attempt number and the
+-- task's state and started_at before (for round_unstart.lua, when the worker does not run it).
 --#include deadletter
+--#include counter
+local fused = ...
+local known = fused and fused.acked
 local maxb = tonumber(ARGV[4] or '') or math.huge
 local function task_bearing(raw)
   if #raw > maxb then return false end
@@ -52,11 +64,33 @@ local function task_info(raw)
   end
   return nil
 end
+local TERMINAL = {completed = true, failed = true, cancelled = true}
+local function start(info)
+  local h = {}
+  for i = 1, #info[3], 2 do h[info[3][i]] = info[3][i + 1] end
+  if not h['id'] or TERMINAL[h['state'] or 'pending'] then return end
+  local now, tid = ARGV[8], info[2]
+  local agent = {'state', 'working', 'last_active_at', now, 'last_heartbeat', now,
+                 'current_task', tid}
+  if fused then
+    fused.key = fused.key or KEYS[6]
+    fused.agent = fused.agent or {}
+    for _, x in ipairs(agent) do table.insert(fused.agent, x) end
+    fused.hdel = false
+  else
+    redis.call('HSET', KEYS[6], unpack(agent))
+  end
+  redis.call('HSET', ARGV[3] .. 'task:' .. tid, 'state', 'running', 'started_at', now,
+             'updated_at', now)
+  info[5] = counter({ARGV[3] .. 'tinytownd:task:' .. tid}, {'attempts', 1})
+  info[6] = h['state'] or ''
+  info[7] = h['started_at'] or ''
+end
 local function requeue_all()
   while redis.call('LMOVE', KEYS[4], KEYS[2], 'RIGHT', 'LEFT') do end
   while redis.call('LMOVE', KEYS[3], KEYS[1], 'RIGHT', 'LEFT') do end
 end
-local holder = redis.call('GET', KEYS[7])
+local holder = known and ARGV[1] or redis.call('GET', KEYS[7])
 if not holder and ARGV[7] then
   -- the lease is gone without anyone taking it (Redis lost its data, or we were frozen past
   -- its expiry): nobody else runs the agent, so take it back (NX: one daemon wins)
@@ -65,7 +99,8 @@ end
 if holder ~= ARGV[1] then requeue_all() return {'lost', holder or ''} end
 -- the stop flag: any value of any type means stop, as tt reads it (EXISTS)
 if redis.call('EXISTS', KEYS[5]) == 1 then requeue_all() return {'stop'} end
-local st = redis.call('HGET', KEYS[6], 'state')
+local st
+if known then st = fused.state else st = redis.call('HGET', KEYS[6], 'state') end
 if st == 'paused' or st == 'stopped' then requeue_all() return {st} end
 if KEYS[9] then
   local c = redis.call('HMGET', KEYS[9], 'paused', 'paused_reason', 'cooldown_until',
@@ -78,16 +113,24 @@ if KEYS[9] then
     if now < untl then requeue_all() return {'cooldown', untl, now, c[4] or ''} end
   end
 end
+-- what is in flight: read unless the fused ack just emptied the lists; then what moves in
+-- (the lists are only written here meanwhile, so this is their content, without a re-read)
+local ulist, ilist = {}, {}
+if not known then
+  ulist = redis.call('LRANGE', KEYS[3], 0, -1)
+  ilist = redis.call('LRANGE', KEYS[4], 0, -1)
+end
 local tasks = 0
-for _, raw in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+for _, raw in ipairs(ilist) do
   if task_bearing(raw) then tasks = tasks + 1 end
 end
-for _, raw in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+for _, raw in ipairs(ulist) do
   if task_bearing(raw) then tasks = tasks + 1 end
 end
 while true do
   local raw = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
   if not raw then break end
+  ulist[#ulist + 1] = raw
   if task_bearing(raw) then tasks = tasks + 1 end
 end
 local n, maxn = 0, tonumber(ARGV[2])
@@ -95,11 +138,12 @@ while tasks == 0 and n < maxn do
   local raw = redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT')
   if not raw then break end
   n = n + 1
+  ilist[#ilist + 1] = raw
   if task_bearing(raw) then tasks = tasks + 1 end
 end
-local function kept(list, queue)
+local function kept(list, queue, content)
   local out = {}
-  for _, raw in ipairs(redis.call('LRANGE', list, 0, -1)) do
+  for _, raw in ipairs(content) do
     if #raw > maxb then
       redis.call('LREM', list, 1, raw)
       deadletter({KEYS[8]}, {'message over ' .. ARGV[4] .. ' bytes', queue, raw, ARGV[5],
@@ -110,10 +154,10 @@ local function kept(list, queue)
   end
   return out
 end
-local u = kept(KEYS[3], KEYS[1])
+local u = kept(KEYS[3], KEYS[1], ulist)
 local items = {}
 for _, x in ipairs(u) do items[#items + 1] = x end
-for _, x in ipairs(kept(KEYS[4], KEYS[2])) do items[#items + 1] = x end
+for _, x in ipairs(kept(KEYS[4], KEYS[2], ilist)) do items[#items + 1] = x end
 local info = {}
 if ARGV[3] and tasks > 0 then
   for _, x in ipairs(items) do
@@ -121,4 +165,5 @@ if ARGV[3] and tasks > 0 then
     if i then info = i break end
   end
 end
+if ARGV[8] and info[1] == 'task_assign' then start(info) end
 return {'ok', #u, items, info}
