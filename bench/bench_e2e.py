@@ -1,35 +1,48 @@
 #!/usr/bin/env python3
-"""End-to-end batch benchmark: N jobs whose work is one `true` subprocess, W parallel workers.
+"""End-to-end benchmark: N jobs whose work is one `sh -c true`, W parallel workers.
 
-    python bench/bench_e2e.py floor     [-n 5000] [-w 8] [--sh]
-    python bench/bench_e2e.py rq        [-n 5000] [-w 8]
-    python bench/bench_e2e.py huey      [-n 5000] [-w 8]
-    python bench/bench_e2e.py tinytownd [-n 5000] [-w 8] [--appendfsync everysec|always|off]
+    python bench/bench_e2e.py SYSTEM [-n 5000] [-w 8] [--appendfsync everysec|always|no|off]
+                                     [--opt KEY=VALUE ...]
 
 Each prints one JSON line with `tasks_per_s` = N / (time from the first enqueue until the last job
 finished), workers already started and idle when the clock starts (their start-up is reported
-separately as `startup_s`). Every system gets its own private redis-server on a unix socket in a
-temp dir (AOF off unless --appendfsync), stopped at the end.
+separately as `startup_s`), the load average at the start and the end of the run, and the CPU
+per task by part (`cpu_ms_per_task`, from /proc: bench/peers/proc.py). Every system gets its own
+private redis-server on a unix socket in a temp dir, `save ""`, AOF with --appendfsync (the same
+for tinytownd and the peers; default everysec, tinytownd's default; `off` = no AOF), stopped at
+the end.
 
-  floor      a bare gevent loop: W greenlets run `true` N times (gevent.subprocess) — the
-             fork/exec floor; with --sh each is `sh -c true`, as agent CLIs run.
-  rq         RQ 3 SimpleWorker × W processes (`rq worker -w rq.worker.SimpleWorker`), each job
-             `subprocess.run(["true"])`; jobs enqueued with enqueue_many (pipelined).
-  huey       huey consumer `-k greenlet -w W` (monkey-patched, via ../shared/baseline/
-             peer_huey_consumer.py), each task `subprocess.run(["true"])`.
-  tinytownd  `tinytownd batch` (embedded: its own redis-server child, W agents, CLI `true`);
-             the rate is the batch's own wall time (submission → last task terminal), and the
-             command's total wall time (including start-up and shutdown) is reported too.
+  tinytownd        `tinytownd batch FILE --cli true --agents W --appendfsync A`, embedded (its own
+                   redis-server child, W agents, the batch dispatcher). The runtime runs every CLI
+                   as `sh -c <command>`, so each task is one `sh -c true` (dash's builtin true).
+                   Rate: the batch's own wall_time_s (submission -> last task terminal).
+  dramatiq         dramatiq 2, RedisBroker: `dramatiq peers.jobs_dramatiq -p <cores> -t 4`
+  dramatiq-gevent  the same under `dramatiq-gevent`
+  celery           Celery 5: `celery worker -P prefork -c 8 --prefetch-multiplier 64`, acks_late,
+                   --without-gossip/mingle/heartbeat, no result backend
+  celery-gevent    the same with `-P gevent -c 8`
+  rq               RQ: W x `rq worker -w rq.worker.SimpleWorker`, enqueue_many
+  huey             huey: `huey_consumer -k thread -w W -n -C` (--opt k=process|greenlet)
+  floor            a bare gevent loop: W greenlets run `sh -c true` N times with
+                   gevent.subprocess (the fork/exec floor; --job true: `true` itself)
+  spawn            the same loop with os.posix_spawn + a libev child watcher
+                   (bench/peers/spawn_probe.py): the posix_spawn floor
+  memory, cmdcount tinytownd's idle memory and its per-task Redis commands and CPU (in-process)
+
+Peers (bench/peers/peer_*.py, run by bench/peers/harness.py) run the job `peers.jobs.job`:
+`subprocess.run(["sh", "-c", "true"], check=True)`, then the job appends its completion time to
+a file (one O_APPEND write); the clock stops at the largest time written, once N are in.
+--opt sets a peer's option (see each peer module), e.g. `--opt t=8 --opt worker_timeout=100`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,10 +50,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)                     # tests.support (servers, process helpers)
 BIN = os.path.dirname(sys.executable)
-BASELINE = os.environ.get("TT_BASELINE_DIR", os.path.join(os.path.dirname(ROOT), "shared", "baseline"))
 
+from peers.proc import Snapshot, loadavg  # noqa: E402
 
-from tests.support.helpers import stop_process  # noqa: E402
+JOBS = {"sh": ["sh", "-c", "true"], "true": ["true"]}
 
 
 def emit(d: dict) -> dict:
@@ -48,161 +61,76 @@ def emit(d: dict) -> dict:
     return d
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
-
-
-# ----------------------------------------------------------------------------- floor
-def bench_floor(n: int, w: int, sh: bool) -> dict:
+# ----------------------------------------------------------------------------- floors
+def bench_floor(n: int, w: int, job: str = "sh") -> dict:
     code = r"""
 import sys, time, json
 from gevent import monkey; monkey.patch_all()
 import gevent, gevent.subprocess as sp
-n, w, sh = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-cmd = ["sh", "-c", "true"] if sh else ["true"]
+n, w, cmd = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 left = [n]
 def worker():
     while left[0] > 0:
         left[0] -= 1
         p = sp.Popen(cmd, stdin=sp.DEVNULL)
         if p.wait() != 0:
-            raise SystemExit("true failed")
+            raise SystemExit("job failed")
 t0 = time.perf_counter()
 gevent.joinall([gevent.spawn(worker) for _ in range(w)], raise_error=True)
 dt = time.perf_counter() - t0
 print(json.dumps({"secs": dt}))
 """
-    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), "1" if sh else "0"],
+    load0 = loadavg()
+    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), json.dumps(JOBS[job])],
                          check=True, capture_output=True, text=True).stdout
     dt = json.loads(out.strip().splitlines()[-1])["secs"]
-    return emit({"system": "floor_sh" if sh else "floor", "n": n, "workers": w,
-                 "secs": round(dt, 3), "tasks_per_s": round(n / dt, 1),
-                 "cmd": ("sh -c true" if sh else "true") + f" x{n}, {w} greenlets"})
+    return emit({"system": "floor" + ("" if job == "sh" else "_true"), "n": n, "workers": w,
+                 "secs": round(dt, 3), "tasks_per_s": round(n / dt, 1), "load_start": load0,
+                 "load_end": loadavg(),
+                 "cmd": f"gevent.subprocess.Popen({' '.join(JOBS[job])}) x{n}, {w} greenlets"})
 
 
-def bench_spawn(n: int, w: int) -> dict:
+def bench_spawn(n: int, w: int, job: str = "sh") -> dict:
     """The floor with posix_spawn + a libev child watcher (see peers/spawn_probe.py)."""
     code = r"""
-import sys, time, json, os
+import sys, time, json, os, shutil
 sys.path.insert(0, sys.argv[3])
 from peers.spawn_probe import Spawned, loop
 env = dict(os.environ)
+argv = json.loads(sys.argv[4])
+path = shutil.which(argv[0])
 def one():
-    assert Spawned(os.posix_spawn("/bin/true", ["true"], env)).wait() == 0
+    assert Spawned(os.posix_spawn(path, argv, env)).wait() == 0
 print(json.dumps({"per_s": loop(int(sys.argv[1]), int(sys.argv[2]), one)}))
 """
-    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), HERE], check=True,
-                         capture_output=True, text=True).stdout
+    load0 = loadavg()
+    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), HERE,
+                          json.dumps(JOBS[job])], check=True, capture_output=True,
+                         text=True).stdout
     rate = json.loads(out.strip().splitlines()[-1])["per_s"]
-    return emit({"system": "floor_posix_spawn", "n": n, "workers": w, "secs": round(n / rate, 3),
-                 "tasks_per_s": round(rate, 1),
-                 "cmd": f"os.posix_spawn(true) + libev child watcher x{n}, {w} greenlets"})
+    return emit({"system": "floor_posix_spawn" + ("" if job == "sh" else "_true"), "n": n,
+                 "workers": w, "secs": round(n / rate, 3), "tasks_per_s": round(rate, 1),
+                 "load_start": load0, "load_end": loadavg(),
+                 "cmd": f"os.posix_spawn({' '.join(JOBS[job])}) + libev child watcher x{n}, "
+                        f"{w} greenlets"})
 
 
-# ----------------------------------------------------------------------------- rq
-def bench_rq(n: int, w: int) -> dict:
-    from peers.lab import RedisLab
-    from rq import Queue, Worker
-    from rq.registry import FinishedJobRegistry
-
-    with RedisLab(name="rq") as lab:
-        r = lab.client()
-        q = Queue("ttbench-e2e", connection=r)
-        env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [os.path.join(BIN, "rq"), "worker", "-q", "-w", "rq.worker.SimpleWorker",
-               "-u", lab.url, "ttbench-e2e"]
-        t_start = time.perf_counter()
-        procs = [subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL)
-                 for _ in range(w)]
-        try:
-            deadline = time.monotonic() + 60
-            while len(Worker.all(connection=r)) < w:
-                if time.monotonic() > deadline:
-                    raise SystemExit("rq workers did not start")
-                time.sleep(0.02)
-            startup = time.perf_counter() - t_start
-            time.sleep(0.3)  # let every worker park in its BLPOP/BZPOPMIN
-            from peers import jobs
-            reg = FinishedJobRegistry(queue=q)
-            t0 = time.perf_counter()
-            for i in range(0, n, 1000):
-                q.enqueue_many([Queue.prepare_data(jobs.run_true, result_ttl=3600)
-                                for _ in range(min(1000, n - i))])
-            t_enq = time.perf_counter() - t0
-            deadline = time.monotonic() + 900
-            while reg.count < n:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"rq: only {reg.count}/{n} finished")
-                if any(p.poll() is not None for p in procs):
-                    raise SystemExit("an rq worker died")
-                time.sleep(0.02)
-            dt = time.perf_counter() - t0
-            rss = sum(rss_kib(p.pid) for p in procs)
-            failed = len(q.failed_job_registry)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGKILL)
-            for p in procs:
-                p.wait(10)
-    return emit({"system": "rq", "n": n, "workers": w, "secs": round(dt, 3),
-                 "tasks_per_s": round(n / dt, 1), "enqueue_s": round(t_enq, 3),
-                 "startup_s": round(startup, 3), "failed": failed,
-                 "workers_rss_mib": round(rss / 1024, 1),
-                 "cmd": f"{w} x rq worker -w rq.worker.SimpleWorker; enqueue_many(run_true)"})
+# ----------------------------------------------------------------------------- peers
+def peer_makers() -> dict:
+    from peers import peer_celery, peer_dramatiq, peer_huey, peer_rq
+    return {"dramatiq": peer_dramatiq.make, "dramatiq-gevent": peer_dramatiq.make_gevent,
+            "celery": peer_celery.make, "celery-gevent": peer_celery.make_gevent,
+            "rq": peer_rq.make, "huey": peer_huey.make}
 
 
-# ----------------------------------------------------------------------------- huey
-def bench_huey(n: int, w: int) -> dict:
-    from peers.lab import RedisLab
+PEERS = ("dramatiq", "dramatiq-gevent", "celery", "celery-gevent", "rq", "huey")
 
-    with RedisLab(name="huey") as lab:
-        os.environ["TT_BENCH_REDIS_URL"] = lab.url
-        import importlib
-        from peers import jobs
-        importlib.reload(jobs)
-        h = jobs.huey
-        h.flush()
-        consumer = os.path.join(BASELINE, "peer_huey_consumer.py")
-        env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, consumer, "peers.jobs.huey", "-w", str(w), "-k", "greenlet", "-q",
-               "-C"]
-        t_start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=HERE, env=env)
-        try:
-            # huey has no worker registry: probe with one task until its result appears
-            h.flush()
-            probe = jobs.huey_true()
-            probe.get(blocking=True, timeout=60)
-            startup = time.perf_counter() - t_start
-            h.flush()
-            time.sleep(0.3)
-            t0 = time.perf_counter()
-            results = [jobs.huey_true() for _ in range(n)]
-            t_enq = time.perf_counter() - t0
-            deadline = time.monotonic() + 900
-            while h.result_count() < n:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"huey: only {h.result_count()}/{n} finished")
-                if proc.poll() is not None:
-                    raise SystemExit("huey consumer died")
-                time.sleep(0.02)
-            dt = time.perf_counter() - t0
-            rss = rss_kib(proc.pid)
-            del results
-        finally:
-            stop_process(proc, signal.SIGINT, 15)
-    return emit({"system": "huey", "n": n, "workers": w, "secs": round(dt, 3),
-                 "tasks_per_s": round(n / dt, 1), "enqueue_s": round(t_enq, 3),
-                 "startup_s": round(startup, 3), "consumer_rss_mib": round(rss / 1024, 1),
-                 "cmd": f"huey consumer -k greenlet -w {w}; huey_true() x{n}"})
+
+def bench_peer(system: str, n: int, w: int, appendfsync: str, opts: dict) -> dict:
+    from peers.harness import run_peer
+    row = run_peer(peer_makers()[system], n=n, w=w, appendfsync=appendfsync, opts=opts)
+    row["system"] = system
+    return emit(row)
 
 
 # ----------------------------------------------------------------------------- tinytownd
@@ -213,32 +141,61 @@ def write_batch_file(path: str, n: int) -> None:
             f.write(f"  - {{id: t{i}, description: noop}}\n")
 
 
-def bench_tinytownd(n: int, w: int, appendfsync: str = "everysec", profile: str | None = None) -> dict:
+def bench_tinytownd(n: int, w: int, appendfsync: str = "everysec", profile: str | None = None,
+                    cli: str = "true") -> dict:
+    """`tinytownd batch` as a user runs it. The CPU split comes from /proc over the window from
+    the batch's first progress line (`--progress json`, written when it starts following) to its
+    last one (every task terminal, before the embedded daemon stops): the daemon's main (loop)
+    thread, its other threads (the spawn thread), the CLI children it reaped, its redis-server
+    child; per task completed in that window."""
     tt = os.path.join(BIN, "tinytownd")
     with tempfile.TemporaryDirectory(prefix="ttb-tt-", dir="/tmp") as d:
         bf = os.path.join(d, "batch.yaml")
         write_batch_file(bf, n)
         summ = os.path.join(d, "summary.json")
-        cmd = [tt, "batch", bf, "--dir", os.path.join(d, "b"), "--cli", "true", "--agents", str(w),
-               "--progress", "none", "--summary", summ, "--appendfsync", appendfsync,
+        cmd = [tt, "batch", bf, "--dir", os.path.join(d, "b"), "--cli", cli, "--agents", str(w),
+               "--progress", "json", "--summary", summ, "--appendfsync", appendfsync,
                "--id", "bench"]
         if profile:
             cmd = [os.path.join(BIN, "py-spy"), "record", "-o", profile, "-f", "speedscope",
                    "-r", "200", "--"] + cmd
+        load0 = loadavg()
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=d)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=d)
+        err: list[str] = []
+        te = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
+        te.start()
+        marks: list[tuple[int, Snapshot]] = []       # (done, snapshot) at first and last progress
+        for line in p.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") != "batch.progress":
+                continue
+            if not marks or ev.get("done") == ev.get("total"):
+                marks.append((ev["done"], Snapshot.take([p.pid])))
+        p.wait()
+        te.join(10)
         total = time.perf_counter() - t0
         if p.returncode != 0:
-            raise SystemExit(f"tinytownd batch exit {p.returncode}: {p.stderr[-2000:]}"
-                             f"{p.stdout[-2000:]}")
+            raise SystemExit(f"tinytownd batch exit {p.returncode}: {''.join(err)[-2000:]}")
         s = json.load(open(summ))
     dt = s["wall_time_s"]
+    split = {}
+    if len(marks) >= 2 and marks[-1][0] > marks[0][0]:
+        c = marks[-1][1].minus(marks[0][1], marks[-1][0] - marks[0][0])
+        split = {"loop_thread": c["main_thread_ms"], "other_threads": c["other_threads_ms"],
+                 "cli_children": c["children_ms"], "redis": c["redis_ms"],
+                 "window_tasks": marks[-1][0] - marks[0][0]}
     return emit({"system": "tinytownd" + ("" if appendfsync == "everysec" else f"_aof_{appendfsync}"),
                  "n": n, "workers": w, "secs": round(dt, 3), "tasks_per_s": round(n / dt, 1),
                  "appendfsync": appendfsync, "command_wall_s": round(total, 3),
                  "completed": s["totals"]["completed"], "attempts_total": s.get("attempts_total"),
-                 "submit_s": s.get("submit_s"),
-                 "cmd": f"tinytownd batch FILE --cli true --agents {w} --appendfsync {appendfsync}"})
+                 "submit_s": s.get("submit_s"), "cpu_ms_per_task": split,
+                 "load_start": load0, "load_end": loadavg(),
+                 "cmd": f"tinytownd batch FILE --cli {cli} --agents {w} --appendfsync {appendfsync}"})
 
 
 # ----------------------------------------------------------------------------- memory
@@ -398,12 +355,17 @@ def bench_cmdcount(n: int, w: int, variant: str = "dispatch", task_events: str =
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("system", choices=["floor", "spawn", "rq", "huey", "tinytownd", "memory",
-                                          "cmdcount"])
+    ap.add_argument("system", choices=["floor", "spawn", "tinytownd", "memory", "cmdcount",
+                                       *PEERS])
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("-w", type=int, default=8)
-    ap.add_argument("--sh", action="store_true", help="floor: sh -c true")
-    ap.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "off", "no"])
+    ap.add_argument("--job", default="sh", choices=sorted(JOBS),
+                    help="floors: the command run per job (default sh = `sh -c true`)")
+    ap.add_argument("--appendfsync", default="everysec", choices=["everysec", "always", "off", "no"],
+                    help="AOF policy of every system's redis-server (off = no AOF)")
+    ap.add_argument("--cli", default="true", help="tinytownd: the agent CLI (run as sh -c CLI)")
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="a peer option (see bench/peers/peer_*.py)")
     ap.add_argument("--profile", metavar="OUT", help="tinytownd: record with py-spy into OUT")
     ap.add_argument("--variant", default="dispatch", choices=["dispatch", "claim", "dispatch+spawn"],
                     help="cmdcount: dispatch = as shipped; claim = the runtime's backlog claim "
@@ -411,20 +373,19 @@ def main() -> None:
     ap.add_argument("--task-events", default="", choices=["", "lifecycle", "terminal", "none"],
                     help="cmdcount: runtime.task_events (default: the config default)")
     a = ap.parse_args()
+    opts = dict(o.split("=", 1) for o in a.opt)
     if a.system == "floor":
-        bench_floor(a.n, a.w, a.sh)
+        bench_floor(a.n, a.w, a.job)
     elif a.system == "spawn":
-        bench_spawn(a.n, a.w)
+        bench_spawn(a.n, a.w, a.job)
     elif a.system == "memory":
         bench_memory()
     elif a.system == "cmdcount":
         bench_cmdcount(a.n, a.w, a.variant, a.task_events)
-    elif a.system == "rq":
-        bench_rq(a.n, a.w)
-    elif a.system == "huey":
-        bench_huey(a.n, a.w)
+    elif a.system in PEERS:
+        bench_peer(a.system, a.n, a.w, a.appendfsync, opts)
     else:
-        bench_tinytownd(a.n, a.w, a.appendfsync, a.profile)
+        bench_tinytownd(a.n, a.w, a.appendfsync, a.profile, a.cli)
 
 
 if __name__ == "__main__":

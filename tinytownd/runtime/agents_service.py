@@ -19,20 +19,41 @@ from tinytownd.store import agent_control, quarantine
 from tinytownd.store.refusals import transient
 from tinytownd.store.wire import AGENT_TERMINAL, hash_ts
 
+from .gc_tuning import Settler
+
 BEAT_CHUNK = 100           # agents per heartbeat pipeline (see AgentsService.beat)
+BEAT_GAP_S = 0.02          # pause between two heartbeat pipelines ...
+BEAT_SPREAD = 0.25         # ... so that one pass takes at most this share of the interval
+SETTLE_POLL_S = 0.5        # pass interval until the start-up objects are frozen (gc_tuning.py),
+SETTLE_WITHIN_S = 60.0     # for at most this long after the service starts
+
+
+def beat_interval(cfg) -> float:
+    """Seconds between two heartbeat passes (leases are renewed three times per ttl)."""
+    return min(cfg.runtime.heartbeat_interval_s, cfg.runtime.lease_ttl_s / 3)
+
+
+def beat_gap(agents: int, interval_s: float) -> float:
+    """Seconds between two heartbeat pipelines of one pass: BEAT_GAP_S, less when the pass
+    would otherwise take more than BEAT_SPREAD of the interval."""
+    chunks = (agents + BEAT_CHUNK - 1) // BEAT_CHUNK
+    if chunks <= 1:
+        return 0.0
+    return min(BEAT_GAP_S, interval_s * BEAT_SPREAD / (chunks - 1))
 
 
 class AgentsService:
     def __init__(self, rt):
         self.rt = rt
+        self.settler = Settler(rt.log)
 
     def run(self) -> None:
         rt = self.rt
-        cfg = rt.cfg.runtime
         next_ensure = 0.0
         pause = 0.0
+        t_start = time.monotonic()
         while not rt.stopping.is_set():
-            interval = min(cfg.heartbeat_interval_s, rt.cfg.runtime.lease_ttl_s / 3)
+            interval = beat_interval(rt.cfg)
             try:
                 if not rt.initial_done:
                     self.guarded(lambda: rt.sync(initial=True))
@@ -42,6 +63,9 @@ class AgentsService:
                 if now >= next_ensure:
                     self.guarded(self.ensure)
                     next_ensure = now + max(interval, 1.0)
+                self.settler.poll(rt.alive())
+                if self.settler.count is None and time.monotonic() - t_start < SETTLE_WITHIN_S:
+                    interval = min(interval, SETTLE_POLL_S)   # start-up: settle soon after it
                 pause = 0.0
             except redis.RedisError as e:
                 if not transient(e):
@@ -90,13 +114,16 @@ class AgentsService:
 
     # ------------------------------------------------------------------ heartbeats
     def beat(self) -> None:
-        """One pipeline per BEAT_CHUNK agents with a yield between them: with 1,000 agents one
-        pipeline was ~40 ms of packing and parsing during which nothing else ran (the pickup p99
-        of the 1,000-agent benchmark)."""
+        """One pipeline per BEAT_CHUNK agents, spread over up to BEAT_SPREAD of the interval:
+        with 1,000 agents one pipeline was ~40 ms of packing and parsing during which nothing
+        else ran, and ten chunks back to back still delayed a pickup by several chunks (each
+        of its Redis round trips waited behind one). With a gap between chunks a pickup waits
+        behind one chunk at most."""
         ws = self.rt.alive()
+        gap = beat_gap(len(ws), beat_interval(self.rt.cfg))
         for i in range(0, len(ws), BEAT_CHUNK):
             if i:
-                gevent.sleep(0)
+                gevent.sleep(gap)
             self._beat_some(ws[i:i + BEAT_CHUNK])
 
     def _beat_some(self, ws) -> None:

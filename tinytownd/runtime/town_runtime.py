@@ -34,6 +34,7 @@ from tinytownd.store.scripts import KEEP, Scripts
 from tinytownd.store.town import Town
 from tinytownd.workspaces.manager import WorkspaceManager
 
+from . import gc_tuning
 from . import settings as agent_settings
 from .agent_cli.usage import usage_view
 from .agents_service import AgentsService
@@ -269,6 +270,7 @@ class TownRuntime(Component):
         self.leases.release_all(self.specs)
         self.scripts.close()
         self.lifeline.close()
+        gc_tuning.release()
         if self._own_block is not None:
             try:
                 self._own_block.connection_pool.disconnect()
