@@ -14,7 +14,9 @@ QUICK_CLI = {"quick": {"command": "echo working on it; sleep 0.3; echo done"}}
 def web_daemon(root, *, agents=2, http=None, cli=None, **sections) -> DaemonProcess:
     """A daemon config with the listener on a free loopback port and `agents` quick agents."""
     port = free_port()
-    return DaemonProcess(root, http={"listen": f"127.0.0.1:{port}", **(http or {})},
+    # the event feed is what these tests watch: the per-task events on (the default is none)
+    runtime = {"task_events": "lifecycle", **sections.pop("runtime", {})}
+    return DaemonProcess(root, runtime=runtime, http={"listen": f"127.0.0.1:{port}", **(http or {})},
                          agent_clis=cli or QUICK_CLI,
                          agents=[{"name": "w", "cli": next(iter(cli or QUICK_CLI)),
                                   "count": agents}] if agents else [],
