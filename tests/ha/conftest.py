@@ -6,6 +6,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/ha/" in str(item.fspath):
             item.add_marker(pytest.mark.ha)
+            item.add_marker(pytest.mark.system)
 
 from tests.support.sentinel import HaRedis
 
