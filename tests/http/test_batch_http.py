@@ -15,7 +15,7 @@ def test_batch_http_prints_the_url_first_and_shows_progress(tmpdir_short):
     bf = tmpdir_short / "b.yaml"
     bf.write_text("tasks:\n" + "".join(f"  - {{id: t{i}, description: job {i}}}\n"
                                        for i in range(12)) +
-                  'agent_clis: {s: {command: "sleep 0.4; echo ok"}}\n'
+                  'agent_clis: {s: {command: "sleep 1; echo ok"}}\n'
                   "agents: [{name: w, cli: s, count: 2}]\n")
     port = free_port()
     p = subprocess.Popen(tinytownd_cmd() + ["batch", str(bf), "--dir", str(tmpdir_short / "d"),

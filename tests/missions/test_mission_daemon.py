@@ -176,8 +176,13 @@ work_items:
         p = a.cli("mission", "start", str(mf))
         assert p.returncode == 0, p.stderr
         mids.append(p.stdout.strip())
-    wait_for(lambda: {r.get(keys.mission_lock(m)) for m in mids} >= {ta, tb}, timeout=20,
-             what="both daemons hold missions")
+    seen = set()          # holders sampled over time: a quick daemon may finish some first
+
+    def both_held():
+        holders = {r.get(keys.mission_lock(m)) for m in mids}
+        seen.update(holders)
+        return seen >= {ta, tb} and ta in holders
+    wait_for(both_held, timeout=20, interval=0.02, what="both daemons hold missions")
     dupes = []
 
     def sample():
