@@ -41,3 +41,15 @@ def daemon(tmpdir_short):
         yield d
     finally:
         d.cleanup()
+
+
+# The system-level tests (scripts/test-system, after the main suite in CI): real Sentinel
+# failovers, the fault suite, a real browser, multi-daemon kill -9 of missions.
+SYSTEM_TESTS = ("/tests/ha/", "/tests/faults/", "/tests/http/test_dashboard_browser.py",
+                "/tests/missions/test_mission_daemon.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(p in str(item.fspath) for p in SYSTEM_TESTS):
+            item.add_marker(pytest.mark.system)

@@ -76,8 +76,12 @@ class Guard:
     """Watches one batch (see the module doc). `agent_clis`: agent name → CLI name."""
 
     def __init__(self, batch, reporter, stop_event, *, agent_clis: dict[str, str],
-                 max_cost_usd: float | None, max_wait_s: float | None, on_stop=None):
+                 max_cost_usd: float | None, max_wait_s: float | None, on_stop=None,
+                 pauses_since: str | None = None):
         self.batch = batch
+        # an embedded batch's start ends every pause of its CLIs (its daemon's start does so):
+        # a pause older than that start is stale, whoever reads it first
+        self.pauses_since = pauses_since
         self.reporter = reporter
         self.stop_event = stop_event
         self.agent_clis = dict(agent_clis)
@@ -146,6 +150,10 @@ class Guard:
         now = now_ms()
         states = {n: describe(n, h if isinstance(h, dict) else {}, now)
                   for n, h in zip(names, res)}
+        if self.pauses_since:
+            for st in states.values():
+                if st.get("paused") and str(st.get("paused_at") or "") < self.pauses_since:
+                    st["paused"] = False
         try:
             spent = float(res[-1] or 0)
         except (TypeError, ValueError):

@@ -158,7 +158,8 @@ def _run(mode: "Mode") -> int:
                 guard = Guard(batch, reporter, stopper.requested, agent_clis=mode.agent_clis(),
                               max_cost_usd=getattr(mode.args, "max_cost_usd", None),
                               max_wait_s=getattr(mode.args, "max_wait", None),
-                              on_stop=lambda d: setattr(stopper, "signame", d.stop)).start()
+                              on_stop=lambda d: setattr(stopper, "signame", d.stop),
+                              pauses_since=getattr(mode, "started_at", None)).start()
                 try:
                     done = batch.follow(stop_event=stopper.requested)
                 finally:
@@ -301,6 +302,8 @@ class Embedded(Mode):
         self.runner = None            # the greenlet of daemon.run
 
     def prepare(self) -> None:
+        from tinytownd.store.wire import hash_ts
+        self.started_at = hash_ts()          # pauses older than this start are ended by it
         bf, args, root = self.file, self.args, self.root
         clis, agents = agent_sections(bf, agents=args.agents, cli=args.cli)
         check_agents(bf, clis, agents)
