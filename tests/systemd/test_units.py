@@ -230,8 +230,10 @@ def managed_dirs(unit: str) -> list[str]:
 def test_template_runs_next_to_the_plain_unit():
     restart_with(MAIN)
     web_root = "/var/lib/" + show(WEB, "StateDirectory")["StateDirectory"]   # the town root
+    # a second town on the same host needs its own HTTP port (the default 8474 is the first's)
     write_config(WEB_CFG, {"town": {"name": "web", "root": web_root},
-                           "redis": {"appendonly": False}, **ECHO_AGENT})
+                           "redis": {"appendonly": False}, "http": {"listen": "127.0.0.1:8475"},
+                           **ECHO_AGENT})
     sh(f"systemctl start {WEB}", timeout=120)
     wait_active(WEB)
     web_task = assign_and_complete(WEB_CFG, "w", "web task")
