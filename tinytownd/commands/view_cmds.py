@@ -115,24 +115,22 @@ def cmd_events(args) -> int:
 
 # ----------------------------------------------------------------------------- logs
 def _task_logs(town, tid: str, logs_dir: str) -> list[tuple[int, str]]:
-    """(attempt, file name) of the task's rounds: `log:<attempt>` of its daemon record where
-    round_start wrote one, else the logs whose names carry the task id, oldest first."""
+    """(attempt, file name) of the task's rounds, oldest first: the logs whose names carry the
+    task id, and those `log:<attempt>` of its daemon record names (logs of older daemons)."""
     from tinytownd.runtime.round_logs import task_of
     meta = town.get_task_meta(tid)
-    out = {int(k[4:]): v for k, v in meta.items() if k.startswith("log:") and k[4:].isdigit()}
+    files = {v for k, v in meta.items() if k.startswith("log:") and k[4:].isdigit()}
     try:
-        named = [f for f in os.listdir(logs_dir) if task_of(f) == tid and f not in out.values()]
+        files.update(f for f in os.listdir(logs_dir) if task_of(f) == tid)
     except OSError:
-        named = []
+        pass
+
     def mtime(f):
         try:
             return os.stat(os.path.join(logs_dir, f)).st_mtime
         except OSError:
             return 0.0
-    rows = sorted([(n, f) for n, f in out.items()], key=lambda x: mtime(x[1]))
-    rows += [(0, f) for f in sorted(named, key=mtime)]
-    rows.sort(key=lambda x: mtime(x[1]))
-    return [(i, f) for i, (_n, f) in enumerate(rows, 1)]
+    return list(enumerate(sorted(files, key=mtime), 1))
 
 
 def _agent_logs(logs_dir: str, name: str) -> list[tuple[int, str]]:
