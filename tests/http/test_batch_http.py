@@ -68,6 +68,8 @@ def test_sigabrt_leaves_a_traceback_of_every_thread(tmpdir_short):
         err = (tmpdir_short / "stderr.log").read_text()
         assert "Fatal Python error: Aborted" in err
         assert "Current thread" in err or "Thread 0x" in err
-        assert 'File "' in err            # a Python traceback, frame by frame
+        # (a frame-by-frame traceback follows when the loop is stuck in Python code, as under the
+        # watchdog; an idle daemon sits in the event loop's C code: "<no Python frame>")
+        assert 'File "' in err or "<no Python frame>" in err
     finally:
         d.cleanup()

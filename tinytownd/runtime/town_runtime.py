@@ -132,7 +132,7 @@ class TownRuntime(Component):
         return {"agents": self.agents.run, "retry-timer": lambda: retry_timer(self),
                 "backlog": self.backlog.run, "sweeper": self.sweeper.run,
                 "workspaces": lambda: self.links.workspaces.run_sweeps(
-                    self.workspace_repos, self.stopping)}
+                    self.workspace_repos, self.stopping, lambda: self.initial_done)}
 
     def workspace_repos(self) -> set[str]:
         """The repositories of the agents in worktree mode."""

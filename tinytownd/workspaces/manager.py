@@ -304,9 +304,12 @@ class WorkspaceManager:
                 out.append((tid, state, res[2 * j + 1] or {}, current[j] == tid))
         return out
 
-    def run_sweeps(self, repos, stopping) -> None:
+    def run_sweeps(self, repos, stopping, ready=lambda: True) -> None:
         """The runtime's `workspaces` service: a sweep at start (with `git worktree prune` of
-        `repos()`), then every SWEEP_S."""
+        `repos()`), then every SWEEP_S. The first waits for `ready()` (the agents' settings
+        loaded): before that no workspace.dir is known and every removal would be refused."""
+        while not ready() and not stopping.is_set():
+            stopping.wait(0.05)
         first = True
         while not stopping.is_set():
             try:
