@@ -7,7 +7,6 @@ order declared, the number first where there is one:
 
     metrics.ROUNDS.inc("claude", "ok")
     metrics.ROUND_SECONDS.observe(12.5, "claude", "ok")
-    metrics.COOLDOWNS.set(2, "claude")
 
 Label children are cached per tuple of values (one dict lookup per update, no lock beyond
 prometheus_client's own), so the hot path stays at a few microseconds per round.
@@ -98,13 +97,11 @@ RELOADS = Counter("tinytownd_reloads_total", "Config reloads by result (ok, inva
                   "apply_failed)", ("result",))
 HTTP_REQUESTS = Counter("tinytownd_http_requests_total", "HTTP requests by route and status code",
                         ("route", "code"))
-# --- from the agent CLI protocol (the agent-cli branch): its hooks call these ------------------
-#     metrics.TOKENS.add(n, cli, "input"); metrics.COST.add(usd, cli); metrics.COOLDOWNS.set(k, cli)
+# --- what agent CLIs report (round_end below); the CLIs' cooldowns are read from Redis on scrape
+#     (tinytownd_cli_cooldowns_active, http/collectors.py): they are the town's, not this daemon's
 TOKENS = Counter("tinytownd_tokens_total", "Tokens agent CLIs reported, by CLI and kind (input, "
                  "output, ...)", ("cli", "kind"))
 COST = Counter("tinytownd_cost_usd_total", "Cost agent CLIs reported, in US dollars", ("cli",))
-COOLDOWNS = Gauge("tinytownd_cli_cooldowns_active", "Agents waiting out a cooldown of their CLI",
-                  ("cli",))
 
 # Round ends by outcome since the start, and per THROUGHPUT_BUCKET_S for the dashboard's
 # throughput over the last minutes (THROUGHPUT_BUCKETS kept).

@@ -117,6 +117,19 @@ def test_metrics_names_and_values_move(web):
     assert web.cli("reload").returncode == 0
     m2 = metrics(web)
     assert m2["tinytownd_reloads_total"][(("result", "ok"),)] >= 1
+    # a CLI's cooldown (set town-wide in Redis by a rate limit) counts the agents waiting it out;
+    # junk in the CLI's state is no cooldown and no error
+    r, key, quick = web.redis(), "tt:t:tinytownd:cli:quick", (("cli", "quick"),)
+    assert m2["tinytownd_cli_cooldowns_active"][quick] == 0
+    try:
+        r.hset(key, "cooldown_until", int(time.time() * 1000) + 60_000)
+        wait_for(lambda: metrics(web)["tinytownd_cli_cooldowns_active"][quick] == 2, 10,
+                 interval=0.3, what="cooldown gauge at 2 agents")
+        r.hset(key, "cooldown_until", "junk")
+        wait_for(lambda: metrics(web)["tinytownd_cli_cooldowns_active"][quick] == 0, 10,
+                 interval=0.3, what="cooldown gauge back to 0")
+    finally:
+        r.delete(key)
 
 
 def test_bad_requests_are_bounded(web):

@@ -30,8 +30,13 @@ def sh(script: str, *, check: bool = True, timeout: float = 60.0,
     r = subprocess.run([str(BOX), "exec", state(), "bash", "-euo", "pipefail", "-c", script],
                        capture_output=True, text=True, timeout=timeout, input=input)
     if check and r.returncode != 0:
+        why = ""
+        if "systemctl" in script:     # what systemd and the daemon said about it
+            j = subprocess.run([str(BOX), "exec", state(), "journalctl", "-n", "60", "--no-pager",
+                                "-o", "short-precise"], capture_output=True, text=True, timeout=30)
+            why = "\n--- journal (last 60 lines) ---\n" + j.stdout
         raise AssertionError(f"exit {r.returncode} in the container:\n$ {script}\n"
-                             f"{r.stdout}{r.stderr}")
+                             f"{r.stdout}{r.stderr}{why}")
     return r
 
 

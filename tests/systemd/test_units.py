@@ -231,9 +231,9 @@ def test_template_runs_next_to_the_plain_unit():
     restart_with(MAIN)
     web_root = "/var/lib/" + show(WEB, "StateDirectory")["StateDirectory"]   # the town root
     # a second town on the same host needs its own HTTP port (the default 8474 is the first's)
+    web_http = {"http": {"listen": "127.0.0.1:8475"}}
     write_config(WEB_CFG, {"town": {"name": "web", "root": web_root},
-                           "redis": {"appendonly": False}, "http": {"listen": "127.0.0.1:8475"},
-                           **ECHO_AGENT})
+                           "redis": {"appendonly": False}, **web_http, **ECHO_AGENT})
     sh(f"systemctl start {WEB}", timeout=120)
     wait_active(WEB)
     web_task = assign_and_complete(WEB_CFG, "w", "web task")
@@ -254,7 +254,7 @@ def test_template_runs_next_to_the_plain_unit():
     assert tt(WEB_CFG, "status").returncode == 0
     assert task_state(WEB_CFG, web_task) == "completed"
     # ... whose agents have a HOME of their own to write to (node creates ~/.cache/…) ...
-    restart_with(tools_config("web", web_root), WEB, WEB_CFG)
+    restart_with({**tools_config("web", web_root), **web_http}, WEB, WEB_CFG)
     check_tools(WEB_CFG)
     assert out(f"ls -A {web_root}/.cache")
     # ... and the other way round.

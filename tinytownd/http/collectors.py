@@ -65,6 +65,12 @@ class TownCollector:
         yield tasks
         yield GaugeMetricFamily("tinytownd_deadletter_messages", "Entries in the dead-letter "
                                 "list.", value=v["deadletter"])
+        cooling = GaugeMetricFamily("tinytownd_cli_cooldowns_active", "Agents waiting out a "
+                                    "cooldown of their CLI (a rate limit), by CLI.",
+                                    labels=["cli"])
+        for c, n in sorted(v.get("cooldowns", {}).items()):
+            cooling.add_metric([c], n)
+        yield cooling
         yield GaugeMetricFamily("tinytownd_inbox_messages", "Messages waiting in agent inboxes.",
                                 value=sum(a.get("inbox", 0) for a in v["agents"]))
 

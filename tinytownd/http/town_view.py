@@ -3,7 +3,8 @@ the dashboard, read within a time budget and kept for VIEW_TTL_S (many scrapers,
 
 Two speeds:
 * every view (cheap, pipelined): PING, each agent's record fields, inbox/urgent lengths, the
-  task messages waiting in non-empty inboxes, backlog, active missions, dead letters;
+  task messages waiting in non-empty inboxes, backlog, active missions, dead letters, the
+  cooldown of each agent CLI in use;
 * the key scan (one SCAN of the town's keys: agent, task and batch keys, then each task's
   state) runs in a greenlet of its own at most every SCAN_EVERY_S, so a scrape never pays for a
   town with many tasks; a view uses the latest scan.
@@ -179,9 +180,20 @@ class TownView:
                 n = min(INBOX_PEEK, budget)
                 budget -= n
                 busy.append((a, n))
-        if busy:
-            peeks = raw_pipeline(r, [("LRANGE", k.inbox(a["id"]), 0, n - 1) for a, n in busy])
-            for (a, _n), msgs in zip(busy, peeks):
+        clis = sorted({a["cli"] for a in agents if isinstance(a.get("cli"), str) and a["cli"]})
+        cooling: dict[str, int] = {}
+        if busy or clis:
+            res = raw_pipeline(r, [("HGET", k.cli(c), "cooldown_until") for c in clis]
+                               + [("LRANGE", k.inbox(a["id"]), 0, n - 1) for a, n in busy])
+            now_ms = time.time() * 1000
+            for c, until in zip(clis, res):
+                cooling[c] = 0
+                try:
+                    if isinstance(until, str) and float(until) > now_ms:
+                        cooling[c] = sum(1 for a in agents if a.get("cli") == c)
+                except ValueError:
+                    pass                 # junk in the CLI's state: not cooling
+            for (a, _n), msgs in zip(busy, res[len(clis):]):
                 if isinstance(msgs, list):
                     a["assigned_pending"] = sum(1 for m in msgs if isinstance(m, str)
                                                 and _is_task_message(m))
@@ -190,7 +202,7 @@ class TownView:
             by_state[st] = by_state.get(st, 0) + 1
         agents.sort(key=lambda a: (a.get("name") or "", a.get("id") or ""))
         return {"agents": agents, "backlog": backlog, "missions_active": missions,
-                "deadletter": dead, "redis_latency_s": latency,
+                "deadletter": dead, "redis_latency_s": latency, "cooldowns": cooling,
                 "tasks_by_state": by_state,
                 "running_task_ids": {t for t, s in self.scan.task_states.items() if s == "running"},
                 "batch_ids": list(self.scan.batch_ids),
