@@ -90,9 +90,6 @@ PICKUP_SECONDS = Histogram("tinytownd_pickup_latency_seconds",
                            "From a task's assignment to the start of its first round",
                            ("cli",), buckets=PICKUP_BUCKETS)
 # --- the rest of the daemon -------------------------------------------------------------------
-DEADLETTERED = Counter("tinytownd_deadlettered_total",
-                       "Entries this daemon added to the dead-letter list (from Python; the "
-                       "Lua scripts' are in tinytownd_deadletter_messages)")
 RELOADS = Counter("tinytownd_reloads_total", "Config reloads by result (ok, invalid_config, "
                   "apply_failed)", ("result",))
 HTTP_REQUESTS = Counter("tinytownd_http_requests_total", "HTTP requests by route and status code",

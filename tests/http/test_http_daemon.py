@@ -328,3 +328,25 @@ def test_port_in_use_is_exit_73(tmpdir_short):
             assert "http.listen" in (tmpdir_short / "stderr.log").read_text()
         finally:
             d.cleanup()
+
+
+def test_deadlettered_total_counts_python_and_lua_dead_letters(web):
+    """A message the worker rejects in Python (not JSON) and one take_round.lua rejects unread
+    (over MESSAGE_MAX_BYTES) both count, town-wide, beside the list's length."""
+    from tinytownd.store.keys import Keys
+    from tinytownd.store.records import MESSAGE_MAX_BYTES
+
+    r, k = web.redis(), Keys("t")
+    aid = r.hget(k.agent_names, "w-1")
+    m0 = metrics(web)
+    n0, len0 = m0["tinytownd_deadlettered_total"][()], m0["tinytownd_deadletter_messages"][()]
+    r.rpush(k.inbox(aid), "{not json")
+    r.rpush(k.inbox(aid), "x" * (MESSAGE_MAX_BYTES + 1))
+    tid = assign(web, "after the junk")
+    wait_for(lambda: task_state(web, tid) == "completed", 30, what="the good task after junk")
+    reasons = [json.loads(x)["reason"] for x in r.lrange(k.deadletter, 0, -1)]
+    assert any("bad JSON" in x for x in reasons) and any("bytes" in x for x in reasons), reasons
+    m1 = wait_for(lambda: (lambda m: m if m["tinytownd_deadlettered_total"][()] >= n0 + 2
+                           else None)(metrics(web)), 10, interval=0.3, what="counter moved")
+    assert m1["tinytownd_deadlettered_total"][()] == n0 + 2
+    assert m1["tinytownd_deadletter_messages"][()] == len0 + 2

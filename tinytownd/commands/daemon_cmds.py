@@ -155,7 +155,7 @@ def _code(problem: str, *, no_reply: int, broken: int) -> int:
 
 def _lenient(args):
     from tinytownd import config
-    from tinytownd.config.load import read_yaml
+    from tinytownd.config.yaml_file import read_yaml
     path = config.discover(args.config)
     try:
         data = read_yaml(path)

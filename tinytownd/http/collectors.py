@@ -65,6 +65,9 @@ class TownCollector:
         yield tasks
         yield GaugeMetricFamily("tinytownd_deadletter_messages", "Entries in the dead-letter "
                                 "list.", value=v["deadletter"])
+        yield CounterMetricFamily("tinytownd_deadlettered", "Entries ever added to the town's "
+                                  "dead-letter list, by any daemon (Python and Lua).",
+                                  value=v["deadlettered_total"])
         cooling = GaugeMetricFamily("tinytownd_cli_cooldowns_active", "Agents waiting out a "
                                     "cooldown of their CLI (a rate limit), by CLI.",
                                     labels=["cli"])

@@ -59,3 +59,20 @@ class Settler:
         if self.log is not None:
             self.log.info("start-up objects frozen for the garbage collector", agents=len(ws),
                           frozen=gc.get_freeze_count(), took_ms=round(took * 1000, 1))
+
+
+class paused:
+    """No cyclic collection inside the block: for a burst of short-lived, acyclic allocations
+    (reading 3,000 replies into 1,000 dicts) that would otherwise set off a few generation-0
+    collections and, every few bursts, a full one in the middle of the burst. Reference counting
+    still frees everything; what survives is collected after the block, as usual. Nested or
+    with collection already off, it leaves the setting as it found it."""
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.was_enabled:
+            gc.enable()

@@ -84,6 +84,10 @@ cli:<name>                         hash    an agent CLI's state for the whole to
                                            (store/cli_state.py; cleared by `resume-cli`, a reload).
 deadletter                         list    JSON {id reason source raw at ...}: messages that did not
                                            parse and tasks that used up their attempts. RPUSH.
+deadletter:count                   string  entries ever added to deadletter, by any daemon, from
+                                           Python or Lua (INCR beside every RPUSH): the list keeps
+                                           only its newest entries, this counts them all
+                                           (tinytownd_deadlettered_total on /metrics).
 notify                             channel PUBLISH of {"task": tid, "state": s, "mission": mid?} when a
                                            task reaches a terminal state, so mission owners wake at once;
                                            and {"task": tid, "state": "pending", "backlog": true} when a
@@ -220,6 +224,10 @@ class Keys:
     @property
     def deadletter(self) -> str:
         return f"{self.daemon_prefix}deadletter"
+
+    @property
+    def deadletter_count(self) -> str:
+        return f"{self.daemon_prefix}deadletter:count"    # = deadletter .. ':count' in Lua
 
     @property
     def workspaces(self) -> str:

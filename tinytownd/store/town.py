@@ -18,7 +18,6 @@ import redis
 
 from .packing import pack as _pack
 
-from tinytownd import metrics
 
 from . import events, records
 from .agents import AgentRecords
@@ -147,14 +146,14 @@ class Town(AgentRecords, TaskRecords):
 
     def deadletter(self, reason: str, source: str, raw: str | bytes, *, pipe=None,
                    **extra: Any) -> None:
-        """Append a dead-letter entry (records.deadletter_entry); the list keeps its newest
-        DEADLETTER_KEPT entries."""
+        """Append a dead-letter entry (records.deadletter_entry) and count it; the list keeps its
+        newest DEADLETTER_KEPT entries."""
         p = pipe if pipe is not None else self.r.pipeline(transaction=False)
         p.rpush(self.keys.deadletter, records.deadletter_entry(reason, source, raw, **extra))
         p.ltrim(self.keys.deadletter, -records.DEADLETTER_KEPT, -1)
+        p.incr(self.keys.deadletter_count)
         if pipe is None:
             p.execute()
-        metrics.DEADLETTERED.inc()
 
     def requeue_deadletter(self, entry_raw: str, entry: dict, msg: dict) -> str:
         """Put a dead-lettered message back where it came from, in one MULTI: a task_assign's task

@@ -2,7 +2,7 @@
 -- of records.deadletter_entry: {id, reason, source, at, raw_size, raw_base64 (the first ARGV[6]
 -- bytes), truncated?}. Lua cannot tell UTF-8 from other bytes cheaply, so the raw value is always
 -- base64 here. The list keeps its newest ARGV[5] entries.
--- KEYS[1] = the dead-letter list
+-- KEYS[1] = the dead-letter list (its counter of every entry ever added is KEYS[1] .. ':count')
 -- ARGV[1] = reason   ARGV[2] = source key   ARGV[3] = raw value   ARGV[4] = now (RFC 3339 Z)
 -- ARGV[5] = entries kept   ARGV[6] = raw bytes kept
 -- Returns the entry's id.
@@ -31,4 +31,5 @@ local entry = {id = id, reason = ARGV[1], source = ARGV[2], at = ARGV[4], raw_si
 if #raw > keep then entry['truncated'] = true end
 redis.call('RPUSH', KEYS[1], cjson.encode(entry))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
+redis.call('INCR', KEYS[1] .. ':count')
 return id
