@@ -44,7 +44,8 @@ def daemon(tmpdir_short):
 
 
 # The system-level tests (scripts/test-system, after the main suite in CI): real Sentinel
-# failovers, the fault suite, a real browser, multi-daemon kill -9 of missions.
+# failovers, the fault suite, a real browser, multi-daemon kill -9 of missions; and, marked
+# `@pytest.mark.system` where they stand, the other tests of two daemon processes on one town.
 SYSTEM_TESTS = ("/tests/ha/", "/tests/faults/", "/tests/http/test_dashboard_browser.py",
                 "/tests/missions/test_mission_daemon.py")
 

@@ -72,15 +72,12 @@ def cli_bg_child(trial: Trial) -> None:
     res.check(bool(gone), f"the background child (pid {child}) is gone after the round")
 
 
-@fault("cli-ignore-term", "an agent CLI that ignores SIGTERM, with timeout_s 1",
-       trials_full=2, budget_quick=45)
-def cli_ignore_term(trial: Trial) -> None:
+def _timed_out(trial: Trial, site, text: str) -> None:
+    """One task on w-1 whose CLI (timeout_s 1) must be ended: it fails with a timeout reason
+    within the timeout plus the kill's grace."""
     res = trial.result
-    pidf = trial.dir / "cli.pid"
-    site = _one_cli(trial, f"trap '' TERM; echo $$ > {pidf}; while :; do sleep 0.2; done",
-                    timeout_s=1)
     t0 = time.monotonic()
-    tid = site.cli_assign("w-1", "ignore SIGTERM")
+    tid = site.cli_assign("w-1", text)
     res.submitted += 1
     site.wait_terminal([tid], 20)
     took = time.monotonic() - t0
@@ -90,6 +87,16 @@ def cli_ignore_term(trial: Trial) -> None:
               f"the task fails with a timeout reason ({t.get('state')}: "
               f"{t.get('result', '')[:100]!r})")
     res.check(took <= 1 + 3 + 4, f"killed within timeout + grace ({took:.1f}s)")
+
+
+@fault("cli-ignore-term", "an agent CLI that ignores SIGTERM, with timeout_s 1",
+       trials_full=2, budget_quick=45)
+def cli_ignore_term(trial: Trial) -> None:
+    res = trial.result
+    pidf = trial.dir / "cli.pid"
+    site = _one_cli(trial, f"trap '' TERM; echo $$ > {pidf}; while :; do sleep 0.2; done",
+                    timeout_s=1)
+    _timed_out(trial, site, "ignore SIGTERM")
     try:
         pid = int(pidf.read_text().strip())
     except (OSError, ValueError):
@@ -102,17 +109,7 @@ def cli_ignore_term(trial: Trial) -> None:
 def cli_stdin_forever(trial: Trial) -> None:
     res = trial.result
     site = _one_cli(trial, "while :; do cat > /dev/null; sleep 0.05; done", timeout_s=1)
-    t0 = time.monotonic()
-    tid = site.cli_assign("w-1", "read forever")
-    res.submitted += 1
-    site.wait_terminal([tid], 20)
-    took = time.monotonic() - t0
-    site.measure([tid])
-    t = _task(site, tid)
-    res.check(t.get("state") == "failed" and "tim" in t.get("result", "").lower(),
-              f"the task fails with a timeout reason ({t.get('state')}: "
-              f"{t.get('result', '')[:100]!r})")
-    res.check(took <= 1 + 3 + 4, f"killed within timeout + grace ({took:.1f}s)")
+    _timed_out(trial, site, "read forever")
     site.stop()
     site2 = trial.site("eof", agents=1, agent_clis={"cat": {"command": "cat; echo read-it",
                                                             "timeout_s": 10,

@@ -1,28 +1,18 @@
 """500 tasks over 8 agents through a failover (SENTINEL FAILOVER, and kill -9 of the primary):
 every task ends completed (reruns allowed and counted: at-least-once), the agent CLI's own log
 shows no agent run twice at once, and no service of the daemon crashes."""
-import time
 
 import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import wait_for
-from tests.support.sentinel import (FAST_RUNTIME, agent_cli, agent_log, master_client,
-                                    retrying)
+from tests.support.sentinel import (FAST_RUNTIME, agent_cli, agent_log, completed_count,
+                                    master_client, retrying)
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
 N_TASKS = 500
 N_AGENTS = 8
-
-
-def _done(town, tids) -> int:
-    def count():
-        p = town.r.pipeline(transaction=False)
-        for t in tids:
-            p.hget(town.keys.task(t), "state")
-        return sum(1 for s in p.execute() if s == "completed")
-    return retrying(count)
 
 
 def _daemon(root, ha, work, **redis):
@@ -53,13 +43,13 @@ def test_500_tasks_through_a_failover(ha, tmpdir_short, how):
         tids = town.assign_many([{"aid": aids[i % N_AGENTS], "description": f"t{i}"}
                                  for i in range(N_TASKS)])
         town.r.execute_command("WAIT", 1, 5000)        # the test's own writes are on the replica
-        wait_for(lambda: _done(town, tids) >= 100, 120, what="100 tasks done")
-        before = _done(town, tids)
+        wait_for(lambda: completed_count(town, tids) >= 100, 120, what="100 tasks done")
+        before = completed_count(town, tids)
         assert before < N_TASKS, "too fast to fail over in the middle"
         old = ha.primary_port()
         new = ha.failover() if how == "sentinel_failover" else ha.kill_primary()
         assert new != old
-        wait_for(lambda: _done(town, tids) == N_TASKS, 180, interval=0.2,
+        wait_for(lambda: completed_count(town, tids) == N_TASKS, 180, interval=0.2,
                  what="all 500 tasks completed after the failover")
         starts, violations = agent_log(work)
         assert violations == []                          # the agent CLI's own log

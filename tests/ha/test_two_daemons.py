@@ -7,8 +7,8 @@ import gevent
 
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import wait_for
-from tests.support.sentinel import (FAST_RUNTIME, agent_cli, agent_log, master_client,
-                                    retrying)
+from tests.support.sentinel import (FAST_RUNTIME, agent_cli, agent_log, completed_count,
+                                    master_client, retrying)
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
@@ -22,15 +22,6 @@ def _daemon(root, ha, work, names):
                          agent_clis={"c": {"command": agent_cli(work, 0.02), "max_attempts": 5}},
                          agents=[{"name": n, "role": "worker", "cli": "c", "count": 4}
                                  for n in names])
-
-
-def _done(town, tids) -> int:
-    def count():
-        p = town.r.pipeline(transaction=False)
-        for t in tids:
-            p.hget(town.keys.task(t), "state")
-        return sum(1 for s in p.execute() if s == "completed")
-    return retrying(count)
 
 
 def _town_status(d) -> dict:
@@ -65,12 +56,12 @@ def test_two_daemons_share_the_load_and_one_survives_a_failover_and_a_kill(ha, t
         assert per[b.proc.pid] == {"b-1", "b-2", "b-3", "b-4"}
         tids = [town.backlog_add(f"t{i}") for i in range(N_TASKS)]
         town.r.execute_command("WAIT", 1, 5000)
-        wait_for(lambda: _done(town, tids) >= 100, 120, what="100 tasks done")
+        wait_for(lambda: completed_count(town, tids) >= 100, 120, what="100 tasks done")
         # a failover, and daemon a dies (kill -9) at the same time
         g = gevent.spawn(ha.kill_primary)
         a.kill()
         g.get(timeout=60)
-        wait_for(lambda: _done(town, tids) == N_TASKS, 240, interval=0.3,
+        wait_for(lambda: completed_count(town, tids) == N_TASKS, 240, interval=0.3,
                  what="all tasks completed by the surviving daemon")
         starts, violations = agent_log(work)
         assert violations == []                 # never one agent in two daemons at once

@@ -265,6 +265,7 @@ def test_a_reload_ends_the_pause_of_the_configs_clis(harness):
     assert h.town.r.hget(h.keys.cli("elsewhere"), "paused") == "1"   # not a CLI of this config
 
 
+@pytest.mark.system     # two daemon processes on one town (scripts/test-system)
 def test_cooldown_across_two_daemon_processes(redis_server, tmpdir_short):
     """Two `tinytownd run` processes on one Redis, one agent of the same CLI each: a 429 that
     one of them sees cools the CLI down for the other too (no round of it starts meanwhile)."""

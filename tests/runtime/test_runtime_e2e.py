@@ -1,4 +1,6 @@
 """End to end with the real daemon process (`tinytownd run -c`): kill -9 loses no task."""
+import pytest
+
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import run_cli, wait_for
 from tests.support.runtime import exclusive_cli, write_config
@@ -60,6 +62,7 @@ def test_kill9_during_200_tasks_loses_nothing(redis_server, tmpdir_short):
         assert not town.r.exists(town.keys.agent_lease(a["id"]))
 
 
+@pytest.mark.system     # two daemon processes on one town (scripts/test-system)
 def test_two_daemons_one_town_never_run_an_agent_twice(redis_server, tmpdir_short):
     locks = tmpdir_short / "locks"
     locks.mkdir()

@@ -2,6 +2,7 @@
 way the daemon does, runs TownRuntime's services in greenlets, and stops everything it started."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -75,3 +76,26 @@ class Harness:
         return self.town.resolve_agent(name)
 
 
+
+
+@contextlib.contextmanager
+def harnesses(redis_url: str, tmpdir: Path):
+    """make(agents, clis, root_name=None, start=True, **config) → a Harness with its town root
+    under `tmpdir`; every one made is stopped at the end (the runtime and workspace fixtures)."""
+    made: list[Harness] = []
+
+    def make(agents, clis, *, root_name=None, start=True, **kw):
+        root = tmpdir / (root_name or f"town{len(made)}")
+        root.mkdir(exist_ok=True)
+        h = Harness(write_config(root, redis_url, agents=agents, clis=clis, **kw))
+        made.append(h)
+        return h.start() if start else h
+
+    try:
+        yield make
+    finally:
+        for h in made:
+            try:
+                h.stop()
+            except Exception:
+                pass

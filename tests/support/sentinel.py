@@ -55,15 +55,8 @@ class Node:
         if self.replica_of:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(args + self.extra, env=_env(), stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.client(socket_timeout=1).ping():
-                    return self
-            except (redis.RedisError, OSError):
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server :{self.port} did not come up: "
-                           + (self.dir / "redis.log").read_text()[-2000:])
+        _until_ping(self.client, timeout, f"redis-server :{self.port}", self.dir / "redis.log")
+        return self
 
     def client(self, **kw) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kw)
@@ -109,15 +102,8 @@ class SentinelNode:
         exe = _sentinel_exe()
         args = exe + [str(conf)] + (["--sentinel"] if exe == ["redis-server"] else [])
         self.proc = subprocess.Popen(args, env=_env(), stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client(socket_timeout=1).ping():
-                    return self
-            except (redis.RedisError, OSError):
-                time.sleep(0.02)
-        raise RuntimeError("redis-sentinel did not come up: "
-                           + (self.dir / "sentinel.log").read_text()[-2000:])
+        _until_ping(self.client, 10, "redis-sentinel", self.dir / "sentinel.log")
+        return self
 
     def client(self, **kw) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kw)
@@ -303,6 +289,28 @@ def master_client(ha: HaRedis) -> redis.Redis:
                  sentinel_kwargs={"socket_timeout": 1.0})
     return s.master_for(MASTER, decode_responses=True, socket_timeout=5.0,
                         socket_connect_timeout=1.0)
+
+
+def _until_ping(client, timeout: float, what: str, log) -> None:
+    """Until client(socket_timeout=1) answers PING, or RuntimeError with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client(socket_timeout=1).ping():
+                return
+        except (redis.RedisError, OSError):
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} did not come up: " + log.read_text()[-2000:])
+
+
+def completed_count(town, tids) -> int:
+    """How many of `tids` are completed, read again while the primary moves."""
+    def count():
+        p = town.r.pipeline(transaction=False)
+        for t in tids:
+            p.hget(town.keys.task(t), "state")
+        return sum(1 for s in p.execute() if s == "completed")
+    return retrying(count)
 
 
 def retrying(fn, timeout: float = 60.0):
