@@ -4,8 +4,7 @@ the dashboard, read within a time budget and kept for VIEW_TTL_S (many scrapers,
 Two speeds:
 * every view (cheap, pipelined): PING, each agent's record fields, inbox/urgent lengths, the
   task messages waiting in non-empty inboxes, backlog, active missions, dead letters (and their
-  count ever), the
-  cooldown of each agent CLI in use;
+  count ever), the cooldown of each agent CLI in use;
 * the key scan (one SCAN of the town's keys: agent, task and batch keys, then each task's
   state) runs in a greenlet of its own at most every SCAN_EVERY_S, so a scrape never pays for a
   town with many tasks; a view uses the latest scan.
@@ -22,6 +21,7 @@ import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from tinytownd.runtime import gc_tuning
+from tinytownd.store import cli_state
 from tinytownd.store.keys import glob_escape
 from tinytownd.store.packing import pack as _pack
 
@@ -240,15 +240,13 @@ class TownView:
                     a["assigned_pending"] = sum(1 for m in msgs if isinstance(m, str)
                                                 and _is_task_message(m))
         self._clis = clis
-        now_ms = time.time() * 1000
+        now_ms = cli_state.now_ms()
         cooling: dict[str, int] = {}
-        for c in clis:
-            cooling[c] = 0
-            try:
-                if isinstance(until.get(c), str) and float(until[c]) > now_ms:
-                    cooling[c] = sum(1 for a in agents if a.get("cli") == c)
-            except ValueError:
-                pass                     # junk in the CLI's state: not cooling
+        for c in clis:                   # the one cooldown rule (store/cli_state.describe)
+            raw = until.get(c)           # (junk or a wrong-typed key: not cooling)
+            in_force = isinstance(raw, str) and "cooldown_until" in cli_state.describe(
+                c, {"cooldown_until": raw}, now_ms)
+            cooling[c] = sum(1 for a in agents if a.get("cli") == c) if in_force else 0
         by_state: dict[str, int] = {}
         for st in self.scan.task_states.values():
             by_state[st] = by_state.get(st, 0) + 1

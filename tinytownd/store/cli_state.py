@@ -33,8 +33,9 @@ def describe(name: str, h: dict, now: int | None = None) -> dict:
                    paused_at=h.get("paused_at"))
     try:
         until = int(float(h.get("cooldown_until") or 0))
-    except ValueError:
+    except (ValueError, OverflowError):       # junk, "nan", "inf": no cooldown in force
         until = 0
+    until = min(until, 253402300799000)       # (junk beyond year 9999: shown as then)
     if until > now:
         out.update(cooldown_until=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until / 1000)),
                    cooldown_left_s=round((until - now) / 1000, 1),
