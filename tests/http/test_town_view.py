@@ -1,38 +1,62 @@
-"""The town view's raw pipeline against a real redis-server: replies in order, error replies in
-their place (junk of the wrong type), replies larger than a socket read, surrogate-escaped values,
-and the same through the reply-by-reply fallback."""
+"""The town view's two depths against a real redis-server: the counts view reads only what is
+counted, the full view every field the dashboard shows (sorted by name), a fresh full view
+answers a counts request without a read, and junk in the names hash or an agent key is skipped."""
 import pytest
 
 import redis
 
 from tinytownd.daemon.redis_clients import make_pool
 from tinytownd.http import town_view
+from tinytownd.store import records
+from tinytownd.store.keys import Keys
 
 
 @pytest.fixture
-def r(redis_server):
+def town(redis_server):
     c = redis.Redis(connection_pool=make_pool(redis_server.url, max_connections=4,
                                               blocking=False))
-    yield c
+    k = Keys("tv")
+    for i, name in enumerate(["zed", "amy", "bob"]):
+        aid = f"00000000-0000-4000-8000-{i:012d}"
+        c.hset(k.agent(aid), mapping=records.new_agent_hash(aid, name, role="worker", cli="t"))
+        c.hset(k.agent_names, name, aid)
+    c.rpush(k.inbox("00000000-0000-4000-8000-000000000001"),
+            '{"type":"task_assign","task_id":"x"}', '{"type":"ping"}')
+    c.set(k.agent("junk"), "not a hash")
+    c.hset(k.agent_names, "junk", "junk")
+    yield c, k
     c.close()
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_raw_pipeline_replies_in_order_with_errors_in_place(r, monkeypatch, fast):
-    if not fast:      # a redis-py without a hiredis reader to read from: reply by reply
-        monkeypatch.setattr(town_view, "hiredis", type("H", (), {"Reader": type(None)}))
-    r.set("s", "x")
-    r.rpush("l", *[f"v{i}" for i in range(3000)])
-    r.hset("h", mapping={"a": "1", "b": "\udcff"})          # not UTF-8 on the wire
-    r.set(b"big", b"y" * 300_000)
-    cmds = [("LLEN", "l"), ("LLEN", "s"), ("HMGET", "h", "a", "b", "c"),
-            ("LRANGE", "l", 0, -1), ("GET", "big"), ("PING",)] * 50
-    out = town_view.raw_pipeline(r, cmds)
-    assert len(out) == len(cmds)
-    for i in range(0, len(out), 6):
-        n, wrong, fields, items, big, pong = out[i:i + 6]
-        assert n == 3000 and items[0] == "v0" and items[-1] == "v2999" and len(items) == 3000
-        assert isinstance(wrong, redis.ResponseError) and "WRONGTYPE" in str(wrong)
-        assert fields == ["1", "\udcff", None]
-        assert big == "y" * 300_000 and pong in ("PONG", b"PONG", True)
-    assert r.ping()                                # the connection went back to the pool fine
+def test_counts_view_reads_only_the_counted_fields(town):
+    c, k = town
+    view = town_view.TownView(lambda: c, k).get(2.0, town_view.COUNT_FIELDS)
+    assert len(view["agents"]) == 3                       # the junk key is skipped
+    for a in view["agents"]:
+        assert set(a) == {*town_view.COUNT_FIELDS, "inbox", "urgent", "assigned_pending"}
+        assert a["state"] == "starting" and a["cli"] == "t"
+    busy = [a for a in view["agents"] if a["inbox"]]
+    assert [(a["inbox"], a["assigned_pending"]) for a in busy] == [(2, 1)]
+
+
+def test_full_view_is_sorted_and_answers_counts_while_fresh(town, monkeypatch):
+    c, k = town
+    tv = town_view.TownView(lambda: c, k)
+    full = tv.get(2.0)
+    assert [a["name"] for a in full["agents"]] == ["amy", "bob", "zed"]
+    assert all(a["role_id"] == "worker" for a in full["agents"])
+    reads = []
+    monkeypatch.setattr(tv, "_read", lambda *a: reads.append(a) or {"agents": []})
+    assert tv.get(2.0, town_view.COUNT_FIELDS) is full     # no second read within the TTL
+    assert reads == []
+    tv._views.clear()
+    tv.get(2.0, town_view.COUNT_FIELDS)
+    assert len(reads) == 1
+
+
+def test_names_hash_of_the_wrong_type_falls_back_to_the_key_scan(town):
+    c, k = town
+    c.delete(k.agent_names)
+    c.set(k.agent_names, "junk")
+    view = town_view.TownView(lambda: c, k).get(2.0, town_view.COUNT_FIELDS)
+    assert len(view["agents"]) == 3

@@ -272,6 +272,7 @@ def test_parked_agents_are_woken(harness, tmpdir_short):
     aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     from tinytownd.runtime.worker import idle_park_s
     assert idle_park_s(h.rt.cfg) == 2.0
+    assert 1.6 <= idle_park_s(h.rt.cfg, 0.999) < 2.0   # jittered shorter, never longer
     wait_for(lambda: h.rt.workers[aid].idle)
     # normal mail wakes the BLMOVE itself
     t0 = time.monotonic()

@@ -119,14 +119,14 @@ class App:
         from tinytownd.daemon.status import status
         return _json(start, "200 OK", status(self.li.daemon))
 
-    def _view_or_503(self, start):
-        view, error = self.li.town_view(VIEW_BUDGET_S)
+    def _view_or_503(self, start, counts_only: bool = False):
+        view, error = self.li.town_view(VIEW_BUDGET_S, counts_only)
         if view is None:
             return None, _error(start, "503 Service Unavailable", f"town not readable: {error}")
         return view, None
 
     def scaling(self, environ, start):
-        view, err = self._view_or_503(start)
+        view, err = self._view_or_503(start, counts_only=True)
         if err:
             return err
         return _json(start, "200 OK", self._scaling(view))

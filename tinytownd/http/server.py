@@ -258,9 +258,13 @@ class HttpListener(Component):
             self._sse_client[1].close()
 
     # --- what the routes use ----------------------------------------------------------------
-    def town_view(self, budget_s: float) -> tuple[dict | None, str | None]:
+    def town_view(self, budget_s: float, counts_only: bool = False
+                  ) -> tuple[dict | None, str | None]:
+        """The town view (or the reason it is unreadable); `counts_only`: just what /metrics
+        and /api/scaling count of each agent."""
+        fields = town_view.COUNT_FIELDS if counts_only else town_view.AGENT_FIELDS
         try:
-            return self.view.get(budget_s), None
+            return self.view.get(budget_s, fields), None
         except town_view.Unavailable as e:
             return None, str(e)
 

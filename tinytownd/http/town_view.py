@@ -1,6 +1,11 @@
 """What the listener reads from Redis: one view of the town, shared by /metrics, /api/scaling and
 the dashboard, read within a time budget and kept for VIEW_TTL_S (many scrapers, one read).
 
+Two depths of a view, one read: the dashboard's (every field it shows of each agent, sorted
+by name) and the counts' (state and CLI of each agent: what /metrics and /api/scaling count;
+at 1,000 agents reading and parsing the eleven fields was most of a scrape's CPU). A fresh
+full view answers a counts request too.
+
 Two speeds:
 * every view (cheap, pipelined): PING, each agent's record fields, inbox/urgent lengths, the
   task messages waiting in non-empty inboxes, backlog, active missions, dead letters (and their
@@ -16,67 +21,24 @@ import time
 
 import gevent
 import gevent.lock
-import hiredis
 import redis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from tinytownd.runtime import gc_tuning
 from tinytownd.store import cli_state
 from tinytownd.store.keys import glob_escape
-from tinytownd.store.packing import pack as _pack
+from tinytownd.store.raw_pipe import pack_all, raw_pipeline
 
 VIEW_TTL_S = 0.5
 SCAN_EVERY_S = 2.0        # at most this often ...
 SCAN_SHARE = 0.05         # ... and so that scanning takes at most 5% of the time
+SCAN_AFTER_S = 0.2        # ... starting this long after the view that found it stale
 SCAN_COUNT = 1000
 PIPE_CHUNK = 1000
 INBOX_PEEK = 100          # townhall counts the task messages among the first 100 of an inbox
 PEEK_BUDGET = 20_000      # inbox messages looked at per view, over all agents
 AGENT_FIELDS = ("id", "name", "nickname", "role_id", "state", "cli", "current_task",
                 "rounds_completed", "tasks_completed", "last_active_at", "last_heartbeat")
-
-
-def raw_pipeline(r: redis.Redis, cmds: list[tuple], packed: bytes | None = None) -> list:
-    """Many read commands in one write, hiredis-packed (or `packed`, their bytes made before),
-    replies read in order; an error reply (WRONGTYPE: a key somebody filled with junk) is
-    returned in its place, not raised. Redis serves them between other clients' commands (a Lua
-    script doing the same would block every agent meanwhile)."""
-    pool = r.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([packed if packed is not None
-                                  else b"".join([_pack(c) for c in cmds])])
-        out = _read_replies(conn, len(cmds))
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return out
-
-
-def _read_replies(conn, n: int) -> list:
-    """`n` replies off `conn`. With redis-py's hiredis parser, straight from its hiredis reader
-    (a reply costs ~1 µs instead of ~5 µs through two layers of read_response); else reply by
-    reply. Error replies stay in place: hiredis returns them as objects, never raises."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    if not isinstance(reader, hiredis.Reader) or not hasattr(parser, "read_from_socket"):
-        out = []
-        for _ in range(n):
-            try:
-                out.append(conn.read_response())
-            except redis.ResponseError as e:
-                out.append(e)
-        return out
-    out, gets, fill = [], reader.gets, parser.read_from_socket
-    while len(out) < n:
-        x = gets()
-        if x is False or x is NOT_ENOUGH_DATA:
-            fill()
-        else:
-            out.append(x)
-    return out
+COUNT_FIELDS = ("id", "state", "cli", "current_task", "last_active_at")   # what is counted
 
 
 class Unavailable(Exception):
@@ -140,10 +102,10 @@ class TownView:
         self.keys = keys
         self.scan = KeyScan()
         self._scanner: gevent.Greenlet | None = None
-        self._view: dict | None = None
-        self._view_at = 0.0
+        self._views: dict[tuple, tuple[dict, float]] = {}   # fields -> (view, monotonic)
         self._lock = gevent.lock.Semaphore()
-        self._packed: tuple[tuple, list, bytes] | None = None   # (ids and CLIs, commands, bytes)
+        self._packed: dict[tuple, tuple[tuple, list, bytes]] = {}  # fields -> (ids and CLIs,
+        #                                                             commands, packed bytes)
         self._clis: list[str] = []          # the agent CLIs the last view saw
 
     # --- the key scan ---------------------------------------------------------------------
@@ -157,57 +119,65 @@ class TownView:
         every = max(SCAN_EVERY_S, (self.scan.scan_ms or 0) / 1000 / SCAN_SHARE)
         stale = self.scan.at is None or time.monotonic() - self.scan.at > every
         if stale and (self._scanner is None or self._scanner.dead):
-            self._scanner = gevent.spawn(self._scan_now)
+            # the first scan now (the first view waits for it); later ones after the view
+            # that asked has been served, not beside it (a scan beside a scrape was its tail)
+            later = SCAN_AFTER_S if self.scan.at is not None else 0
+            self._scanner = gevent.spawn_later(later, self._scan_now)
         return self._scanner
 
     # --- the view -------------------------------------------------------------------------
-    def get(self, budget_s: float) -> dict:
+    def get(self, budget_s: float, fields: tuple = AGENT_FIELDS) -> dict:
+        """The view with `fields` of each agent (AGENT_FIELDS, sorted by name; or COUNT_FIELDS,
+        unsorted), at most VIEW_TTL_S old."""
         with self._lock:                     # one read at a time; the others share it
-            if self._view is not None and time.monotonic() - self._view_at < VIEW_TTL_S:
-                return self._view
+            now = time.monotonic()
+            for f in (AGENT_FIELDS, fields):     # a full view answers for any depth
+                view, at = self._views.get(f, (None, 0.0))
+                if view is not None and now - at < VIEW_TTL_S:
+                    return view
             try:
                 with gevent.Timeout(budget_s, Unavailable(f"no answer from Redis within "
                                                           f"{budget_s}s")), gc_tuning.paused():
-                    view = self._read(time.monotonic() + budget_s)
+                    view = self._read(time.monotonic() + budget_s, fields)
             except (redis.RedisError, OSError) as e:
                 raise Unavailable(f"{type(e).__name__}: {e}") from None
-            self._view, self._view_at = view, time.monotonic()
+            self._views[fields] = (view, time.monotonic())
             return view
 
-    def _commands(self, ids: list[str], clis: list[str]) -> tuple[list[tuple], bytes]:
-        """The view's commands for agents `ids` and CLIs `clis`, and their packed bytes, made
-        again only when those change (packing 3,000 commands costs more than Redis takes to
-        serve them)."""
+    def _commands(self, ids: list[str], clis: list[str],
+                  fields: tuple) -> tuple[list[tuple], bytes]:
+        """The view's commands for agents `ids`, CLIs `clis` and agent `fields`, and their
+        packed bytes, made again only when those change (packing 3,000 commands costs more
+        than Redis takes to serve them)."""
         key = (tuple(ids), tuple(clis))
-        if self._packed is None or self._packed[0] != key:
+        packed = self._packed.get(fields)
+        if packed is None or packed[0] != key:
             k = self.keys
             cmds = [("LLEN", k.backlog), ("SCARD", k.missions_active), ("LLEN", k.deadletter),
                     ("GET", k.deadletter_count)]
             cmds += [("HGET", k.cli(c), "cooldown_until") for c in clis]
             for aid in ids:
-                cmds += (("HMGET", k.agent(aid), *AGENT_FIELDS), ("LLEN", k.inbox(aid)),
+                cmds += (("HMGET", k.agent(aid), *fields), ("LLEN", k.inbox(aid)),
                          ("LLEN", k.urgent(aid)))
-            self._packed = (key, cmds, b"".join([_pack(c) for c in cmds]))
-        return self._packed[1], self._packed[2]
+            packed = self._packed[fields] = (key, cmds, pack_all(cmds))
+        return packed[1], packed[2]
 
-    def _read(self, deadline: float) -> dict:
+    def _read(self, deadline: float, fields: tuple) -> dict:
         """At most three round trips, two for a town with empty inboxes: PING with the agent
         names; everything per agent and per CLI (the CLIs the last view saw); the task messages
         of non-empty inboxes and the cooldowns of CLIs new since the last view."""
         t0 = time.monotonic()
         r, k = self._client(), self.keys
-        _pong, names = raw_pipeline(r, [("PING",), ("HGETALL", k.agent_names)])
+        _pong, named = raw_pipeline(r, [("PING",), ("HVALS", k.agent_names)])
         latency = time.monotonic() - t0
-        if isinstance(names, list):          # (RESP2 through hiredis: a flat list)
-            names = dict(zip(names[::2], names[1::2]))
-        elif not isinstance(names, dict):
-            names = {}                       # not a hash: the agents of the key scan
+        if not isinstance(named, list):
+            named = []                       # not a hash: the agents of the key scan
         scanner = self._want_scan()
         if self.scan.at is None and scanner is not None:   # the first view waits for a scan
             scanner.join(timeout=max(0.0, deadline - time.monotonic() - 0.05))
-        ids = list(dict.fromkeys([*self.scan.agent_ids, *names.values()]))
+        ids = list(dict.fromkeys([*self.scan.agent_ids, *named]))
         known_clis = self._clis
-        cmds, packed = self._commands(ids, known_clis)
+        cmds, packed = self._commands(ids, known_clis, fields)
         res = raw_pipeline(r, cmds, packed)
         backlog, missions, dead = (x if isinstance(x, int) else 0 for x in res[:3])
         dead_total = int(res[3]) if isinstance(res[3], str) and res[3].isdigit() else 0
@@ -218,7 +188,7 @@ class TownView:
             rec, inbox, urgent = res[base + 3 * j:base + 3 + 3 * j]
             if not isinstance(rec, list) or rec[0] is None:
                 continue                 # gone, or not a hash
-            a = dict(zip(AGENT_FIELDS, rec))
+            a = dict(zip(fields, rec))
             a["inbox"] = inbox if isinstance(inbox, int) else 0
             a["urgent"] = urgent if isinstance(urgent, int) else 0
             a["assigned_pending"] = 0
@@ -250,7 +220,8 @@ class TownView:
         by_state: dict[str, int] = {}
         for st in self.scan.task_states.values():
             by_state[st] = by_state.get(st, 0) + 1
-        agents.sort(key=lambda a: (a.get("name") or "", a.get("id") or ""))
+        if "name" in fields:
+            agents.sort(key=lambda a: (a.get("name") or "", a.get("id") or ""))
         return {"agents": agents, "backlog": backlog, "missions_active": missions,
                 "deadletter": dead, "deadlettered_total": dead_total,
                 "redis_latency_s": latency, "cooldowns": cooling,

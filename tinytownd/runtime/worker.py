@@ -73,10 +73,17 @@ class WorkerLinks:
     workspaces: object = None          # workspaces.manager.WorkspaceManager (worktree mode)
 
 
-def idle_park_s(cfg: Config) -> float:
-    """BLMOVE timeout of a parked idle agent (woken early by the runtime's ping)."""
+PARK_JITTER = 0.2
+
+
+def idle_park_s(cfg: Config, rand: float = 0.0) -> float:
+    """BLMOVE timeout of a parked idle agent (woken early by the runtime's ping), shortened by
+    up to PARK_JITTER at random (`rand` in [0, 1)): agents started together would otherwise
+    re-park together, 1,000 of them in one burst every few seconds that held up a pickup or a
+    scrape for tens of milliseconds; the jitter spreads them within a few parks."""
     rt = cfg.runtime
-    return max(rt.block_timeout_s, min(rt.heartbeat_interval_s, rt.lease_ttl_s / 3))
+    base = max(rt.block_timeout_s, min(rt.heartbeat_interval_s, rt.lease_ttl_s / 3))
+    return round(base * (1.0 - PARK_JITTER * rand), 3)
 
 
 class Worker:
@@ -288,17 +295,11 @@ class Worker:
                 if it > 0 and time.monotonic() - idle_since >= it:
                     self._idle_timeout()
                     return
-                self.idle = True
-                self.woken = False
                 if not announced:
                     announced = True
                     if links.backlog.waiting:
                         links.backlog.wake()
-                try:
-                    links.block.blmove(k.inbox(a), k.inflight(a), idle_park_s(cfg), "LEFT",
-                                       "RIGHT")
-                finally:
-                    self.idle = False
+                self._park(idle_since)
                 continue
             self.idle = False
             announced = False
@@ -309,6 +310,27 @@ class Worker:
                     raise
             idle_since = time.monotonic()
             links.progress("agents")
+
+    def _park(self, idle_since: float) -> None:
+        """Wait in BLMOVE on the inbox until something arrives (a message, or the runtime's
+        wake-up ping), the agent leaves, or its idle timeout is due. A park that times out
+        empty parks again at once, without a round take: the heartbeat pass watches what the
+        take would have found meanwhile (urgent mail, the stop flag, a paused or stopped state)
+        and wakes the agent for it, and a take per re-park was half of an idle town's CPU."""
+        k, a, links = self.keys, self.aid, self.links
+        while not self.leaving():
+            cfg = links.config()
+            it = cfg.runtime.idle_timeout_s
+            if it > 0 and time.monotonic() - idle_since >= it:
+                return                       # the next take finds nothing and times out
+            self.idle, self.woken = True, False
+            try:
+                moved = links.block.blmove(k.inbox(a), k.inflight(a),
+                                           idle_park_s(cfg, random.random()), "LEFT", "RIGHT")
+            finally:
+                self.idle = False
+            if moved is not None:
+                return
 
     def _take_keys(self) -> list[str]:
         """KEYS of take_round.lua; the last one is the state of the agent's CLI (a reload may

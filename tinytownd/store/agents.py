@@ -216,9 +216,9 @@ class AgentRecords:
         if pipe is None:
             p.execute()
 
-    def beat(self, aid: str, now: str, pipe) -> None:
-        """Queue the agent's heartbeat (last_heartbeat = now)."""
-        pipe.hset(self.keys.agent(aid), "last_heartbeat", now)
+    def beat_command(self, aid: str, now: str) -> tuple:
+        """The agent's heartbeat (last_heartbeat = now), as one command for a raw pipeline."""
+        return ("HSET", self.keys.agent(aid), "last_heartbeat", now)
 
     def clear_current_task(self, aid: str, pipe) -> None:
         pipe.hdel(self.keys.agent(aid), "current_task")

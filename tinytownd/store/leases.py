@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Iterable
+from typing import Callable
 
 import redis
 
@@ -81,10 +81,11 @@ class Leases:
     def renew(self, name: str) -> bool:
         return bool(int(self._op("renew", name)))
 
-    def renew_many(self, names: Iterable[str], pipe) -> None:
-        """Queue a renewal per name on `pipe` (replies: 1 kept, 0 lost)."""
-        for name in names:
-            self._op("renew", name, client=pipe)
+    def renew_command(self, name: str) -> tuple:
+        """The renewal of `name` as one command for a raw pipeline (reply: 1 kept, 0 lost,
+        2 was gone and taken back)."""
+        return self.scripts.lease.command(keys=[self.key_of(name)],
+                                          args=["renew", self.owner, self._ttl_ms])
 
     def release(self, name: str) -> bool:
         return bool(int(self._op("release", name)))

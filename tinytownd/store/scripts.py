@@ -95,6 +95,12 @@ class Script:
         self.sha = hashlib.sha1(self.src.encode()).hexdigest()
         self.durable = name in DURABLE     # WAITed after when the owner has a Durability
 
+    def command(self, keys=(), args=()) -> tuple:
+        """This script's call as one command, for a raw pipeline (store/raw_pipe.py)."""
+        if not self.owner.loaded:
+            self.owner.reload()
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
     def __call__(self, keys=(), args=(), client=None):
         c = client if client is not None else self.owner.r
         if isinstance(c, Pipeline):
