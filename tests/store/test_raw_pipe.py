@@ -1,6 +1,6 @@
-"""The raw pipeline (heartbeat pass, town view) against a real redis-server: replies in order, error replies in
-their place (junk of the wrong type), replies larger than a socket read, surrogate-escaped values,
-and the same through the reply-by-reply fallback."""
+"""The raw pipeline (heartbeat pass, town view) against a real redis-server: replies in order,
+error replies in their place (junk of the wrong type), replies larger than a socket read,
+surrogate-escaped values, and the same through the reply-by-reply fallback."""
 import pytest
 
 import redis

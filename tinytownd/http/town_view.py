@@ -1,10 +1,10 @@
 """What the listener reads from Redis: one view of the town, shared by /metrics, /api/scaling and
 the dashboard, read within a time budget and kept for VIEW_TTL_S (many scrapers, one read).
 
-Two depths of a view, one read: the dashboard's (every field it shows of each agent, sorted
-by name) and the counts' (state and CLI of each agent: what /metrics and /api/scaling count;
-at 1,000 agents reading and parsing the eleven fields was most of a scrape's CPU). A fresh
-full view answers a counts request too.
+Two depths of a view, one read: the dashboard's (AGENT_FIELDS of each agent, sorted by name)
+and the counts' (COUNT_FIELDS: the id, state, CLI, current task and last activity that
+/metrics and /api/scaling count; at 1,000 agents reading and parsing the eleven fields was
+most of a scrape's CPU). A fresh full view answers a counts request too.
 
 Two speeds:
 * every view (cheap, pipelined): PING, each agent's record fields, inbox/urgent lengths, the

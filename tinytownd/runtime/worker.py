@@ -86,6 +86,13 @@ def idle_park_s(cfg: Config, rand: float = 0.0) -> float:
     return round(base * (1.0 - PARK_JITTER * rand), 3)
 
 
+def idle_timeout_due(cfg: Config, idle_since: float) -> bool:
+    """Whether an agent idle since `idle_since` (time.monotonic()) has reached its idle timeout
+    (runtime.idle_timeout_s; 0: never)."""
+    it = cfg.runtime.idle_timeout_s
+    return it > 0 and time.monotonic() - idle_since >= it
+
+
 class Worker:
     def __init__(self, links: WorkerLinks, settings: AgentSettings):
         self.links = links
@@ -291,8 +298,7 @@ class Worker:
             items = res[2]
             if not items:
                 self.state = "idle"
-                it = cfg.runtime.idle_timeout_s
-                if it > 0 and time.monotonic() - idle_since >= it:
+                if idle_timeout_due(cfg, idle_since):
                     self._idle_timeout()
                     return
                 if not announced:
@@ -320,8 +326,7 @@ class Worker:
         k, a, links = self.keys, self.aid, self.links
         while not self.leaving():
             cfg = links.config()
-            it = cfg.runtime.idle_timeout_s
-            if it > 0 and time.monotonic() - idle_since >= it:
+            if idle_timeout_due(cfg, idle_since):
                 return                       # the next take finds nothing and times out
             self.idle, self.woken = True, False
             try:

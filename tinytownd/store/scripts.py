@@ -103,21 +103,18 @@ class Script:
 
     def __call__(self, keys=(), args=(), client=None):
         c = client if client is not None else self.owner.r
+        cmd = self.command(keys, args)
         if isinstance(c, Pipeline):
-            if not self.owner.loaded:
-                self.owner.reload()
-            return c.evalsha(self.sha, len(keys), *keys, *args)
-        if not self.owner.loaded:
-            self.owner.reload()
+            return c.execute_command(*cmd)
         call = self.owner._call if c is self.owner.r and self.owner.keep else \
             (lambda *a: c.execute_command(*a))
         if self.durable and self.owner.durability is not None:
             call = (lambda *a: self.owner._call_durable(c, a))
         try:
-            return call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return call(*cmd)
         except NoScriptError:
             self.owner.reload()
-            return call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return call(*cmd)
 
 
 class Scripts:
