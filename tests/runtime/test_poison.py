@@ -77,6 +77,34 @@ def test_backlog_wrong_type_and_junk_entries_do_not_block_claims(harness):
     assert not any(g.dead for g in h.greenlets)          # no service died on the way
 
 
+def test_a_wrong_typed_backlog_repaired_before_the_claims_look_stops_nothing(harness,
+                                                                             monkeypatch):
+    """The client that wrote a string over the backlog puts the list back just as the claims
+    service goes to move it away: nothing is left to move, and the service goes on (it used to
+    raise the WRONGTYPE and be restarted — the fault suite's poison-backlog crash)."""
+    from tinytownd.runtime.backlog import BacklogClaims
+    h = harness([{"name": "w", "cli": "ok"}], {"ok": "cat >/dev/null; true"}, start=False)
+    looked = []
+    real = BacklogClaims._quarantine
+
+    def repaired_first(self):
+        h.town.r.delete(h.keys.backlog)
+        looked.append(True)
+        return real(self)
+    monkeypatch.setattr(BacklogClaims, "_quarantine", repaired_first)
+    h.start()
+    aid = wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
+    wait_for(lambda: h.town.get_agent(aid)["state"] == "idle")
+    for _ in range(2):                                  # twice in a row: still a race
+        n = len(looked)
+        h.town.r.set(h.keys.backlog, "a string, not a list")
+        wait_for(lambda: len(looked) > n, 10, what="the claims meeting WRONGTYPE")
+    tid = h.town.backlog_add("after the repair")
+    wait_for(lambda: h.town.get_task(tid)["state"] == "completed", 15, what="backlog task")
+    assert not any(g.dead for g in h.greenlets)
+    assert h.town.r.llen(h.keys.deadletter) == 0        # the repaired list was not moved
+
+
 def test_task_key_of_wrong_type_is_quarantined(harness):
     h, aid = one_agent(harness)
     r, k = h.town.r, h.keys

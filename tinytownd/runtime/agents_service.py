@@ -47,6 +47,7 @@ class AgentsService:
     def __init__(self, rt):
         self.rt = rt
         self.settler = Settler(rt.log)
+        self.wrongtype_races = quarantine.Races()
 
     def run(self) -> None:
         rt = self.rt
@@ -83,7 +84,8 @@ class AgentsService:
             try:
                 return fn()
             except redis.ResponseError as e:
-                if not quarantine.is_wrongtype(e) or not self._quarantine():
+                if not quarantine.is_wrongtype(e) or not self.wrongtype_races.tolerate(
+                        self._quarantine()):
                     raise
         return fn()
 

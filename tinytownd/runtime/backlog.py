@@ -27,6 +27,7 @@ class BacklogClaims:
     def __init__(self, rt):
         self.rt = rt
         self._wake = gevent.event.Event()
+        self.wrongtype_races = quarantine.Races()
 
     def wake(self) -> None:
         self._wake.set()
@@ -61,7 +62,8 @@ class BacklogClaims:
                         n = rt.r.llen(k.backlog)
                     pause = 0.0
                 except redis.RedisError as e:
-                    if quarantine.is_wrongtype(e) and self._quarantine():
+                    if quarantine.is_wrongtype(e) and self.wrongtype_races.tolerate(
+                            self._quarantine()):
                         continue
                     if not transient(e):
                         raise
@@ -105,7 +107,8 @@ class BacklogClaims:
 
     def _quarantine(self) -> bool:
         """The backlog (or an idle agent's inbox or a task's meta, which a claim writes) holds
-        the wrong type: moved away (store/quarantine.py)."""
+        the wrong type: moved away (store/quarantine.py). False when nothing was left to move:
+        an agent reading the backlog may have moved it first."""
         rt, k = self.rt, self.rt.keys
         expected = {k.backlog: "list", k.deadletter: "list"}
         for w in rt.alive():

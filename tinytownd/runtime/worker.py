@@ -119,7 +119,7 @@ class Worker:
         self.take_keys: list[str] = []
         self.round_tasks: list[str] = []   # task ids the current round reads (quarantine)
         self.round_streams: list[str] = []  # event streams its end writes besides the agent's
-        self.unexplained_wrongtype = 0
+        self.wrongtype_races = quarantine.Races()
         self.round_logs = None        # RoundLogs, made with the first round
         self.problem: str | None = None    # why rounds cannot run now (shown in status)
         self.deferrals = 0            # rounds deferred in a row (their backoff grows)
@@ -394,13 +394,7 @@ class Worker:
             return False
         moved = quarantine.quarantine(self.links.town, self.expected_types(), log=self.log)
         self.round_tasks, self.round_streams = [], []
-        if moved:
-            self.unexplained_wrongtype = 0
-            return True
-        # nothing of the wrong type now: another worker moved a shared key (the town's event
-        # stream) first. Go on; a WRONGTYPE that keeps coming without a key to move is a bug.
-        self.unexplained_wrongtype += 1
-        return self.unexplained_wrongtype <= 3
+        return self.wrongtype_races.tolerate(moved)
 
     def _drop_next_take(self) -> None:
         """A stop arrived after round_ok_take took the next round: its messages go back to the

@@ -17,6 +17,25 @@ from . import records
 
 READ_MAX = 100          # elements of a list/set/zset/stream kept in the dead-letter entry
 WATCH_TRIES = 5         # re-checks when a bad key changes while it is being moved away
+RACES_IN_A_ROW = 3      # WRONGTYPEs with no key left to move that a reader lets pass
+
+
+class Races:
+    """A reader's count of WRONGTYPEs that no key explains any more: another reader moved the
+    shared key (the backlog, the event stream) first. A few in a row are that race and the reader
+    goes on as if the key were empty; more, and the error is not about a key it knows — a bug,
+    which the reader raises."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def tolerate(self, moved) -> bool:
+        """After quarantine(): True when the reader should go on (something moved, or a race)."""
+        if moved:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        return self.in_a_row <= RACES_IN_A_ROW
 
 
 def is_wrongtype(e: BaseException) -> bool:
