@@ -135,3 +135,21 @@ def test_a_recorded_group_whose_leader_exited_is_still_ended(tmpdir_short):
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_watcher_sees_the_lifeline_cut_while_the_daemon_waits_for_it(tmpdir_short):
+    """close() cuts the pipe and waits for the watcher: the cut must reach it during that wait
+    (gevent's os.close defers closing a pipe to the loop's next check, which the wait itself
+    held back: every runtime close waited out its full timeout)."""
+    import subprocess
+
+    from tinytownd.runtime import lifeline
+    for _ in range(3):
+        line = lifeline.Lifeline(tmpdir_short)
+        line.cut()
+        try:
+            line.proc.wait(2)           # ends in milliseconds; 2 s is only a bound
+        except subprocess.TimeoutExpired:
+            line.proc.kill()
+            line.proc.wait(5)
+            raise AssertionError("the watcher did not see the cut while the daemon waited")

@@ -231,9 +231,10 @@ class HaRedis:
             time.sleep(0.05)
         raise RuntimeError(f"no failover away from :{old} within {timeout} s")
 
-    def failover(self, timeout: float = 30.0, before=None) -> int:
+    def failover(self, timeout: float = 30.0, before=None, demoted: bool = True) -> int:
         """SENTINEL FAILOVER (a planned switch); the new primary's port once it takes writes and
-        the old one is demoted. `before()` runs right before the request."""
+        (with `demoted`) the old one is demoted: until the Sentinels convert it, ~10 s later,
+        the old one is still a writable master. `before()` runs right before the request."""
         old = self.primary_port()
         deadline = time.monotonic() + timeout
         if before is not None:
@@ -249,6 +250,8 @@ class HaRedis:
                 time.sleep(0.2)
         new = self._wait_moved(old, timeout)
         self.failovers += 1
+        if not demoted:
+            return new
         # until the old primary is demoted (before that it still takes writes, then loses them)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

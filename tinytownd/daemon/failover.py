@@ -4,7 +4,8 @@ every daemon does then: re-validate its leases before anyone takes a free one.
 The `redis.watch` service asks every POLL_S: with Sentinels, where the primary is (the Sentinels'
 answer); otherwise the server's run_id (INFO server, on the command pool). A change
   * is logged once (from → to) and counted (status: `failovers`, `primary`, `changed_ago_s`);
-  * points the pools at the new primary (idle connections to the old one are closed);
+  * points the pools at the new primary and closes every connection to the old one, idle or in
+    use (the old one may take writes for seconds more, into a copy that is thrown away);
   * calls the listeners: the runtime renews every agent lease it holds at once (one lost with
     the old primary is taken back; one another daemon holds stops that agent) and hands back
     its kept script connections; the mission engine renews its mission leases;
@@ -144,11 +145,16 @@ class PrimaryWatch:
             from tinytownd.config import redact_url
             self.clients.url = self._url(new)
             self.clients.redacted = redact_url(self.clients.url)
+            dropped = 0
             for pool in self._pools():
                 try:
                     pool.get_master_address()   # closes idle connections to the old one
                 except (redis.RedisError, OSError):
                     pass
+                drop = getattr(pool, "drop_others", None)   # and those in use (redis_ha)
+                if drop is not None:
+                    dropped += drop(new)
+            self.log.info("connections to the former primary closed", count=dropped)
         for fn in self.listeners:
             gevent.spawn(self._call, fn)
 

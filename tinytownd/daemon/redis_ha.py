@@ -2,9 +2,13 @@
 
 * `make_pool` — the bounded, gevent-friendly pool of redis_clients.make_pool whose connections
   ask the Sentinels for the primary when they connect (redis-py's SentinelManagedConnection): a
-  connection that meets a demoted primary (READONLY) is dropped and the next one re-resolves;
-  the Sentinels themselves end every client of a primary they demote, so parked BLMOVEs, pub/sub
-  listeners and the runtime's kept script connections all come back on the new one.
+  connection that meets a demoted primary (READONLY) is dropped and the next one re-resolves.
+  That is not enough on its own: after a SENTINEL FAILOVER the former primary stays a writable
+  master until the Sentinels convert it (~10 s here), and whatever still talks to it (a command
+  in flight at the switch, a parked BLMOVE, a pub/sub listener, a kept script connection) writes
+  into a copy that is thrown away, while the rest of the daemon works on the new primary. So the
+  daemon's primary watch (failover.py) closes every connection to another node, idle or in use,
+  as soon as it sees the change (`SentinelPool.drop_others`).
 * `check` — at start: which Sentinel knows the master name and where the primary is; every node
   tried is named when none answers (RedisUnavailable → exit 69).
 * `primary_url` — the primary of the moment as a URL (what agent CLIs get as REDIS_URL for tt).
@@ -14,6 +18,8 @@ so the town's multi-key scripts and transactions cannot run on a cluster.
 """
 from __future__ import annotations
 
+import socket
+import weakref
 from urllib.parse import quote
 
 import redis
@@ -31,13 +37,40 @@ from .redis_clients import RedisUnavailable, check_server
 SENTINEL_TIMEOUT_S = 1.0     # connect/read of one Sentinel query
 
 
+class _ResolveOnReconnect:
+    """A primary connection that asks the Sentinels where the primary is on every (re)connect.
+    redis-py's SentinelManagedConnection does so in connect(), but redis-py 8 reconnects a
+    dropped connection (a command's retry, a send on a closed socket) through
+    connect_check_health with the address it had: after a failover, the former primary, which
+    takes writes into a copy that is thrown away until the Sentinels convert it."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+        if self._sock is None:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super().connect_check_health(check_health=check_health,
+                                            retry_socket_connect=retry_socket_connect)
+
+    def _connect_retry(self):
+        if self._sock is None:      # connect_check_health resolves (one Sentinel query)
+            self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                      retry_socket_connect=False)
+
+
+class PrimaryConnection(_ResolveOnReconnect, SentinelManagedConnection):
+    pass
+
+
+class PrimarySSLConnection(_ResolveOnReconnect, SentinelManagedSSLConnection):
+    pass
+
+
 class SentinelPool(BlockingConnectionPool):
     """BlockingConnectionPool (bounded; a burst waits for a connection) of Sentinel-managed
     connections: redis-py's SentinelConnectionPool on top of the blocking pool."""
 
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kw):
-        kw["connection_class"] = SentinelManagedSSLConnection if kw.pop("ssl", False) else \
-            SentinelManagedConnection
+        kw["connection_class"] = PrimarySSLConnection if kw.pop("ssl", False) else \
+            PrimaryConnection
         self.is_master = True
         self.check_connection = False
         self.service_name = service_name
@@ -45,8 +78,35 @@ class SentinelPool(BlockingConnectionPool):
         self.proxy = SentinelConnectionPoolProxy(
             connection_pool=self, is_master=True, check_connection=False,
             service_name=service_name, sentinel_manager=sentinel_manager)
+        self._made: weakref.WeakSet = weakref.WeakSet()   # every connection this pool made
         super().__init__(**kw)
         self.connection_kwargs["connection_pool"] = self.proxy
+
+    def make_connection(self):
+        conn = super().make_connection()
+        self._made.add(conn)
+        return conn
+
+    def drop_others(self, addr: tuple[str, int]) -> int:
+        """Close every connection of this pool, idle or in use, that is connected to a node other
+        than `addr` (the primary now). A command in flight on one fails with ConnectionError and
+        is retried on the new primary (its write to the old one is lost with that copy anyway);
+        a parked BLMOVE returns with the error. Returns how many were closed.
+
+        The sockets are shut down, not closed: whichever greenlet is using one keeps a valid
+        socket, its next read meets the end of the stream and fails as a ConnectionError, and
+        it disconnects (then reconnects through the Sentinels) itself. Closing it under that
+        greenlet would leave it polling a socket that is gone (a TypeError, not a Redis error)."""
+        n = 0
+        for conn in list(self._made):
+            sock = getattr(conn, "_sock", None)
+            if sock is not None and (conn.host, conn.port) != tuple(addr):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:     # already gone: its owner finds out the same way
+                    pass
+                n += 1
+        return n
 
     def reset(self):
         super().reset()

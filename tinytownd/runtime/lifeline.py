@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from . import lifeline_watcher
+from .process import close_fd
 
 KILL_GRACE_S = 3.0
 
@@ -84,9 +85,12 @@ class Lifeline:
         self._say(b"-%d\n" % pgid)
 
     def cut(self) -> None:
-        """As if the daemon died: the watcher ends what is still listed (tests; shutdown)."""
+        """As if the daemon died: the watcher ends what is still listed (tests; shutdown).
+        The close is immediate (process.close_fd): gevent's os.close defers a pipe's close to
+        the loop's next check, which a quiet loop blocked in close()'s wait holds back, so the
+        watcher saw its EOF only when that wait timed out (5 s per runtime close)."""
         if self._w is not None:
-            os.close(self._w)
+            close_fd(self._w)
             self._w = None
 
     def close(self, timeout: float = KILL_GRACE_S + 2) -> None:

@@ -237,10 +237,14 @@ class TownRuntime(Component):
 
     def primary_changed(self) -> None:
         """A new primary: hand back the kept script connections (a former primary's are
-        closed) and renew every held agent lease now (a lost one is taken back; one another
-        daemon holds stops that agent at once)."""
+        closed), renew every held agent lease now (a lost one is taken back; one another
+        daemon holds stops that agent at once), and have every worker start over from what the
+        new primary holds once its round has ended (worker.Resync): parked ones are woken."""
         self.scripts.close()
+        for w in self.workers.values():
+            w.resync = True
         self.agents.guarded(self.agents.beat)
+        self.agents.wake(self.alive())
 
     # ------------------------------------------------------------------ component API
     def reload(self, old: Config, new: Config) -> list[str]:

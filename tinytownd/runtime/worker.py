@@ -11,7 +11,10 @@ The loop (keys in store/keys.py, scripts in store/lua/):
      failed. The end of a successful round takes the next round in the same atomic call.
 A crash at any point leaves the messages in flight; the next start of the worker (this daemon or
 another one that takes the lease over) moves them back to the queue heads: nothing is lost, and a
-duplicate run after a crash is possible.
+duplicate run after a crash is possible. A new primary (a failover) is treated like a crash:
+what the worker wrote to the old one just before may be gone, and what it moved in flight there
+may be in the new one's in-flight list with no round behind it, so the worker starts over
+(`resync`, set by the runtime) once its current round has ended.
 """
 from __future__ import annotations
 
@@ -38,6 +41,11 @@ from .agent_cli.cooldown import agent_wait_s
 from .cli_env import CliEnvCache
 from .round import MAX_INBOX_PER_ROUND, Round, started_of, unstart
 from .settings import AgentSettings
+
+
+class Resync(Exception):
+    """The primary changed under the worker: start over from what the new one holds."""
+
 
 CRASHES_BEFORE_DEADLETTER = 3   # worker crashes on one round before that round is dead-lettered
 ACTIVITY_EXPIRE_EVERY_S = 60.0  # a round end refreshes the activity list's expiry this often
@@ -106,6 +114,7 @@ class Worker:
         self.stop_requested = False   # finish the current round, then exit (drain / removal)
         self.kill_now = False         # kill the running CLI (operator kill, drain deadline)
         self.lost = False             # the lease is gone: stop at once, touch nothing
+        self.resync = False           # the primary changed: start over after this round
         self.woken = False            # a wake-up ping was pushed since the agent parked
         self.pid: int | None = None   # of the running CLI
         self.current_task: str | None = None
@@ -167,6 +176,9 @@ class Worker:
                         self._start()
                         self._loop()
                         return
+                    except Resync:
+                        self.log.info("the primary changed: starting over from what it holds")
+                        pause = 0.0
                     except redis.exceptions.NoScriptError:
                         self.links.scripts.reload()     # Redis restarted without our scripts
                         self.next_take = None
@@ -193,6 +205,7 @@ class Worker:
 
     def _start(self) -> None:
         k, a, town = self.keys, self.aid, self.links.town
+        self.resync = False
         crashes, error = self.r.hmget(k.agent_info(a), "crashes", "crash_error")
         if int(crashes or 0) >= CRASHES_BEFORE_DEADLETTER:
             self._bury_inflight(int(crashes), error or "")
@@ -260,6 +273,9 @@ class Worker:
                 self._drop_next_take()
                 self.exit_reason = self.exit_reason or "shutdown"
                 return
+            if self.resync:
+                self._drop_next_take()
+                raise Resync()
             try:
                 res = self._take()
             except redis.ResponseError as e:
@@ -324,7 +340,7 @@ class Worker:
         take would have found meanwhile (urgent mail, the stop flag, a paused or stopped state)
         and wakes the agent for it, and a take per re-park was half of an idle town's CPU."""
         k, a, links = self.keys, self.aid, self.links
-        while not self.leaving():
+        while not (self.leaving() or self.resync):
             cfg = links.config()
             if idle_timeout_due(cfg, idle_since):
                 return                       # the next take finds nothing and times out

@@ -141,9 +141,7 @@ class Scripts:
         """One command on a kept connection: packed write, one read (see the module doc)."""
         if self._pid != os.getpid():        # forked: the kept sockets belong to the parent
             self._free, self._pid = [], os.getpid()
-        free = self._free
-        pool = self.r.connection_pool
-        conn = free.pop() if free else pool.get_connection()
+        conn = self._kept()
         try:
             conn.send_packed_command([_pack(cmd)])
             res = conn.read_response()
@@ -170,7 +168,7 @@ class Scripts:
             self._free, self._pid = [], os.getpid()
         kept = client is self.r and self.keep
         pool = client.connection_pool
-        conn = self._free.pop() if kept and self._free else pool.get_connection()
+        conn = self._kept() if kept else pool.get_connection()
         packed = _pack(cmd)
         try:
             res = conn.retry.call_with_retry(
@@ -185,8 +183,23 @@ class Scripts:
         self._put(conn) if kept else pool.release(conn)
         return res
 
+    def _kept(self):
+        """A kept connection, or one from the pool. A kept one that was disconnected meanwhile,
+        or that its pool would not take back (one to a former primary, which the primary watch
+        shut down), goes back through the pool, whose get_connection hands out one to the
+        primary of now."""
+        free, pool = self._free, self.r.connection_pool
+        while free:
+            conn = free.pop()
+            if getattr(conn, "_sock", None) is not None and pool.owns_connection(conn):
+                return conn
+            pool.release(conn)
+        return pool.get_connection()
+
     def _put(self, conn) -> None:
-        if len(self._free) < self.keep:
+        """Keep `conn` for the next call, unless its pool would not take it back either (a
+        connection to a former primary: redis_ha.SentinelPool.owns_connection)."""
+        if len(self._free) < self.keep and self.r.connection_pool.owns_connection(conn):
             self._free.append(conn)
         else:
             self.r.connection_pool.release(conn)
