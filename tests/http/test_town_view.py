@@ -60,3 +60,25 @@ def test_names_hash_of_the_wrong_type_falls_back_to_the_key_scan(town):
     c.set(k.agent_names, "junk")
     view = town_view.TownView(lambda: c, k).get(2.0, town_view.COUNT_FIELDS)
     assert len(view["agents"]) == 3
+
+
+def test_key_scan_reads_task_states_and_batches_and_skips_junk(town):
+    """More tasks than one pipeline chunk, a task key that is no hash (its HGET is an error
+    reply, skipped), a batch whose task list is no list (no tasks, not an error)."""
+    c, k = town
+    n = town_view.PIPE_CHUNK + 7
+    p = c.pipeline(transaction=False)
+    for i in range(n):
+        p.hset(k.task(f"t{i}"), mapping={"state": "running" if i % 2 else "completed"})
+    p.rpush(k.batch_tasks("b1"), "t0", "t1")
+    p.set(k.daemon_prefix + "batch:b1", "x")
+    p.set(k.daemon_prefix + "batch:b2", "x")
+    p.set(k.batch_tasks("b2"), "not a list")
+    p.set(k.task("junk"), "not a hash")
+    p.execute()
+    scan = town_view.scan_town(c, k)
+    assert len(scan.task_states) == n and "junk" not in scan.task_states
+    assert scan.task_states["t0"] == "completed" and scan.task_states["t1"] == "running"
+    assert sorted(scan.batch_ids) == ["b1", "b2"]
+    assert scan.batch_tasks == {"b1": ["t0", "t1"], "b2": []}
+    assert scan.error is None and scan.scan_ms is not None

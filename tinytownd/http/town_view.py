@@ -77,17 +77,14 @@ def scan_town(r: redis.Redis, keys) -> KeyScan:
             out.batch_ids.append(key[len(batch_p):])
     for i in range(0, len(task_ids), PIPE_CHUNK):
         part = task_ids[i:i + PIPE_CHUNK]
-        p = r.pipeline(transaction=False)
-        for tid in part:
-            p.hget(keys.task(tid), "state")
-        for tid, st in zip(part, p.execute(raise_on_error=False)):
-            if isinstance(st, str):
+        states = raw_pipeline(r, [("HGET", keys.task(tid), "state") for tid in part])
+        for tid, st in zip(part, states):
+            if isinstance(st, str):         # not an error reply (a task key that is no hash)
                 out.task_states[tid] = st
     if out.batch_ids:
-        p = r.pipeline(transaction=False)
-        for bid in out.batch_ids:
-            p.lrange(keys.batch_tasks(bid), 0, -1)
-        for bid, tids in zip(out.batch_ids, p.execute(raise_on_error=False)):
+        lists = raw_pipeline(r, [("LRANGE", keys.batch_tasks(bid), 0, -1)
+                                 for bid in out.batch_ids])
+        for bid, tids in zip(out.batch_ids, lists):
             out.batch_tasks[bid] = tids if isinstance(tids, list) else []
     out.at = time.monotonic()
     out.scan_ms = round((out.at - t0) * 1000, 1)
