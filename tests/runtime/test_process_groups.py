@@ -2,11 +2,13 @@
 own re-run: the agent itself records what runs (pid files, a lock directory), not the store."""
 import os
 import signal
+import subprocess
 import time
 
 from tests.support.daemon import DaemonProcess
 from tests.support.helpers import wait_for
 from tests.support.runtime import write_config
+from tinytownd.runtime import lifeline
 from tinytownd.store.keys import Keys
 from tinytownd.store.town import Town
 
@@ -141,9 +143,6 @@ def test_the_watcher_sees_the_lifeline_cut_while_the_daemon_waits_for_it(tmpdir_
     """close() cuts the pipe and waits for the watcher: the cut must reach it during that wait
     (gevent's os.close defers closing a pipe to the loop's next check, which the wait itself
     held back: every runtime close waited out its full timeout)."""
-    import subprocess
-
-    from tinytownd.runtime import lifeline
     for _ in range(3):
         line = lifeline.Lifeline(tmpdir_short)
         line.cut()

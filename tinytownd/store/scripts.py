@@ -184,14 +184,13 @@ class Scripts:
         return res
 
     def _kept(self):
-        """A kept connection, or one from the pool. A kept one that was disconnected meanwhile,
-        or that its pool would not take back (one to a former primary, which the primary watch
-        shut down), goes back through the pool, whose get_connection hands out one to the
-        primary of now."""
+        """A kept connection, or one from the pool. A kept one its pool would not take back (one
+        to a former primary, which the primary watch shut down) goes back through the pool,
+        whose get_connection hands out one to the primary of now."""
         free, pool = self._free, self.r.connection_pool
         while free:
             conn = free.pop()
-            if getattr(conn, "_sock", None) is not None and pool.owns_connection(conn):
+            if pool.owns_connection(conn):
                 return conn
             pool.release(conn)
         return pool.get_connection()
