@@ -221,7 +221,7 @@ class Monitor(threading.Thread):
     def poll_once(self) -> None:
         site = self.site
         proc = site.d.proc
-        if proc is not None and proc.poll() is not None and not site.expect_down:
+        if proc is not None and proc.poll() is not None and proc.pid not in site.downed:
             if proc.pid not in self._seen_exit:
                 self._seen_exit.add(proc.pid)
                 err = (site.root / "stderr.log").read_text(errors="replace")[-800:] \

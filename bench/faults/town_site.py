@@ -73,7 +73,10 @@ class Site:
         self.d = DaemonProcess(self.root, **self.sections)
         self.monitor: Monitor | None = None
         self.monitors: list[Monitor] = []
-        self.expect_down = False
+        # pids of daemon processes this site brought down on purpose (kill -9, SIGTERM): their
+        # exit is no finding. Per process, so a monitor poll between a kill and the restart's
+        # new process cannot mistake the killed one for a crash.
+        self.downed: set[int] = set()
         self.keys = Keys(TOWN)
         self.t0 = time.monotonic()
         self.pids: list[int] = []
@@ -101,7 +104,6 @@ class Site:
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Site":
-        self.expect_down = False
         self.d.start(wait=False)
         self.pids.append(self.d.proc.pid)
         try:
@@ -146,13 +148,17 @@ class Site:
 
     def kill9(self) -> None:
         """kill -9 of the daemon (an injected crash, not a finding)."""
-        self.expect_down = True
+        self._bring_down()
         self.d.kill()
+
+    def _bring_down(self) -> None:
+        if self.d.proc is not None:
+            self.downed.add(self.d.proc.pid)
 
     def stop(self) -> None:
         """SIGTERM and wait drain_timeout + 15 s; longer = a hang; then whatever is left."""
         proc = self.d.proc
-        self.expect_down = True
+        self._bring_down()
         if self.monitor is not None:
             self.monitor.paused.set()
         if proc is not None and proc.poll() is None:
