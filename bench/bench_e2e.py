@@ -90,8 +90,11 @@ print(json.dumps({"secs": dt}))
                  "cmd": f"gevent.subprocess.Popen({' '.join(JOBS[job])}) x{n}, {w} greenlets"})
 
 
-def bench_spawn(n: int, w: int, job: str = "sh") -> dict:
-    """The floor with posix_spawn + a libev child watcher (see peers/spawn_probe.py)."""
+def bench_spawn(n: int, w: int, job: str = "sh", procs: int = 1) -> dict:
+    """The floor with posix_spawn + a libev child watcher (see peers/spawn_probe.py). With
+    `procs` > 1, that many such processes (w/procs greenlets and n/procs spawns each) told to go
+    at once: the machine's spawn limit on all cores, not one loop's. The rate is n over the
+    union of their windows (first start to last end)."""
     code = r"""
 import sys, time, json, os, shutil
 sys.path.insert(0, sys.argv[3])
@@ -101,18 +104,37 @@ argv = json.loads(sys.argv[4])
 path = shutil.which(argv[0])
 def one():
     assert Spawned(os.posix_spawn(path, argv, env)).wait() == 0
-print(json.dumps({"per_s": loop(int(sys.argv[1]), int(sys.argv[2]), one)}))
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.time()
+rate = loop(int(sys.argv[1]), int(sys.argv[2]), one)
+print(json.dumps({"per_s": rate, "t0": t0, "t1": time.time()}))
 """
     load0 = loadavg()
-    out = subprocess.run([sys.executable, "-c", code, str(n), str(w), HERE,
-                          json.dumps(JOBS[job])], check=True, capture_output=True,
-                         text=True).stdout
-    rate = json.loads(out.strip().splitlines()[-1])["per_s"]
-    return emit({"system": "floor_posix_spawn" + ("" if job == "sh" else "_true"), "n": n,
-                 "workers": w, "secs": round(n / rate, 3), "tasks_per_s": round(rate, 1),
+    share_n, share_w = n // procs, max(1, w // procs)
+    kids = [subprocess.Popen([sys.executable, "-c", code, str(share_n), str(share_w), HERE,
+                              json.dumps(JOBS[job])], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+    for k in kids:
+        assert k.stdout.readline().strip() == "ready"
+    for k in kids:
+        k.stdin.write("go\n")
+        k.stdin.flush()
+    outs = []
+    for k in kids:
+        out, _ = k.communicate(timeout=600)
+        if k.returncode != 0:
+            raise SystemExit(f"spawn floor child exit {k.returncode}")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    secs = max(o["t1"] for o in outs) - min(o["t0"] for o in outs)
+    rate = share_n * procs / secs
+    suffix = ("" if job == "sh" else "_true") + ("" if procs == 1 else f"_x{procs}")
+    return emit({"system": "floor_posix_spawn" + suffix, "n": share_n * procs, "workers": w,
+                 "procs": procs, "secs": round(secs, 3), "tasks_per_s": round(rate, 1),
+                 "per_proc_tasks_per_s": [round(o["per_s"], 1) for o in outs],
                  "load_start": load0, "load_end": loadavg(),
                  "cmd": f"os.posix_spawn({' '.join(JOBS[job])}) + libev child watcher x{n}, "
-                        f"{w} greenlets"})
+                        f"{w} greenlets" + ("" if procs == 1 else f" over {procs} processes")})
 
 
 # ----------------------------------------------------------------------------- peers
@@ -366,6 +388,8 @@ def main() -> None:
     ap.add_argument("--cli", default="true", help="tinytownd: the agent CLI (run as sh -c CLI)")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="a peer option (see bench/peers/peer_*.py)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="spawn: that many spawning processes at once (the machine's limit)")
     ap.add_argument("--profile", metavar="OUT", help="tinytownd: record with py-spy into OUT")
     ap.add_argument("--variant", default="dispatch", choices=["dispatch", "claim", "dispatch+spawn"],
                     help="cmdcount: dispatch = as shipped; claim = the runtime's backlog claim "
@@ -377,7 +401,7 @@ def main() -> None:
     if a.system == "floor":
         bench_floor(a.n, a.w, a.job)
     elif a.system == "spawn":
-        bench_spawn(a.n, a.w, a.job)
+        bench_spawn(a.n, a.w, a.job, a.procs)
     elif a.system == "memory":
         bench_memory()
     elif a.system == "cmdcount":

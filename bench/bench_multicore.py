@@ -51,6 +51,7 @@ try:
             "control": {"socket": str(root / "tinytownd.sock")},
             "logging": {"level": "info", "file": "logs/tinytownd.log"},
             "runtime": {"backlog_claim": False}, "missions": {"enabled": False},
+            "http": {"listen": None},
             "agent_clis": clis, "agents": agents}
     cfg = cfgmod.from_dict(data, str(root / "cfg"), env={})
     d = Daemon(cfg, install_signals=False)

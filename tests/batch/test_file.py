@@ -80,3 +80,35 @@ def test_load_reports_yaml_errors(tmp_path):
     assert "file not found" in str(e.value)
     p.write_text("tasks: [one, two]\n")
     assert [t.description for t in load(str(p)).tasks] == ["one", "two"]
+
+
+def test_load_refuses_non_utf8_oversized_and_directories(tmp_path, monkeypatch):
+    """Bytes that are not UTF-8, a file over the bound and a directory are each a BatchFileError
+    naming the problem (once a UnicodeDecodeError traceback and exit 1)."""
+    from tinytownd.batch import file as batch_file
+    p = tmp_path / "b.yaml"
+    p.write_bytes(b'tasks:\n  - id: a\n    description: "\xff\xfe"\n')
+    with pytest.raises(BatchFileError) as e:
+        load(str(p))
+    assert "not UTF-8 text: byte 0xff at line 3" in str(e.value)
+    with pytest.raises(BatchFileError) as e:
+        load(str(tmp_path))
+    assert "is a directory, not a batch file" in str(e.value)
+    p.write_text("\ufefftasks: [one]\n")                 # a BOM is no problem
+    assert [t.description for t in load(str(p)).tasks] == ["one"]
+    monkeypatch.setattr(batch_file, "MAX_BATCH_FILE_BYTES", 10)
+    with pytest.raises(BatchFileError) as e:
+        load(str(p))
+    assert "larger than 10 bytes" in str(e.value)
+
+
+def test_batch_cli_exit_code_for_a_non_utf8_file(tmp_path):
+    import subprocess
+    import sys
+    p = tmp_path / "b.yaml"
+    p.write_bytes(b"tasks: [\"\xc3\x28\"]\n")
+    r = subprocess.run([sys.executable, "-m", "tinytownd", "batch", str(p), "--dir",
+                        str(tmp_path / "b"), "--cli", "true"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "not UTF-8 text: byte 0xc3 at line 1" in r.stderr and "Traceback" not in r.stderr

@@ -25,3 +25,24 @@ def test_known_roles():
     roles = known_roles(["Wizard ", None])
     assert {"backend", "frontend", "tester", "reviewer", "devops", "qa", "wizard"} <= roles
     assert compile_text("work_items: [{id: a, owner_role: wizard}]", "m.yaml", roles=roles)
+
+
+def test_mission_files_that_are_not_text(tmp_path, monkeypatch):
+    """A mission file that is not UTF-8, or is over the bound, is a MissionFileError naming the
+    problem; a missing one stays FileNotFoundError; a lone surrogate given as text is invalid
+    YAML, not a UnicodeEncodeError from libyaml."""
+    from tinytownd.missions import compile as mc
+    p = tmp_path / "m.yaml"
+    p.write_bytes(b"work_items:\n  - id: a\n    title: \"\xff\"\n")
+    with pytest.raises(MissionFileError) as e:
+        mc.compile_file(str(p))
+    assert "not UTF-8 text: byte 0xff at line 3" in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        mc.compile_file(str(tmp_path / "missing.yaml"))
+    monkeypatch.setattr(mc, "MAX_MISSION_FILE_BYTES", 8)
+    with pytest.raises(MissionFileError) as e:
+        mc.compile_file(str(p))
+    assert "larger than 8 bytes" in str(e.value)
+    with pytest.raises(MissionFileError) as e:
+        compile_text("work_items:\n  - id: \ud800\n")
+    assert "invalid YAML" in str(e.value)

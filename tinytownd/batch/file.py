@@ -28,11 +28,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tinytownd.config.yaml_file import TextFileError, read_utf8, safe_load
+
+MAX_BATCH_FILE_BYTES = 64 << 20   # ~1.8 million tasks of the bench's shape; larger is refused unread
 TASK_KEYS = ("id", "description", "role", "tags", "timeout_s", "max_attempts")
 DEFAULT_KEYS = ("role", "tags", "timeout_s", "max_attempts")
 TOP_KEYS_TASKS = ("tasks", "defaults", "agent_clis", "agents", "name", "workspace")
@@ -233,13 +235,11 @@ def _workspace(data: dict, path: str) -> dict:
 def load(path: str) -> BatchFile:
     """Read and validate a batch file (BatchFileError on any problem, including I/O and YAML)."""
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise BatchFileError(path, "", "file not found") from None
-    except OSError as e:
-        raise BatchFileError(path, "", f"cannot read: {e.strerror}") from None
+        text = read_utf8(path, MAX_BATCH_FILE_BYTES, "batch file")
+    except TextFileError as e:
+        raise BatchFileError(path, "", str(e)) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

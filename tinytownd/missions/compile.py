@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from tinytownd.config.yaml_file import TextFileError, read_utf8, safe_load
 from tinytownd.store.wire import new_id, utcnow
 
 from . import scoring
@@ -41,6 +42,7 @@ ITEM_KEYS = {"id", "title", "kind", "owner_role", "depends_on", "description", "
 WATCH_KEYS = {"command", "interval_secs", "timeout_secs"}
 KIND_ALIASES = {"merge_gate": "mergegate", "merge-gate": "mergegate", "follow-up": "followup"}
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_MISSION_FILE_BYTES = 4 << 20   # a mission file is a plan of work items, not data
 
 
 class MissionFileError(ValueError):
@@ -263,7 +265,7 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
                  now: datetime | None = None) -> Compiled:
     problems: list[str] = []
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -293,7 +295,9 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
 
 def compile_file(path: str, *, roles: set[str] | None = None) -> Compiled:
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise FileNotFoundError(path) from None
+        text = read_utf8(path, MAX_MISSION_FILE_BYTES, "mission file")
+    except TextFileError as e:
+        if str(e) == "file not found":
+            raise FileNotFoundError(path) from None
+        raise MissionFileError(path, [str(e)]) from None
     return compile_text(text, path, roles=roles)
