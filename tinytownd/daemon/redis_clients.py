@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
+from tinytownd import __version__
 from tinytownd.config import Config, redact_url
 from tinytownd.store.packing import EscapingPacker
 
@@ -123,13 +125,25 @@ class _ReconnectRetry(Retry):
         return super().call_with_retry(do, fail, retryable, **kw)
 
 
+def _driver_info() -> DriverInfo:
+    """CLIENT SETINFO of every connection (`redis-py(tinytownd_v…)` in CLIENT LIST), made once:
+    left to redis-py 8, each new connection reads its version through importlib.metadata
+    (~1.6 ms; 1,000 agents each open one)."""
+    info = DriverInfo(name="redis-py", lib_version=redis.__version__)
+    info.add_upstream_driver("tinytownd", __version__)
+    return info
+
+
+DRIVER_INFO = _driver_info()
+
+
 def make_pool(url: str, *, max_connections: int, blocking: bool, cfg: Config | None = None,
               timeout: float | None = 20.0) -> redis.BlockingConnectionPool:
     # surrogateescape: a value that is not UTF-8 reads as text with surrogate escapes instead of
     # failing the whole reply (records.utf8_clean tells them apart; records.to_bytes undoes it)
     kw = dict(max_connections=max_connections, timeout=timeout, decode_responses=True,
               encoding_errors="surrogateescape", command_packer=EscapingPacker(),
-              socket_connect_timeout=5.0, **_tls_kwargs(cfg, url))
+              socket_connect_timeout=5.0, driver_info=DRIVER_INFO, **_tls_kwargs(cfg, url))
     if blocking:
         kw.update(socket_timeout=None, socket_read_size=4096)
     else:
