@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tinytownd.config.yaml_file import TextFileError, read_utf8, safe_load
+from tinytownd.config.yaml_file import TextFileError, read_utf8, safe_load, yaml_problem
 
 MAX_BATCH_FILE_BYTES = 64 << 20   # ~1.8 million tasks of the bench's shape; larger is refused unread
 TASK_KEYS = ("id", "description", "role", "tags", "timeout_s", "max_attempts")
@@ -241,8 +241,5 @@ def load(path: str) -> BatchFile:
     try:
         data = safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise BatchFileError(path, "", f"invalid YAML: {where}"
-                                       f"{getattr(e, 'problem', None) or e}") from None
+        raise BatchFileError(path, "", f"invalid YAML: {yaml_problem(e)}") from None
     return parse(data, path)

@@ -14,6 +14,10 @@ class TextFileError(Exception):
     """A file that cannot be read as UTF-8 text within its size bound; str() is the problem."""
 
 
+class FileMissing(TextFileError):
+    """The file does not exist (callers that answer that differently catch this one)."""
+
+
 def read_utf8(path: str, max_bytes: int, what: str = "config file") -> str:
     """The text of `path`: at most `max_bytes`, UTF-8 (a BOM is dropped). Every problem is a
     TextFileError in words (never a traceback); `what` names the kind of file in them."""
@@ -21,7 +25,7 @@ def read_utf8(path: str, max_bytes: int, what: str = "config file") -> str:
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise TextFileError("file not found") from None
+        raise FileMissing("file not found") from None
     except IsADirectoryError:
         raise TextFileError(f"is a directory, not a {what}") from None
     except OSError as e:
@@ -76,14 +80,15 @@ def parse_yaml(text_: str, path: str = "<string>") -> Any:
             raise ConfigError(path, [(key, f"duplicate key (line {first}, again at line {again})")])
         return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(path, [("", f"invalid YAML: {_yaml_problem(e)}")]) from None
+        raise ConfigError(path, [("", f"invalid YAML: {yaml_problem(e)}")]) from None
     except RecursionError:
         raise ConfigError(path, [("", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: `line L, column C: problem` when it has a place."""
     mark = getattr(e, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     problem = getattr(e, "problem", None) or str(e)

@@ -128,7 +128,8 @@ class _ReconnectRetry(Retry):
 def _driver_info() -> DriverInfo:
     """CLIENT SETINFO of every connection (`redis-py(tinytownd_v…)` in CLIENT LIST), made once:
     left to redis-py 8, each new connection reads its version through importlib.metadata
-    (~1.6 ms; 1,000 agents each open one)."""
+    (0.57–0.68 s per 1,000 connections against 0.04–0.06 s
+    with this; 1,000 parked agents each open one)."""
     info = DriverInfo(name="redis-py", lib_version=redis.__version__)
     info.add_upstream_driver("tinytownd", __version__)
     return info

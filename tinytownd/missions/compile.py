@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from tinytownd.config.yaml_file import TextFileError, read_utf8, safe_load
+from tinytownd.config.yaml_file import (FileMissing, TextFileError, read_utf8, safe_load,
+                                        yaml_problem)
 from tinytownd.store.wire import new_id, utcnow
 
 from . import scoring
@@ -267,10 +268,7 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
     try:
         data = safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise MissionFileError(path, [f"invalid YAML: {where}"
-                                      f"{getattr(e, 'problem', None) or e}"]) from None
+        raise MissionFileError(path, [f"invalid YAML: {yaml_problem(e)}"]) from None
     if not isinstance(data, dict):
         raise MissionFileError(path, ["the top level must be a mapping with work_items"])
     for k in sorted(set(data) - TOP_KEYS):
@@ -296,8 +294,8 @@ def compile_text(text: str, path: str = "<mission>", *, roles: set[str] | None =
 def compile_file(path: str, *, roles: set[str] | None = None) -> Compiled:
     try:
         text = read_utf8(path, MAX_MISSION_FILE_BYTES, "mission file")
+    except FileMissing:
+        raise FileNotFoundError(path) from None
     except TextFileError as e:
-        if str(e) == "file not found":
-            raise FileNotFoundError(path) from None
         raise MissionFileError(path, [str(e)]) from None
     return compile_text(text, path, roles=roles)
