@@ -225,6 +225,9 @@ def test_junk_on_the_notify_channel(harness):
     wait_for(lambda: h.rt.workers and next(iter(h.rt.workers)))
     rb = raw_client(h)
     k = h.keys
+    # a PUBLISH before the runtime's listener subscribed reaches nobody: wait for it first
+    wait_for(lambda: dict(rb.pubsub_numsub(k.notify)).get(k.notify.encode(), 0) >= 1, 10,
+             what="the runtime's notify listener subscribed")
     junk = [b"\xff\xfe", b"[" * 50_000, b'{"task": ["not", "a", "string"]}', b'"just text"',
             b'{"state": "completed"}']
     for raw in junk:
